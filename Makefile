@@ -1,0 +1,42 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv on first use
+# and reinstall only when pyproject.toml changes.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned to the releases this project is tested with; override
+# TORCH_SPEC to pick another build (e.g. a CPU-only wheel index on a laptop).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= all,dev
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/unet-resnet demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,23 @@
+"""unet-resnet: image segmentation with the guide's U-Net on a pretrained ResNet-50 encoder.
+
+Importing the package touches neither the network nor CUDA; weights are fetched only when a
+model is built with ``encoder_weights="imagenet"``.
+"""
+
+from unet_resnet.errors import UnetResnetError, WeightsUnavailableError
+from unet_resnet.models import (
+    UNetWithResnet50Encoder,
+    create_model,
+    list_models,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNetWithResnet50Encoder",
+    "UnetResnetError",
+    "WeightsUnavailableError",
+    "__version__",
+    "create_model",
+    "list_models",
+]

@@ -1,0 +1,139 @@
+"""The ``unet-resnet`` command: one entry point, one subcommand per job.
+
+Each subcommand is a function that takes the parsed arguments and returns an exit code.
+Problems a user can fix (:class:`~unet_resnet.errors.UnetResnetError`) are printed as one
+message with no traceback and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+from unet_resnet import __version__
+from unet_resnet.errors import UnetResnetError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str):
+    """Register ``func`` as subcommand ``name``; ``func.arguments`` adds its options."""
+
+    def register(func: Command) -> Command:
+        def no_arguments(parser: argparse.ArgumentParser) -> None:
+            pass
+
+        _COMMANDS[name] = (func, getattr(func, "arguments", no_arguments), help)
+        return func
+
+    return register
+
+
+def arguments(setup: Callable[[argparse.ArgumentParser], None]):
+    def attach(func: Command) -> Command:
+        func.arguments = setup  # type: ignore[attr-defined]
+        return func
+
+    return attach
+
+
+def _weights_arg(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _smoke_test_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", default="resnet50", help="torchvision ResNet name")
+    parser.add_argument(
+        "--encoder-weights",
+        type=_weights_arg,
+        default="imagenet",
+        help="imagenet | none | torchvision weights name | PATH (default: imagenet, falling "
+        "back to random init with a notice when not cached)",
+    )
+    parser.add_argument("--num-classes", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+
+
+@command("smoke-test", "build the guide's model and run a random batch through it")
+@arguments(_smoke_test_arguments)
+def smoke_test(args: argparse.Namespace) -> int:
+    import torch
+
+    from unet_resnet.models import UNetWithResnet50Encoder
+    from unet_resnet.models.weights import build_with_fallback
+
+    model = build_with_fallback(
+        lambda weights: UNetWithResnet50Encoder(
+            args.num_classes, encoder=args.encoder, encoder_weights=weights
+        ),
+        encoder=args.encoder,
+        weights=args.encoder_weights,
+    ).eval()
+    x = torch.rand(args.batch_size, 3, *args.size)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model(x)
+    elapsed = time.perf_counter() - start
+    print(f"input:  {tuple(x.shape)}")
+    print(f"output: {tuple(out.shape)}")
+    print(
+        f"encoder {args.encoder}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, forward {elapsed:.2f} s on CPU"
+    )
+    return 0
+
+
+@command("models", "list the model names create_model accepts")
+def models(args: argparse.Namespace) -> int:
+    from unet_resnet.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+@command("demo", "the main job on the built-in default (for now: the smoke test)")
+@arguments(_smoke_test_arguments)
+def demo(args: argparse.Namespace) -> int:
+    return smoke_test(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unet-resnet",
+        description="Image segmentation with a U-Net on a pretrained ResNet-50 encoder.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, setup, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        setup(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    # Warnings are notices for a person at a terminal: the message, not the source line.
+    print(f"notice: {message}", file=sys.stderr if file is None else file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_notice
+            return args.func(args)
+    except UnetResnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
