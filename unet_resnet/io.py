@@ -1,0 +1,183 @@
+"""Reading images and masks from the formats users have on disk, with errors that name the file.
+
+Images come back as ``H x W x C`` numpy arrays in their stored dtype (uint8, uint16, float32,
+...). Masks come back as ``H x W`` integer arrays of raw values; turning raw values into class
+indices (palettes, colours, binary 0/255, dataset label ids) is :mod:`unet_resnet.data.classes`'
+job.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from unet_resnet.errors import UnetResnetError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageReadError",
+    "is_geotiff",
+    "read_image",
+    "read_mask_raw",
+    "to_float_image",
+    "write_mask_png",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".webp")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+# Pillow refuses images above this many pixels as decompression bombs; whole-slide and
+# satellite images are legitimately larger, and those go through windowed raster reading.
+Image.MAX_IMAGE_PIXELS = 1 << 30
+
+
+class ImageReadError(UnetResnetError, OSError):
+    """An image or mask file is missing, unreadable, truncated or of an unsupported kind."""
+
+
+def _fail(path: Path, reason: str) -> ImageReadError:
+    return ImageReadError(
+        f"Could not read {path}: {reason}. Expected an image ({', '.join(IMAGE_SUFFIXES)}); "
+        "re-export or remove the file."
+    )
+
+
+def is_geotiff(path: str | os.PathLike) -> bool:
+    """True for a TIFF carrying georeferencing tags."""
+    path = Path(path)
+    if path.suffix.lower() not in _TIFF_SUFFIXES:
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.is_geotiff)
+    except Exception:
+        return False
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_geotiff:
+            try:
+                import rasterio
+            except ImportError:
+                rasterio = None
+            if rasterio is not None:
+                with rasterio.open(path) as src:
+                    return np.moveaxis(src.read(), 0, -1)
+        series = tif.series[0]
+        array = series.asarray()
+        axes = series.axes
+    # Put the sample/channel axis last whatever the planar configuration.
+    if array.ndim == 3:
+        channel_axis = next((axes.index(a) for a in "SCI" if a in axes), None)
+        if channel_axis is None:
+            channel_axis = int(np.argmin(array.shape))
+        array = np.moveaxis(array, channel_axis, -1)
+    elif array.ndim > 3:
+        raise ValueError(f"TIFF with {array.ndim} dimensions ({axes}); expected a 2D image")
+    return array
+
+
+def _read_pil(path: Path, *, keep_palette: bool) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()  # decode now so truncated files fail here, inside the try
+        if img.mode == "P" and not keep_palette:
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode in ("RGBA", "LA") and not keep_palette:
+            img = img.convert(img.mode[:-1])  # alpha is not an image channel here
+        elif img.mode in ("CMYK", "YCbCr", "HSV"):
+            img = img.convert("RGB")
+        elif img.mode == "1":
+            img = img.convert("L")
+        return np.asarray(img)
+
+
+def _read_any(path: Path, *, keep_palette: bool) -> np.ndarray:
+    if not path.is_file():
+        raise ImageReadError(f"File not found: {path}.")
+    suffix = path.suffix.lower()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if suffix in _TIFF_SUFFIXES:
+                array = _read_tiff(path)
+            elif suffix == ".npy":
+                array = np.load(path, allow_pickle=False)
+            else:
+                array = _read_pil(path, keep_palette=keep_palette)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # PIL, tifffile and numpy raise many types for broken files
+        raise _fail(path, f"{type(exc).__name__}: {exc}") from None
+    if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
+        raise _fail(path, f"got an array of shape {array.shape}, expected H x W or H x W x C")
+    return array
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as ``H x W x C`` in its stored dtype (8/16-bit, float, any band count)."""
+    array = _read_any(Path(path), keep_palette=False)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def read_mask_raw(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask's raw values: ``H x W`` (indices, palette indices) or ``H x W x 3`` (colours).
+
+    Palette PNGs keep their palette indices, which is how VOC-style masks store classes.
+    """
+    path = Path(path)
+    array = _read_any(path, keep_palette=True)
+    if array.ndim == 3:
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+        elif array.shape[-1] == 4:
+            array = array[..., :3]
+        elif array.shape[-1] != 3:
+            raise ImageReadError(
+                f"Mask {path} has {array.shape[-1]} channels; expected one channel of class "
+                "indices, a palette PNG, or an RGB colour mask."
+            )
+    is_integer = np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
+    if not is_integer and not np.all(np.equal(np.mod(array, 1), 0)):
+        raise ImageReadError(
+            f"Mask {path} holds non-integer values ({array.dtype}); expected class indices."
+        )
+    return array.astype(np.int64) if array.dtype != np.uint8 else array
+
+
+def to_float_image(array: np.ndarray) -> np.ndarray:
+    """Integer images scaled to [0, 1] by their dtype's range; float images left as they are.
+
+    Normalisation (ImageNet or dataset statistics) is applied on top of this scale, so the
+    statistics saved with a run are in these units.
+    """
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        return (array.astype(np.float32) - max(info.min, 0)) / float(info.max - max(info.min, 0))
+    return array.astype(np.float32, copy=False)
+
+
+def write_mask_png(
+    path: str | os.PathLike, mask: np.ndarray, palette: list[tuple[int, int, int]] | None = None
+) -> None:
+    """Write class indices as a palette PNG (values < 256), atomically (temp file + rename)."""
+    path = Path(path)
+    if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
+        raise ValueError("palette PNG masks hold indices 0..255")
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    if palette:
+        flat = [c for color in palette for c in color]
+        img.putpalette(flat + [0] * (768 - len(flat)))
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
