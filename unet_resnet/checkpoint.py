@@ -1,0 +1,149 @@
+"""The prediction checkpoint: weights plus everything needed to use them.
+
+A checkpoint holds the model config, class names/colours/ignore index, normalisation
+statistics, the training image size and input dtype, so ``Segmenter.from_checkpoint(path)``
+needs nothing else. It is a plain dict of tensors and primitives, written atomically
+(temporary file, fsync, rename) and read with ``weights_only=True``: loading never runs pickled
+code and never downloads encoder weights (the architecture is rebuilt with random weights and
+then filled from the file).
+
+Besides its own format, :func:`load_checkpoint` reads Lightning ``.ckpt`` files written by
+``unet-resnet train`` and bare state dicts saved by the original single-file implementation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unet_resnet.data.classes import ClassInfo
+from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from unet_resnet.errors import WeightsFileError
+from unet_resnet.models import UNetWithResnet50Encoder, model_from_config
+
+__all__ = ["FORMAT", "CheckpointMeta", "atomic_torch_save", "load_checkpoint", "save_checkpoint"]
+
+FORMAT = "unet-resnet/1"
+
+
+@dataclass
+class CheckpointMeta:
+    """What travels with the weights."""
+
+    model_config: dict[str, Any]
+    classes: ClassInfo
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    image_size: int | None = None
+    image_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model_config,
+            "classes": self.classes.to_dict(),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "image_size": self.image_size,
+            "image_dtype": self.image_dtype,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
+        return cls(
+            model_config=dict(data["model_config"]),
+            classes=ClassInfo.from_dict(data["classes"]),
+            mean=list(data["mean"]),
+            std=list(data["std"]),
+            image_size=data.get("image_size"),
+            image_dtype=data.get("image_dtype"),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a half-written file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: UNetWithResnet50Encoder, meta: CheckpointMeta
+) -> None:
+    """Write weights + metadata in the ``unet-resnet/1`` format, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": FORMAT, "state_dict": state, **meta.to_dict()}, path)
+
+
+def _strip(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The guide's architecture for a bare state dict (the original code saved no config)."""
+    return {
+        "n_classes": int(state_dict["out.weight"].shape[0]),
+        "in_channels": int(state_dict["input_block.0.weight"].shape[1]),
+        "encoder": "resnet50",
+        "upsampling_method": "conv_transpose",
+    }
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> tuple[UNetWithResnet50Encoder, CheckpointMeta]:
+    """Rebuild the model from a checkpoint; returns ``(model in eval mode, metadata)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(
+            f"Checkpoint not found: {path}. Pass the .pt file written by `unet-resnet train` "
+            "(RUN_DIR/checkpoints/best.pt)."
+        )
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise WeightsFileError(
+            f"Could not read checkpoint {path}: {type(exc).__name__}: {exc}. Expected a file "
+            "written by `unet-resnet train` (checkpoints/best.pt), a Lightning .ckpt from it, "
+            "or a state dict of the original model; files with pickled objects are refused."
+        ) from None
+    if not isinstance(obj, dict):
+        raise WeightsFileError(f"{path} does not hold a checkpoint dict.")
+    if obj.get("format") == FORMAT:
+        meta = CheckpointMeta.from_dict(obj)
+        state_dict = obj["state_dict"]
+    elif "state_dict" in obj and "hyper_parameters" in obj:  # Lightning checkpoint
+        hp = obj["hyper_parameters"]
+        meta = CheckpointMeta.from_dict(hp["meta"])
+        state_dict = _strip(obj["state_dict"], "model.")
+    elif "out.weight" in obj and "input_block.0.weight" in obj:  # the original's state dict
+        state_dict = obj
+        config = _infer_config(state_dict)
+        meta = CheckpointMeta(config, ClassInfo.generic(config["n_classes"]))
+    else:
+        raise WeightsFileError(
+            f"{path} is not a unet-resnet checkpoint (no 'format', Lightning state, or "
+            "UNetWithResnet50Encoder state dict found)."
+        )
+    try:
+        model = model_from_config(meta.model_config)
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, TypeError, KeyError, ValueError) as exc:
+        raise WeightsFileError(
+            f"Checkpoint {path} does not match its model config {meta.model_config}: {exc}"
+        ) from None
+    return model.eval(), meta

@@ -1,0 +1,199 @@
+"""Callbacks and plugins that shape the run folder.
+
+- :class:`ExportCheckpoints`: ``checkpoints/best.pt`` (by validation mIoU) and ``last.pt`` in
+  the prediction format (weights + metadata).
+- :class:`MetricsHistory`: ``metrics.csv`` (one row per epoch) and ``curves.png``.
+- :class:`ValidationImages`: TensorBoard grids of validation images with true and predicted
+  masks.
+- :class:`AtomicCheckpointIO`: Lightning's resume checkpoints written via a temporary file and
+  a rename, so a killed process never leaves a half-written ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from unet_resnet.checkpoint import save_checkpoint
+from unet_resnet.visualize import colorize, display_rgb
+
+__all__ = ["AtomicCheckpointIO", "ExportCheckpoints", "MetricsHistory", "ValidationImages"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        if get_filesystem(path).protocol not in ("file", ("file", "local")) and "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class ExportCheckpoints(L.Callback):
+    """Keep ``best.pt`` (highest validation mIoU) and ``last.pt`` in the prediction format."""
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        self.dirpath = Path(dirpath)
+        self.best_score = -math.inf
+        self.best_epoch: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict["best_score"]
+        self.best_epoch = state_dict["best_epoch"]
+
+    def _save(self, trainer: L.Trainer, module, name: str, scores: dict | None) -> None:
+        if not trainer.is_global_zero:
+            return
+        meta = module.meta
+        meta.extra = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "val": None
+            if scores is None
+            else {k: v for k, v in scores.items() if k != "confusion_matrix"},
+        }
+        save_checkpoint(self.dirpath / name, module.model, meta)
+
+    def on_validation_end(self, trainer: L.Trainer, module) -> None:
+        scores = module.last_val_scores
+        if trainer.sanity_checking or scores is None or math.isnan(scores["miou"]):
+            return
+        if scores["miou"] > self.best_score:
+            self.best_score = scores["miou"]
+            self.best_epoch = trainer.current_epoch
+            self._save(trainer, module, "best.pt", scores)
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        self._save(trainer, module, "last.pt", module.last_val_scores)
+        if self.best_epoch is None:  # no validation set: the last weights are the best we have
+            self._save(trainer, module, "best.pt", module.last_val_scores)
+
+
+class MetricsHistory(L.Callback):
+    """One CSV row per epoch and a PNG of the curves, rewritten after every epoch."""
+
+    columns = ("epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
+               "val_pixel_accuracy", "lr", "seconds")  # fmt: skip
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, Any]] = []
+        self._start = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+
+        def get(key: str) -> float:
+            value = m.get(key)
+            return float(value) if value is not None else float("nan")
+
+        self.rows.append({
+            "epoch": trainer.current_epoch,
+            "train_loss": get("train/loss_epoch"),
+            "val_loss": get("val/loss"),
+            "val_miou": get("val/miou"),
+            "val_mean_dice": get("val/mean_dice"),
+            "val_pixel_accuracy": get("val/pixel_accuracy"),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan,
+            "seconds": round(time.perf_counter() - self._start, 2),
+        })  # fmt: skip
+        self.write()
+
+    def write(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / ".metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.run_dir / "metrics.csv")
+        plot_curves(self.rows, self.run_dir / "curves.png")
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        ax_loss.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    for key, label in (("val_miou", "mIoU"), ("val_mean_dice", "mean Dice"),
+                       ("val_pixel_accuracy", "pixel accuracy")):  # fmt: skip
+        ax_score.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    ax_score.set_xlabel("epoch")
+    ax_score.set_ylim(0, 1)
+    ax_score.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class ValidationImages(L.Callback):
+    """Every ``every`` epochs: image | true mask | predicted mask rows in TensorBoard."""
+
+    def __init__(self, every: int = 5, max_images: int = 4) -> None:
+        self.every = every
+        self.max_images = max_images
+
+    def on_validation_end(self, trainer: L.Trainer, module) -> None:
+        batch = module._val_batch_for_images
+        if (
+            self.every <= 0
+            or batch is None
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or trainer.current_epoch % self.every
+        ):
+            return
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        images, preds, masks = batch
+        meta = module.meta
+        mean = np.asarray(meta.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(meta.std, dtype=np.float32)[:, None, None]
+        rows = []
+        for image, pred, mask in list(zip(images, preds, masks, strict=True))[: self.max_images]:
+            raw = image.float().cpu().numpy() * std + mean
+            shown = display_rgb(np.moveaxis(raw, 0, -1))
+            truth = colorize(mask.cpu().numpy(), meta.classes.colors, meta.classes.ignore_index)
+            guess = colorize(pred.cpu().numpy(), meta.classes.colors, meta.classes.ignore_index)
+            rows.append(np.concatenate([shown, truth, guess], axis=1))
+        grid = np.concatenate(rows, axis=0)
+        experiment.add_image(
+            "val/image_truth_prediction", torch.from_numpy(grid).permute(2, 0, 1),
+            global_step=trainer.current_epoch,
+        )  # fmt: skip

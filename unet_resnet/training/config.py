@@ -1,0 +1,211 @@
+"""Training configuration: one dataclass, read from YAML, overridden by CLI flags, saved per run.
+
+The command-line flags are generated from the dataclass fields (``batch_size`` is
+``--batch-size``), so the YAML keys, the flags and the saved ``config.yaml`` can never drift
+apart. Choices come from the ``Literal`` annotations and are checked on construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from unet_resnet.data.classes import DataError
+
+__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "load_yaml_config"]
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
+Loss = Literal["ce", "dice", "ce_dice", "focal", "lovasz", "tversky"]
+Augment = Literal["none", "light", "default", "strong"]
+Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
+DatasetFormat = Literal["folder", "voc", "pet", "cityscapes"]
+Normalization = Literal["auto", "imagenet", "dataset"]
+Upsampling = Literal["conv_transpose", "bilinear"]
+
+
+def opt(default: Any, help: str = "") -> Any:
+    """A config field with its help text (shown by --help and in the config reference)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``unet-resnet train``; the defaults are the guide's recipe."""
+
+    # Data
+    data: str | None = opt(None, "dataset root")
+    dataset: DatasetFormat = opt("folder", "layout of DATA")
+    num_classes: int | None = opt(None, "needed when DATA has no classes.json")
+    out: str = opt("runs/train", "run folder")
+    image_size: int = opt(256, "training crop side")
+    augment: Augment = opt("default", "augmentation preset")
+    normalization: Normalization = opt("auto", "imagenet for 8-bit RGB with imagenet weights")
+    ignore_index: int | None = opt(None, "default: classes.json's, else 255")
+    check_data: bool = opt(True, "run check-data before the first epoch")
+    workers: int = opt(2, "DataLoader worker processes")
+    # Model
+    encoder: str = opt(
+        "resnet50",
+        "torchvision ResNet: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, ...",
+    )
+    encoder_weights: str | None = opt("imagenet", "imagenet | none | torchvision name | PATH")
+    upsampling_method: Upsampling = opt(
+        "conv_transpose", "decoder upsampling: learned transposed conv (the guide's) or bilinear"
+    )
+    freeze_encoder_epochs: int = opt(0, "train the decoder only for this many epochs first")
+    # Optimisation
+    epochs: int = opt(50, "passes over the training set")
+    batch_size: int = opt(8, "images per step (per device)")
+    lr: float = opt(1e-3, "peak learning rate (the guide's 1e-3)")
+    optimizer: Optimizer = opt("adam", "adam (the guide's), adamw or sgd (with Nesterov momentum)")
+    weight_decay: float = opt(0.0, "L2 penalty (decoupled for adamw)")
+    momentum: float = opt(0.9, "sgd only")
+    scheduler: Scheduler = opt("cosine", "cosine decay after a linear warmup")
+    warmup_epochs: float = opt(1.0, "linear warmup length for the cosine schedule")
+    loss: Loss = opt("ce", "ce (the guide's), dice, ce_dice, focal, lovasz or tversky")
+    class_weights: list[float] | str | None = opt(None, 'list, or "balanced" (median frequency)')
+    accumulate_grad_batches: int = opt(1, "sum gradients over this many batches per optimiser step")
+    gradient_clip: float | None = opt(None, "clip the gradient norm to this value; None = off")
+    early_stopping_patience: int | None = opt(None, "epochs without val mIoU gain; None = off")
+    # Hardware
+    precision: Precision = opt("auto", "bf16-mixed where supported, else 32")
+    channels_last: bool = opt(
+        True, "NHWC memory format (faster convolutions on CPU and tensor cores)"
+    )
+    accelerator: str = opt("auto", "cpu | gpu | auto")
+    devices: str = opt("auto", "number of devices, or auto")
+    strategy: str = opt("auto", "auto | ddp | ddp_spawn | ...")
+    num_nodes: int = opt(1, "machines for multi-node DDP (launch with torchrun or SLURM)")
+    # Run
+    seed: int = opt(0, "seed for weights, shuffling and augmentation")
+    resume: str | None = opt(None, 'path to a .ckpt, or "last" for OUT/checkpoints/last.ckpt')
+    max_minutes: float | None = opt(None, "stop training after this long")
+    limit_train_batches: float = opt(1.0, "fraction (<= 1) or number of batches per epoch")
+    limit_val_batches: float = opt(1.0, "fraction (<= 1) or number of validation batches")
+    log_images_every: int = opt(5, "epochs between validation image grids in TensorBoard")
+    progress: bool = opt(True, "progress bars and the model summary")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = _literal_choices(f.type)
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise DataError(
+                    f"Invalid {f.name} {value!r}. Choose one of: {', '.join(map(str, choices))}."
+                )
+        if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == "none":
+            self.encoder_weights = None
+        if isinstance(self.class_weights, str) and self.class_weights != "balanced":
+            self.class_weights = [float(v) for v in self.class_weights.split(",")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_TYPE_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+    annotation = (
+        _TYPE_HINTS.get(annotation, annotation) if isinstance(annotation, str) else annotation
+    )
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return None
+
+
+def _field_type(name: str) -> Any:
+    return _TYPE_HINTS[name]
+
+
+def _parse_optional(kind):
+    def parse(value: str):
+        return None if value.lower() in ("none", "null", "") else kind(value)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """Add ``--flag`` for every :class:`TrainConfig` field (defaults stay in the dataclass)."""
+    parser.add_argument("--config", help="YAML file with any of these options (flags override)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        annotation = _field_type(f.name)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        choices = _literal_choices(annotation)
+        help_text = f.metadata.get("help", "")
+        default = f"{help_text} (default: {f.default})".strip()
+        if choices:
+            kwargs["choices"] = choices
+        elif annotation is bool:
+            kwargs["type"] = _parse_bool
+            kwargs["metavar"] = "BOOL"
+        else:
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            base = (
+                args[0]
+                if args and get_origin(annotation) in (typing.Union, types.UnionType)
+                else annotation
+            )
+            kind = {int: int, float: float}.get(base, str)
+            kwargs["type"] = _parse_optional(kind) if type(None) in get_args(annotation) else kind
+        if f.name == "resume":
+            kwargs.update(nargs="?", const="last")
+        parser.add_argument(flag, help=default, **kwargs)
+
+
+def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config; unknown keys are an error that lists the valid ones."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"Could not read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"Config {path} must be a mapping of option: value.")
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise DataError(
+            f"Unknown option(s) {unknown} in {path}. Valid keys: {', '.join(sorted(valid))}."
+        )
+    return data
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """Defaults < ``--config`` YAML < explicit flags < ``overrides``."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml_config(args.config))
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(overrides)
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:
+        raise DataError(f"Invalid configuration: {exc}") from None

@@ -1,0 +1,188 @@
+"""The LightningDataModule: datasets, augmentation, normalisation and the up-front data check."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from unet_resnet.data import (
+    Cityscapes,
+    ClassInfo,
+    DataError,
+    OxfordIIITPet,
+    PairedSegmentationDataset,
+    SegmentationFolder,
+    VOCSegmentation,
+    build_eval_transform,
+    build_train_transform,
+    channel_stats,
+    pad_collate,
+)
+from unet_resnet.data.checks import check_dataset
+from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["SegmentationDataModule"]
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train/val/test loaders for a dataset in one of the supported layouts.
+
+    Args:
+        data: dataset root.
+        dataset: ``folder`` (DATA/{train,val,test}/{images,masks}), ``voc``, ``pet`` or
+            ``cityscapes``.
+        num_classes: for the folder layout without classes.json.
+        image_size: side of the training crops.
+        batch_size, workers: DataLoader settings.
+        augment: augmentation preset (``none``, ``light``, ``default``, ``strong``).
+        normalization: ``imagenet``, ``dataset`` (statistics of the training images), or
+            ``auto``: ImageNet for 8-bit 3-channel images with ImageNet weights, else dataset.
+        pretrained: whether the encoder starts from ImageNet weights (for ``auto``).
+        ignore_index: overrides the classes' ignore index.
+        check: run :func:`check_dataset` in :meth:`setup` and stop on errors (folder layout).
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike,
+        *,
+        dataset: str = "folder",
+        num_classes: int | None = None,
+        image_size: int = 256,
+        batch_size: int = 8,
+        workers: int = 2,
+        augment: str = "default",
+        normalization: str = "auto",
+        pretrained: bool = True,
+        ignore_index: int | None = None,
+        check: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = Path(data)
+        self.dataset_format = dataset
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.workers = workers
+        self.augment = augment
+        self.normalization = normalization
+        self.pretrained = pretrained
+        self.ignore_index = ignore_index
+        self.check = check
+        self.classes: ClassInfo | None = None
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
+        self.in_channels: int | None = None
+        self.image_dtype: str | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    def _make(self, split: str) -> PairedSegmentationDataset | None:
+        match self.dataset_format:
+            case "folder":
+                if not (self.root / split / "images").is_dir():
+                    return None
+                return SegmentationFolder(self.root, split, num_classes=self.num_classes)
+            case "voc":
+                return VOCSegmentation(self.root, "train" if split == "train" else "val")
+            case "pet":
+                return OxfordIIITPet(self.root, "train" if split == "train" else "test")
+            case "cityscapes":
+                return (
+                    Cityscapes(self.root, split)
+                    if (self.root / "leftImg8bit" / split).is_dir()
+                    else None
+                )
+            case _:
+                raise DataError(
+                    f"Unknown dataset layout {self.dataset_format!r}: folder, voc, pet, cityscapes."
+                )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.check and self.dataset_format == "folder":
+            report = check_dataset(self.root, num_classes=self.num_classes, progress=False)
+            if not report.ok:
+                raise DataError(
+                    "The dataset has problems; fix them before training:\n" + report.summary()
+                )
+        if not self.root.is_dir():
+            raise DataError(f"Dataset folder {self.root} does not exist.")
+        train = self._make("train")
+        if train is None or len(train) == 0:
+            raise DataError(f"No training images found in {self.root}.")
+        classes = train.classes
+        if self.ignore_index is not None:
+            classes = ClassInfo(classes.names, classes.colors, self.ignore_index)
+        self.classes = classes
+        first = train.load(0)[0]
+        self.in_channels = int(first.shape[-1])
+        self.image_dtype = str(first.dtype)
+        if self.mean is None:
+            self.mean, self.std = self._normalization(train, first)
+
+        self.train_set = train
+        self.val_set = self._make("val")
+        self.test_set = self._make("test")
+        train.classes = classes
+        train.transform = build_train_transform(
+            self.augment, size=self.image_size, mean=self.mean, std=self.std,
+            ignore_index=classes.ignore_index,
+        )  # fmt: skip
+        for ds in (self.val_set, self.test_set):
+            if ds is not None:
+                ds.classes = classes
+                ds.transform = build_eval_transform(mean=self.mean, std=self.std)
+
+    def _normalization(self, train, first: np.ndarray) -> tuple[list[float], list[float]]:
+        mode = self.normalization
+        if mode == "auto":
+            rgb8 = first.shape[-1] == 3 and first.dtype == np.uint8
+            mode = "imagenet" if rgb8 and self.pretrained else "dataset"
+        if mode == "imagenet":
+            if first.shape[-1] != 3:
+                raise DataError(
+                    f"normalization=imagenet needs 3-channel images, got {first.shape[-1]}; "
+                    "use normalization=dataset."
+                )
+            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        return channel_stats(train)
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixels per class over the training masks (for balanced class weights)."""
+        assert self.train_set is not None and self.classes is not None
+        counts = np.zeros(self.classes.num_classes, dtype=np.int64)
+        for index in range(len(self.train_set)):
+            mask = self.train_set.load(index)[1]
+            valid = mask[(mask >= 0) & (mask < self.classes.num_classes)]
+            counts += np.bincount(valid, minlength=self.classes.num_classes)
+        return counts
+
+    def _loader(self, dataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            drop_last=shuffle and len(dataset) > batch_size,
+            collate_fn=partial(pad_collate, ignore_index=self.classes.ignore_index),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, shuffle=False, batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader | list:
+        if self.test_set is None:
+            return []
+        return self._loader(self.test_set, shuffle=False, batch_size=self.batch_size)

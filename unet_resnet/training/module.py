@@ -1,0 +1,219 @@
+"""The LightningModule: the guide's recipe (Adam, lr 1e-3, cross-entropy, LR schedule) and more.
+
+The model stays a pure ``nn.Module`` (``self.model``); loss, optimiser, schedule, metrics and
+logging live here. Plug it into your own ``lightning.Trainer`` with
+:class:`~unet_resnet.training.datamodule.SegmentationDataModule`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from unet_resnet.checkpoint import CheckpointMeta
+from unet_resnet.errors import UnetResnetError
+from unet_resnet.losses import build_loss
+from unet_resnet.metrics import SegmentationMetrics
+from unet_resnet.models import UNetWithResnet50Encoder
+
+__all__ = ["SegmentationModule", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(UnetResnetError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a :class:`UNetWithResnet50Encoder`.
+
+    Args:
+        meta: the checkpoint metadata (model config, classes, normalisation, image size); it
+            is saved in every checkpoint so prediction needs only the file.
+        encoder_weights: initial encoder weights ("imagenet", a path, or None).
+        loss: see :func:`unet_resnet.losses.build_loss`.
+        class_weights: per-class loss weights, or None.
+        optimizer: "adam" (the guide's), "adamw" or "sgd".
+        lr, weight_decay, momentum: optimiser settings.
+        scheduler: "cosine" (linear warmup then cosine decay, per step), "poly", "onecycle",
+            "plateau" (on validation mIoU) or "none".
+        warmup_epochs: warmup length for "cosine".
+        freeze_encoder_epochs: epochs to train the decoder only before unfreezing.
+        channels_last: NHWC memory format, faster for convolutions on CPU and tensor cores.
+        log_images_every: epochs between validation image grids in TensorBoard (0 = never).
+    """
+
+    def __init__(
+        self,
+        meta: dict[str, Any],
+        *,
+        encoder_weights: str | None = "imagenet",
+        loss: str = "ce",
+        class_weights: list[float] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+        warmup_epochs: float = 1.0,
+        freeze_encoder_epochs: int = 0,
+        channels_last: bool = True,
+        log_images_every: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.meta = CheckpointMeta.from_dict(meta)
+        self.model = UNetWithResnet50Encoder(
+            **self.meta.model_config, encoder_weights=encoder_weights
+        )
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        classes = self.meta.classes
+        self.criterion = build_loss(
+            loss, ignore_index=classes.ignore_index, class_weights=class_weights
+        )
+        self.val_metrics = SegmentationMetrics(
+            classes.num_classes, ignore_index=classes.ignore_index, class_names=classes.names
+        )
+        self.last_val_scores: dict[str, Any] | None = None
+        self._val_batch_for_images: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # Steps ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
+        if frozen != self.model.encoder_frozen:
+            (self.model.freeze_encoder if frozen else self.model.unfreeze_encoder)()
+            self.model.train()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.criterion(self(images), masks)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"Loss became {loss.item()} at epoch {self.current_epoch}, global step "
+                f"{self.global_step} (batch {batch_idx}). The run was stopped so no garbage "
+                "model is saved. Try a lower --lr, --precision 32, --gradient-clip 1.0, or run "
+                "`unet-resnet check-data` on the dataset."
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=images.shape[0])  # fmt: skip
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, masks = batch
+        logits = self(images)
+        self.log("val/loss", self.criterion(logits, masks), on_epoch=True, sync_dist=True,
+                 batch_size=images.shape[0])  # fmt: skip
+        self.val_metrics.update(logits.float(), masks)
+        if batch_idx == 0:
+            self._val_batch_for_images = (
+                images[:8].detach(),
+                logits[:8].detach().argmax(1),
+                masks[:8],
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()  # synchronised across processes by torchmetrics
+        self.val_metrics.reset()
+        self.last_val_scores = scores
+        if self.trainer.sanity_checking:
+            return
+        self.log("val/miou", scores["miou"], prog_bar=True, sync_dist=False)
+        self.log("val/mean_dice", scores["mean_dice"], sync_dist=False)
+        self.log("val/pixel_accuracy", scores["pixel_accuracy"], sync_dist=False)
+        for name, per_class in scores["per_class"].items():
+            if not math.isnan(per_class["iou"]):
+                self.log(f"val_iou/{name}", per_class["iou"], sync_dist=False)
+
+    # Optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = self.model.parameters()
+        match hp.optimizer:
+            case "adam":
+                optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            case "adamw":
+                optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+            case "sgd":
+                optimizer = torch.optim.SGD(
+                    params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                    nesterov=hp.momentum > 0,
+                )  # fmt: skip
+            case _:
+                raise ValueError(f"Unknown optimizer {hp.optimizer!r}: adam, adamw, sgd.")
+
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        match hp.scheduler:
+            case "none":
+                return optimizer
+            case "cosine":
+                warmup = min(int(hp.warmup_epochs * steps_per_epoch), total // 2)
+                schedule = _warmup_cosine(warmup, total)
+                sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            case "poly":
+                sched = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, lambda step: max(0.0, 1 - step / total) ** 0.9
+                )
+            case "onecycle":
+                sched = torch.optim.lr_scheduler.OneCycleLR(
+                    optimizer, max_lr=hp.lr, total_steps=total + 1
+                )
+            case "plateau":
+                sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    optimizer, mode="max", factor=0.5, patience=3
+                )
+                return {
+                    "optimizer": optimizer,
+                    "lr_scheduler": {
+                        "scheduler": sched,
+                        "monitor": "val/miou",
+                        "interval": "epoch",
+                    },
+                }
+            case _:
+                raise ValueError(
+                    f"Unknown scheduler {hp.scheduler!r}: cosine, plateau, poly, onecycle, none."
+                )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # Exact resume: the random streams continue where they stopped -------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        np_state = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        random.setstate((states["python_version"], tuple(states["python"]), states["python_gauss"]))
+        np.random.set_state(
+            ("MT19937", states["numpy_keys"].numpy().astype(np.uint32), states["numpy_pos"], 0, 0.0)
+        )
+
+
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -1,0 +1,212 @@
+"""``train(config)``: build the data, the model and a Lightning Trainer, fit, and report."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from unet_resnet.checkpoint import CheckpointMeta
+from unet_resnet.data.classes import DataError
+from unet_resnet.hardware import resolve_train_precision
+from unet_resnet.training.callbacks import (
+    AtomicCheckpointIO,
+    ExportCheckpoints,
+    MetricsHistory,
+    ValidationImages,
+)
+from unet_resnet.training.config import TrainConfig
+from unet_resnet.training.datamodule import SegmentationDataModule
+from unet_resnet.training.module import SegmentationModule
+
+__all__ = ["TrainResult", "balanced_class_weights", "build_trainer", "train"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_miou: float | None
+    best_epoch: int | None
+    epochs_completed: int
+    seconds: float
+    precision: str
+    interrupted: bool
+    val_scores: dict[str, Any] | None
+
+
+def balanced_class_weights(pixel_counts: np.ndarray) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus): weight_c = median(freq) / freq_c."""
+    freq = pixel_counts / max(pixel_counts.sum(), 1)
+    present = freq > 0
+    median = np.median(freq[present]) if present.any() else 1.0
+    weights = np.where(present, median / np.maximum(freq, 1e-12), 0.0)
+    return [round(float(w), 4) for w in weights]
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if str(value).isdigit() else value
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> L.Trainer:
+    checkpoints = run_dir / "checkpoints"
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_epochs=1),
+        ExportCheckpoints(checkpoints),
+        MetricsHistory(run_dir),
+        ValidationImages(config.log_images_every),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if config.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(monitor="val/miou", mode="max", patience=config.early_stopping_patience)
+        )
+    max_time = None
+    if config.max_minutes:
+        max_time = {"minutes": config.max_minutes}
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=config.epochs,
+        max_time=max_time,
+        accelerator=config.accelerator,
+        devices=_devices(config.devices),
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        precision=resolve_train_precision(config.precision, config.accelerator),
+        callbacks=callbacks,
+        logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        plugins=[AtomicCheckpointIO()],
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        gradient_clip_val=config.gradient_clip,
+        limit_train_batches=_limit(config.limit_train_batches),
+        limit_val_batches=_limit(config.limit_val_batches),
+        # A sanity check draws from the random streams that resume restores exactly.
+        num_sanity_val_steps=0 if resuming else 2,
+        log_every_n_steps=10,
+        enable_progress_bar=config.progress,
+        enable_model_summary=config.progress,
+    )
+
+
+def _limit(value: float) -> float | int:
+    return int(value) if value > 1 else float(value)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train as ``unet-resnet train`` does; returns where the checkpoints are and the scores."""
+    if not config.data:
+        raise DataError("No dataset given: pass --data DATA (or data: in the --config file).")
+    run_dir = Path(config.out)
+    resume_path = None
+    if config.resume:
+        resume_path = (
+            run_dir / "checkpoints" / "last.ckpt"
+            if config.resume == "last"
+            else Path(config.resume)
+        )
+        if not resume_path.is_file():
+            raise DataError(
+                f"Cannot resume: {resume_path} does not exist. Resume needs the "
+                "checkpoints/last.ckpt of an earlier run with the same --out."
+            )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = SegmentationDataModule(
+        config.data,
+        dataset=config.dataset,
+        num_classes=config.num_classes,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        augment=config.augment,
+        normalization=config.normalization,
+        pretrained=config.encoder_weights is not None,
+        ignore_index=config.ignore_index,
+        check=config.check_data,
+    )
+    data.setup("fit")  # data problems surface here, before any model is built or epoch run
+    classes = data.classes
+    class_weights = config.class_weights
+    if class_weights == "balanced":
+        class_weights = balanced_class_weights(data.class_pixel_counts())
+    if class_weights is not None and len(class_weights) != classes.num_classes:
+        raise DataError(
+            f"class_weights has {len(class_weights)} values but there are "
+            f"{classes.num_classes} classes ({', '.join(classes.names)})."
+        )
+    meta = CheckpointMeta(
+        model_config={
+            "n_classes": classes.num_classes,
+            "in_channels": data.in_channels,
+            "encoder": config.encoder,
+            "upsampling_method": config.upsampling_method,
+        },
+        classes=classes,
+        mean=data.mean,
+        std=data.std,
+        image_size=config.image_size,
+        image_dtype=data.image_dtype,
+    )
+    module = SegmentationModule(
+        meta.to_dict(),
+        encoder_weights=config.encoder_weights,
+        loss=config.loss,
+        class_weights=class_weights,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        scheduler=config.scheduler,
+        warmup_epochs=config.warmup_epochs,
+        freeze_encoder_epochs=config.freeze_encoder_epochs,
+        channels_last=config.channels_last,
+        log_images_every=config.log_images_every,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.yaml")
+    trainer = build_trainer(config, run_dir, resuming=resume_path is not None)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Lightning's advice about worker counts and small logging intervals is noise here.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        trainer.fit(module, datamodule=data, ckpt_path=resume_path)
+    seconds = time.perf_counter() - start
+    export = next(c for c in trainer.callbacks if isinstance(c, ExportCheckpoints))
+    result = TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=run_dir / "checkpoints" / "best.pt",
+        last_checkpoint=run_dir / "checkpoints" / "last.pt",
+        best_miou=None if export.best_epoch is None else export.best_score,
+        best_epoch=export.best_epoch,
+        epochs_completed=trainer.current_epoch,
+        seconds=seconds,
+        precision=str(trainer.precision),
+        interrupted=trainer.interrupted,
+        val_scores=module.last_val_scores,
+    )
+    if trainer.is_global_zero:
+        summary = {
+            "best_miou": result.best_miou,
+            "best_epoch": result.best_epoch,
+            "epochs_completed": result.epochs_completed,
+            "seconds": round(seconds, 1),
+            "precision": result.precision,
+            "interrupted": result.interrupted,
+            "class_weights": class_weights,
+            "last_val": None if result.val_scores is None else {
+                k: v for k, v in result.val_scores.items() if k != "confusion_matrix"
+            },
+            "last_val_confusion_matrix": (result.val_scores or {}).get("confusion_matrix"),
+        }  # fmt: skip
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
