@@ -98,7 +98,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            choices = _literal_choices(f.type)
+            choices = _literal_choices(_TYPE_HINTS[f.name])
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise DataError(
@@ -120,9 +120,6 @@ _TYPE_HINTS = typing.get_type_hints(TrainConfig)
 
 
 def _literal_choices(annotation: Any) -> tuple | None:
-    annotation = (
-        _TYPE_HINTS.get(annotation, annotation) if isinstance(annotation, str) else annotation
-    )
     if get_origin(annotation) is Literal:
         return get_args(annotation)
     return None

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from unet_resnet.checkpoint import CheckpointMeta
@@ -19,8 +20,10 @@ from unet_resnet.data.classes import DataError
 from unet_resnet.hardware import resolve_train_precision
 from unet_resnet.training.callbacks import (
     AtomicCheckpointIO,
+    DistributedConsistency,
     ExportCheckpoints,
     MetricsHistory,
+    ResumeCheckpoint,
     ValidationImages,
 )
 from unet_resnet.training.config import TrainConfig
@@ -57,19 +60,27 @@ def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
 
 
-def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> L.Trainer:
+def build_trainer(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resuming: bool,
+    extra_callbacks: Sequence[L.Callback] = (),
+) -> L.Trainer:
     checkpoints = run_dir / "checkpoints"
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0, every_n_epochs=1),
         ExportCheckpoints(checkpoints),
         MetricsHistory(run_dir),
         ValidationImages(config.log_images_every),
         LearningRateMonitor(logging_interval="epoch"),
+        DistributedConsistency(run_dir),
+        *extra_callbacks,
     ]
     if config.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor="val/miou", mode="max", patience=config.early_stopping_patience)
         )
+    callbacks.append(ResumeCheckpoint(checkpoints / "last.ckpt"))
     max_time = None
     if config.max_minutes:
         max_time = {"minutes": config.max_minutes}
@@ -85,6 +96,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, *, resuming: bool) -> L.Tr
         callbacks=callbacks,
         logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
         plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,  # ResumeCheckpoint and ExportCheckpoints write ours
         accumulate_grad_batches=config.accumulate_grad_batches,
         gradient_clip_val=config.gradient_clip,
         limit_train_batches=_limit(config.limit_train_batches),
@@ -101,8 +113,11 @@ def _limit(value: float) -> float | int:
     return int(value) if value > 1 else float(value)
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train as ``unet-resnet train`` does; returns where the checkpoints are and the scores."""
+def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
+    """Train as ``unet-resnet train`` does; returns where the checkpoints are and the scores.
+
+    ``callbacks`` are added to the Trainer's own (checkpointing, metrics history, images).
+    """
     if not config.data:
         raise DataError("No dataset given: pass --data DATA (or data: in the --config file).")
     run_dir = Path(config.out)
@@ -172,14 +187,22 @@ def train(config: TrainConfig) -> TrainResult:
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")
-    trainer = build_trainer(config, run_dir, resuming=resume_path is not None)
+    trainer = build_trainer(
+        config, run_dir, resuming=resume_path is not None, extra_callbacks=callbacks
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         # Lightning's advice about worker counts and small logging intervals is noise here.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        trainer.fit(module, datamodule=data, ckpt_path=resume_path)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=resume_path)
+        except SystemExit:
+            # Lightning shuts down gracefully on Ctrl-C, then exits; the last completed epoch
+            # is in checkpoints/last.ckpt. Report instead of exiting from library code.
+            if not trainer.interrupted:
+                raise
     seconds = time.perf_counter() - start
     export = next(c for c in trainer.callbacks if isinstance(c, ExportCheckpoints))
     result = TrainResult(

@@ -1,0 +1,219 @@
+"""Training: config resolution, the run folder, exact resume, failures stopped early, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from unet_resnet.checkpoint import load_checkpoint
+from unet_resnet.cli import main
+from unet_resnet.data import make_demo_dataset
+from unet_resnet.training import TrainConfig, train
+from unet_resnet.training.config import load_yaml_config
+
+TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--image-size", "32",
+        "--batch-size", "4", "--workers", "0", "--progress", "false", "--log-images-every", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), 8, 4, 32, seed=0, n_test=2)
+
+
+def tiny_config(data, out, **overrides) -> TrainConfig:
+    values = dict(data=str(data), out=str(out), encoder="resnet18", encoder_weights=None,
+                  image_size=32, batch_size=4, workers=0, progress=False, epochs=1)  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_train_cli_writes_a_complete_run_folder(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        yaml.safe_dump({"epochs": 5, "lr": 0.01, "loss": "ce_dice", "scheduler": "poly"})
+    )
+    code = main(["train", "--data", str(data), "--out", str(out), "--config", str(config),
+                 "--epochs", "2", *TINY])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "best val mIoU" in capsys.readouterr().out
+
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["epochs"] == 2  # the flag overrides the file
+    assert resolved["lr"] == 0.01 and resolved["loss"] == "ce_dice"  # the file overrides defaults
+    assert resolved["encoder_weights"] is None and resolved["batch_size"] == 4
+
+    for name in ["best.pt", "last.pt", "last.ckpt"]:
+        assert (out / "checkpoints" / name).is_file(), name
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss,val_miou") and len(rows) == 3
+    assert (out / "curves.png").stat().st_size > 1000
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert {"val/miou", "train/loss_epoch", "lr-Adam"} <= set(acc.Tags()["scalars"])
+    assert "val/image_truth_prediction" in acc.Tags()["images"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and 0 <= summary["best_miou"] <= 1
+
+    model, meta = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert meta.classes.names == ["background", "disk", "square", "triangle"]
+    assert meta.model_config["encoder"] == "resnet18" and meta.model_config["in_channels"] == 3
+    assert meta.image_size == 32 and meta.image_dtype == "uint8" and len(meta.mean) == 3
+    assert meta.extra["val"]["miou"] == pytest.approx(summary["best_miou"])
+    assert model(torch.rand(1, 3, 40, 40)).shape == (1, 4, 40, 40)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_resume_reaches_the_same_result(data, tmp_path):
+    """Ctrl-C during epoch 2, resume: the same weights as one uninterrupted run."""
+
+    class CtrlC(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 1:
+                raise KeyboardInterrupt
+
+    common = dict(epochs=3, augment="strong", limit_train_batches=2)
+    train(tiny_config(data, tmp_path / "straight", **common))
+    stopped = train(tiny_config(data, tmp_path / "resumed", **common), callbacks=[CtrlC()])
+    assert stopped.interrupted
+    train(tiny_config(data, tmp_path / "resumed", **common, resume="last"))
+    a = _weights(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = _weights(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(data, tmp_path, capsys):
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "new"), "--resume", *TINY])
+    assert code == 2
+    assert "Cannot resume" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_the_step_named(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir(parents=True)
+        for i in range(4):
+            image = rng.random((32, 32, 3)).astype(np.float32)
+            image[3, 3, 0] = np.nan  # a float TIFF/NPY with a NaN pixel
+            np.save(tmp_path / split / "images" / f"{i}.npy", image)
+            np.save(tmp_path / split / "masks" / f"{i}.npy", rng.integers(0, 2, (32, 32)))
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path), "--num-classes", "2", "--out", str(out),
+                 "--epochs", "1", *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Loss became nan at epoch 0, global step 0" in err
+    assert "Traceback" not in err
+    assert not (out / "checkpoints" / "best.pt").exists()
+
+
+def test_data_problems_stop_before_the_first_epoch(tmp_path, capsys):
+    root = make_demo_dataset(tmp_path / "d", 3, 2, 32)
+    (root / "train" / "masks" / "0001.png").unlink()
+    code = main(["train", "--data", str(root), "--out", str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Image without mask" in err and "0001.png" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_unknown_yaml_key_and_bad_choice(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    with pytest.raises(Exception, match="Unknown option.*epochz.*Valid keys"):
+        load_yaml_config(bad)
+    with pytest.raises(
+        Exception, match="Invalid optimizer 'rmsprop'. Choose one of: adam, adamw, sgd"
+    ):
+        TrainConfig(optimizer="rmsprop")
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau", "poly", "onecycle", "none"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_schedulers_and_optimizers_train(data, tmp_path, scheduler, optimizer):
+    result = train(tiny_config(data, tmp_path, scheduler=scheduler, optimizer=optimizer,
+                               limit_train_batches=2, epochs=2))  # fmt: skip
+    assert result.epochs_completed == 2
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+    lrs = [float(r.split(",")[6]) for r in rows]
+    if scheduler in ("cosine", "poly", "onecycle"):
+        assert lrs[-1] < 1e-3  # decayed from the peak
+    if scheduler == "none":
+        assert lrs == [1e-3, 1e-3]
+
+
+def test_balanced_class_weights_and_frozen_encoder(data, tmp_path):
+    from unet_resnet.training.train import balanced_class_weights
+
+    weights = balanced_class_weights(np.array([900, 50, 50, 0]))
+    assert weights[0] < 1 <= weights[1] and weights[3] == 0
+    result = train(tiny_config(data, tmp_path, class_weights="balanced", freeze_encoder_epochs=1,
+                               limit_train_batches=2))  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["class_weights"]) == 4 and summary["class_weights"][0] < 1
+    assert result.epochs_completed == 1
+
+
+def test_ddp_two_processes_on_cpu(data, tmp_path):
+    """2-process DDP (gloo): identical weights on both ranks, metrics over the whole val set."""
+    out = tmp_path / "ddp"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unet_resnet.cli",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--precision",
+            "32",
+            *TINY,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"ddp_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    # 4 validation images of 32x32, split 2 + 2 across ranks, all counted on each rank.
+    assert ranks[0]["val_pixels"] == ranks[1]["val_pixels"] == 4 * 32 * 32
