@@ -19,8 +19,22 @@ from unet_resnet.data import make_demo_dataset
 from unet_resnet.training import TrainConfig, train
 from unet_resnet.training.config import load_yaml_config
 
-TINY = ["--encoder", "resnet18", "--encoder-weights", "none", "--image-size", "32",
-        "--batch-size", "4", "--workers", "0", "--progress", "false", "--log-images-every", "1"]  # fmt: skip
+TINY = [
+    "--encoder",
+    "resnet18",
+    "--encoder-weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--progress",
+    "false",
+    "--log-images-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +43,17 @@ def data(tmp_path_factory):
 
 
 def tiny_config(data, out, **overrides) -> TrainConfig:
-    values = dict(data=str(data), out=str(out), encoder="resnet18", encoder_weights=None,
-                  image_size=32, batch_size=4, workers=0, progress=False, epochs=1)  # fmt: skip
+    values = dict(
+        data=str(data),
+        out=str(out),
+        encoder="resnet18",
+        encoder_weights=None,
+        image_size=32,
+        batch_size=4,
+        workers=0,
+        progress=False,
+        epochs=1,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -41,8 +64,20 @@ def test_train_cli_writes_a_complete_run_folder(data, tmp_path, capsys):
     config.write_text(
         yaml.safe_dump({"epochs": 5, "lr": 0.01, "loss": "ce_dice", "scheduler": "poly"})
     )
-    code = main(["train", "--data", str(data), "--out", str(out), "--config", str(config),
-                 "--epochs", "2", *TINY])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--epochs",
+            "2",
+            *TINY,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "best val mIoU" in capsys.readouterr().out
 
@@ -119,8 +154,20 @@ def test_nan_loss_stops_with_the_step_named(tmp_path, capsys):
             np.save(tmp_path / split / "images" / f"{i}.npy", image)
             np.save(tmp_path / split / "masks" / f"{i}.npy", rng.integers(0, 2, (32, 32)))
     out = tmp_path / "run"
-    code = main(["train", "--data", str(tmp_path), "--num-classes", "2", "--out", str(out),
-                 "--epochs", "1", *TINY])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--num-classes",
+            "2",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            *TINY,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "Loss became nan at epoch 0, global step 0" in err
@@ -152,8 +199,16 @@ def test_unknown_yaml_key_and_bad_choice(tmp_path):
 @pytest.mark.parametrize("scheduler", ["cosine", "plateau", "poly", "onecycle", "none"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_schedulers_and_optimizers_train(data, tmp_path, scheduler, optimizer):
-    result = train(tiny_config(data, tmp_path, scheduler=scheduler, optimizer=optimizer,
-                               limit_train_batches=2, epochs=2))  # fmt: skip
+    result = train(
+        tiny_config(
+            data,
+            tmp_path,
+            scheduler=scheduler,
+            optimizer=optimizer,
+            limit_train_batches=2,
+            epochs=2,
+        )
+    )
     assert result.epochs_completed == 2
     rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
     lrs = [float(r.split(",")[6]) for r in rows]
@@ -168,8 +223,11 @@ def test_balanced_class_weights_and_frozen_encoder(data, tmp_path):
 
     weights = balanced_class_weights(np.array([900, 50, 50, 0]))
     assert weights[0] < 1 <= weights[1] and weights[3] == 0
-    result = train(tiny_config(data, tmp_path, class_weights="balanced", freeze_encoder_epochs=1,
-                               limit_train_batches=2))  # fmt: skip
+    result = train(
+        tiny_config(
+            data, tmp_path, class_weights="balanced", freeze_encoder_epochs=1, limit_train_batches=2
+        )
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["class_weights"]) == 4 and summary["class_weights"][0] < 1
     assert result.epochs_completed == 1
@@ -205,7 +263,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
             "--precision",
             "32",
             *TINY,
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -264,18 +264,28 @@ class OxfordIIITPet(PairedSegmentationDataset):
 
 
 # Cityscapes ------------------------------------------------------------------------------------
-_CITYSCAPES = [  # (label id, train id, name, colour) for the 19 evaluated classes
-    (7, 0, "road", (128, 64, 128)), (8, 1, "sidewalk", (244, 35, 232)),
-    (11, 2, "building", (70, 70, 70)), (12, 3, "wall", (102, 102, 156)),
-    (13, 4, "fence", (190, 153, 153)), (17, 5, "pole", (153, 153, 153)),
-    (19, 6, "traffic light", (250, 170, 30)), (20, 7, "traffic sign", (220, 220, 0)),
-    (21, 8, "vegetation", (107, 142, 35)), (22, 9, "terrain", (152, 251, 152)),
-    (23, 10, "sky", (70, 130, 180)), (24, 11, "person", (220, 20, 60)),
-    (25, 12, "rider", (255, 0, 0)), (26, 13, "car", (0, 0, 142)),
-    (27, 14, "truck", (0, 0, 70)), (28, 15, "bus", (0, 60, 100)),
-    (31, 16, "train", (0, 80, 100)), (32, 17, "motorcycle", (0, 0, 230)),
+# (label id, train id, name, colour) for the 19 evaluated classes
+_CITYSCAPES = [
+    (7, 0, "road", (128, 64, 128)),
+    (8, 1, "sidewalk", (244, 35, 232)),
+    (11, 2, "building", (70, 70, 70)),
+    (12, 3, "wall", (102, 102, 156)),
+    (13, 4, "fence", (190, 153, 153)),
+    (17, 5, "pole", (153, 153, 153)),
+    (19, 6, "traffic light", (250, 170, 30)),
+    (20, 7, "traffic sign", (220, 220, 0)),
+    (21, 8, "vegetation", (107, 142, 35)),
+    (22, 9, "terrain", (152, 251, 152)),
+    (23, 10, "sky", (70, 130, 180)),
+    (24, 11, "person", (220, 20, 60)),
+    (25, 12, "rider", (255, 0, 0)),
+    (26, 13, "car", (0, 0, 142)),
+    (27, 14, "truck", (0, 0, 70)),
+    (28, 15, "bus", (0, 60, 100)),
+    (31, 16, "train", (0, 80, 100)),
+    (32, 17, "motorcycle", (0, 0, 230)),
     (33, 18, "bicycle", (119, 11, 32)),
-]  # fmt: skip
+]
 CITYSCAPES_CLASSES = ClassInfo([n for _, _, n, _ in _CITYSCAPES], [c for *_, c in _CITYSCAPES])
 CITYSCAPES_LABEL_MAP = np.full(256, 255, dtype=np.int64)
 for _label_id, _train_id, _, _ in _CITYSCAPES:

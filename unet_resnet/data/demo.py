@@ -58,10 +58,12 @@ def _shape_mask(rng: np.random.Generator, size: int, kind: int) -> np.ndarray:
     else:  # triangle
         angle = rng.uniform(0, 2 * np.pi)
         corners = [
-            (cx + r * 1.2 * np.cos(angle + k * 2 * np.pi / 3),
-             cy + r * 1.2 * np.sin(angle + k * 2 * np.pi / 3))
+            (
+                cx + r * 1.2 * np.cos(angle + k * 2 * np.pi / 3),
+                cy + r * 1.2 * np.sin(angle + k * 2 * np.pi / 3),
+            )
             for k in range(3)
-        ]  # fmt: skip
+        ]
         draw.polygon(corners, fill=1)
     return np.asarray(canvas, dtype=bool)
 

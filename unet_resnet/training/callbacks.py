@@ -105,8 +105,16 @@ class ExportCheckpoints(L.Callback):
 class MetricsHistory(L.Callback):
     """One CSV row per epoch and a PNG of the curves, rewritten after every epoch."""
 
-    columns = ("epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
-               "val_pixel_accuracy", "lr", "seconds")  # fmt: skip
+    columns = (
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_miou",
+        "val_mean_dice",
+        "val_pixel_accuracy",
+        "lr",
+        "seconds",
+    )
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
@@ -131,16 +139,20 @@ class MetricsHistory(L.Callback):
             value = m.get(key)
             return float(value) if value is not None else float("nan")
 
-        self.rows.append({
-            "epoch": trainer.current_epoch,
-            "train_loss": get("train/loss_epoch"),
-            "val_loss": get("val/loss"),
-            "val_miou": get("val/miou"),
-            "val_mean_dice": get("val/mean_dice"),
-            "val_pixel_accuracy": get("val/pixel_accuracy"),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else math.nan,
-            "seconds": round(time.perf_counter() - self._start, 2),
-        })  # fmt: skip
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                "train_loss": get("train/loss_epoch"),
+                "val_loss": get("val/loss"),
+                "val_miou": get("val/miou"),
+                "val_mean_dice": get("val/mean_dice"),
+                "val_pixel_accuracy": get("val/pixel_accuracy"),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"]
+                if trainer.optimizers
+                else math.nan,
+                "seconds": round(time.perf_counter() - self._start, 2),
+            }
+        )
         self.write()
 
     def write(self) -> None:
@@ -167,8 +179,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    for key, label in (("val_miou", "mIoU"), ("val_mean_dice", "mean Dice"),
-                       ("val_pixel_accuracy", "pixel accuracy")):  # fmt: skip
+    for key, label in (
+        ("val_miou", "mIoU"),
+        ("val_mean_dice", "mean Dice"),
+        ("val_pixel_accuracy", "pixel accuracy"),
+    ):
         ax_score.plot(epochs, [r[key] for r in rows], marker="o", label=label)
     ax_score.set_xlabel("epoch")
     ax_score.set_ylim(0, 1)
@@ -213,9 +228,10 @@ class ValidationImages(L.Callback):
             rows.append(np.concatenate([shown, truth, guess], axis=1))
         grid = np.concatenate(rows, axis=0)
         experiment.add_image(
-            "val/image_truth_prediction", torch.from_numpy(grid).permute(2, 0, 1),
+            "val/image_truth_prediction",
+            torch.from_numpy(grid).permute(2, 0, 1),
             global_step=trainer.current_epoch,
-        )  # fmt: skip
+        )
 
 
 class DistributedConsistency(L.Callback):
@@ -249,5 +265,5 @@ class DistributedConsistency(L.Callback):
                     "weights_sha256": digest.hexdigest(),
                     "val_pixels": pixels,
                 }
-            )  # fmt: skip
+            )
         )

@@ -131,9 +131,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.test_set = self._make("test")
         train.classes = classes
         train.transform = build_train_transform(
-            self.augment, size=self.image_size, mean=self.mean, std=self.std,
+            self.augment,
+            size=self.image_size,
+            mean=self.mean,
+            std=self.std,
             ignore_index=classes.ignore_index,
-        )  # fmt: skip
+        )
         for ds in (self.val_set, self.test_set):
             if ds is not None:
                 ds.classes = classes

@@ -104,15 +104,26 @@ class SegmentationModule(L.LightningModule):
                 "model is saved. Try a lower --lr, --precision 32, --gradient-clip 1.0, or run "
                 "`unet-resnet check-data` on the dataset."
             )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=images.shape[0])  # fmt: skip
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=images.shape[0],
+        )
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch
         logits = self(images)
-        self.log("val/loss", self.criterion(logits, masks), on_epoch=True, sync_dist=True,
-                 batch_size=images.shape[0])  # fmt: skip
+        self.log(
+            "val/loss",
+            self.criterion(logits, masks),
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=images.shape[0],
+        )
         self.val_metrics.update(logits.float(), masks)
         if batch_idx == 0:
             self._val_batch_for_images = (
@@ -145,9 +156,12 @@ class SegmentationModule(L.LightningModule):
                 optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
             case "sgd":
                 optimizer = torch.optim.SGD(
-                    params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                    params,
+                    lr=hp.lr,
+                    momentum=hp.momentum,
+                    weight_decay=hp.weight_decay,
                     nesterov=hp.momentum > 0,
-                )  # fmt: skip
+                )
             case _:
                 raise ValueError(f"Unknown optimizer {hp.optimizer!r}: adam, adamw, sgd.")
 

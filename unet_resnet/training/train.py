@@ -226,10 +226,10 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
             "precision": result.precision,
             "interrupted": result.interrupted,
             "class_weights": class_weights,
-            "last_val": None if result.val_scores is None else {
-                k: v for k, v in result.val_scores.items() if k != "confusion_matrix"
-            },
+            "last_val": None
+            if result.val_scores is None
+            else {k: v for k, v in result.val_scores.items() if k != "confusion_matrix"},
             "last_val_confusion_matrix": (result.val_scores or {}).get("confusion_matrix"),
-        }  # fmt: skip
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
