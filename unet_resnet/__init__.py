@@ -5,6 +5,7 @@ model is built with ``encoder_weights="imagenet"``.
 """
 
 from unet_resnet.errors import UnetResnetError, WeightsUnavailableError
+from unet_resnet.inference import Segmenter
 from unet_resnet.models import (
     UNetWithResnet50Encoder,
     create_model,
@@ -14,6 +15,7 @@ from unet_resnet.models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Segmenter",
     "UNetWithResnet50Encoder",
     "UnetResnetError",
     "WeightsUnavailableError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -169,6 +170,163 @@ def train_command(args: argparse.Namespace) -> int:
         f"best val mIoU {best}; {result.epochs_completed} epochs in {result.seconds:.0f} s "
         f"({result.precision}); checkpoints in {result.run_dir / 'checkpoints'}"
     )
+    return 0
+
+
+def _segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images")
+    parser.add_argument("--overlap", type=float, default=0.25, help="fraction (<1) or pixels")
+    parser.add_argument("--blend", default="gaussian", choices=["gaussian", "linear", "constant"])
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--tta", action="store_true", help="average over flips")
+    parser.add_argument("--tta-rotations", action="store_true", help="also 90-degree turns")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def _build_segmenter(args: argparse.Namespace, progress: bool = False):
+    from unet_resnet.inference import Segmenter
+
+    return Segmenter.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        tta=args.tta or args.tta_rotations,
+        tta_rotations=args.tta_rotations,
+        compile=args.compile,
+        progress=progress,
+    )
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images) and globs to a sorted list; also the inputs that matched
+    nothing."""
+    import glob
+
+    from unet_resnet.io import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            matches = [p for p in matches if p.is_file()]
+        if not matches:
+            missing.append(item)
+        found.extend(m for m in matches if m not in found)
+    return found, missing
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    _segmenter_arguments(parser)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    parser.add_argument(
+        "--probabilities", action="store_true", help="also write class probabilities"
+    )
+
+
+@command("predict", "predict masks for images, folders or GeoTIFF scenes of any size")
+@arguments(_predict_arguments)
+def predict_command(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from unet_resnet.io import is_geotiff
+
+    files, missing = expand_inputs(args.inputs)
+    segmenter = _build_segmenter(args, progress=len(files) == 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed: list[tuple[str, str]] = [(m, "no such file, folder or matching glob") for m in missing]
+    written = 0
+    used: set[str] = set()
+    for path in tqdm(files, desc="predict", unit="file", disable=len(files) < 2):
+        geo = is_geotiff(path)
+        suffix = ".tif" if geo else ".png"
+        # Same file name from two folders: keep both, prefixed with their folder's name.
+        stem = path.stem if path.stem not in used else f"{path.parent.name}_{path.stem}"
+        used.add(stem)
+        try:
+            segmenter.predict_file(
+                path,
+                out / f"{stem}{suffix}",
+                overlay=out / f"{stem}_overlay.png" if args.overlay else None,
+                probabilities=(out / f"{stem}_proba{'.tif' if geo else '.npy'}")
+                if args.probabilities
+                else None,
+            )
+            written += 1
+        except UnetResnetError as exc:
+            failed.append((str(path), str(exc)))
+    print(f"wrote {written} prediction(s) to {out}")
+    if failed:
+        print(f"{len(failed)} input(s) failed:", file=sys.stderr)
+        for name, reason in failed:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _segmenter_arguments(parser)
+    parser.add_argument("--data", required=True, help="dataset root")
+    parser.add_argument("--split", default="val", help="val | test | train")
+    parser.add_argument("--dataset", default="folder", choices=["folder", "voc", "pet", "cityscapes"])
+    parser.add_argument("--json", dest="json_out", default=None, help="write the scores here")
+    parser.add_argument(
+        "--out", default="evaluation", help="folder for scores.json and confusion_matrix.png"
+    )
+
+
+def open_split(root: str, split: str, dataset: str, classes=None):
+    """The labelled dataset of ``split`` in one of the supported layouts."""
+    from unet_resnet.data import Cityscapes, OxfordIIITPet, SegmentationFolder, VOCSegmentation
+
+    match dataset:
+        case "folder":
+            return SegmentationFolder(root, split, classes=classes)
+        case "voc":
+            return VOCSegmentation(root, split)
+        case "pet":
+            return OxfordIIITPet(root, "train" if split == "train" else "test")
+        case "cityscapes":
+            return Cityscapes(root, split)
+    raise ValueError(f"Unknown dataset layout {dataset!r}")
+
+
+@command("evaluate", "score a checkpoint on a labelled split (mIoU, Dice, per-class table)")
+@arguments(_evaluate_arguments)
+def evaluate_command(args: argparse.Namespace) -> int:
+    from unet_resnet.inference.evaluate import (
+        evaluate,
+        format_scores,
+        plot_confusion_matrix,
+        write_scores_json,
+    )
+
+    segmenter = _build_segmenter(args)
+    dataset = open_split(args.data, args.split, args.dataset, classes=segmenter.classes)
+    scores = evaluate(segmenter, dataset)
+    print(format_scores(scores))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_scores_json(scores, out / "scores.json")
+    plot_confusion_matrix(scores, out / "confusion_matrix.png")
+    if args.json_out:
+        write_scores_json(scores, args.json_out)
+    print(f"scores and confusion matrix in {out}")
     return 0
 
 

@@ -1,0 +1,111 @@
+"""``evaluate``: scores of a Segmenter on a labelled split, with the training metric code.
+
+Images are predicted at full resolution through the Segmenter, so tiling and TTA apply exactly
+as in ``predict``; the confusion matrix is accumulated over the whole split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from unet_resnet.data.datasets import PairedSegmentationDataset
+from unet_resnet.inference.segmenter import Segmenter
+from unet_resnet.metrics import SegmentationMetrics
+
+__all__ = ["evaluate", "format_scores", "plot_confusion_matrix", "write_scores_json"]
+
+
+def evaluate(
+    segmenter: Segmenter, dataset: PairedSegmentationDataset, *, progress: bool = True
+) -> dict[str, Any]:
+    """mIoU, mean Dice, pixel accuracy, per-class IoU/Dice/precision/recall, confusion matrix."""
+    classes = segmenter.classes
+    metrics = SegmentationMetrics(
+        classes.num_classes, ignore_index=classes.ignore_index, class_names=classes.names
+    )
+    for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
+        image, mask = dataset.load(index)
+        if mask is None:
+            continue
+        labels = segmenter.predict(image)
+        metrics.update(
+            torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
+        )
+    return metrics.compute()
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """A text table: the headline numbers, then one row per class."""
+
+    def pct(value: float) -> str:
+        return "   n/a" if math.isnan(value) else f"{100 * value:6.2f}"
+
+    lines = [
+        f"mIoU {pct(scores['miou'])}   mean Dice {pct(scores['mean_dice'])}   "
+        f"pixel accuracy {pct(scores['pixel_accuracy'])}",
+        "",
+        f"{'class':<20} {'IoU':>6} {'Dice':>6} {'prec.':>6} {'recall':>6} {'pixels':>10}",
+    ]
+    for name, row in scores["per_class"].items():
+        lines.append(
+            f"{name[:20]:<20} {pct(row['iou'])} {pct(row['dice'])} {pct(row['precision'])} "
+            f"{pct(row['recall'])} {row['support']:>10}"
+        )
+    return "\n".join(lines)
+
+
+def _clean(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_scores_json(scores: dict[str, Any], path: str | os.PathLike) -> None:
+    """JSON with top-level ``miou``, ``mean_dice``, ``pixel_accuracy``, ``per_class`` (NaN as null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_clean(scores), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_confusion_matrix(scores: dict[str, Any], path: str | os.PathLike) -> None:
+    """Row-normalised confusion matrix as a PNG (rows: truth, columns: prediction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores["per_class"])
+    cm = np.asarray(scores["confusion_matrix"], dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                color = "white" if norm[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

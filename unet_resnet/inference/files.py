@@ -1,0 +1,171 @@
+"""Predicting files: ordinary images in memory, GeoTIFF scenes window by window.
+
+Every output is written to a temporary name beside its destination and renamed when complete,
+so an interrupted run never leaves a file that looks finished but is not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from unet_resnet.errors import InputShapeError, UnetResnetError
+from unet_resnet.io import read_image, write_mask_png
+from unet_resnet.visualize import overlay_with_legend
+
+if TYPE_CHECKING:
+    from unet_resnet.inference.segmenter import Segmenter
+
+__all__ = ["predict_image_file", "predict_raster_file"]
+
+#: Overlays of scenes larger than this are skipped (they would need the whole scene in memory).
+MAX_OVERLAY_PIXELS = 64_000_000
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def _labels(probs: np.ndarray) -> np.ndarray:
+    return probs.argmax(0).astype(np.uint8 if probs.shape[0] <= 256 else np.int32)
+
+
+def _save_overlay(segmenter: Segmenter, image: np.ndarray, labels: np.ndarray, path) -> None:
+    path = Path(path)
+    classes = segmenter.classes
+    picture = overlay_with_legend(
+        image, labels, classes.names, classes.colors, ignore_index=classes.ignore_index
+    )
+    tmp = _tmp(path)
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def predict_image_file(
+    segmenter: Segmenter,
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    *,
+    overlay: str | os.PathLike | None = None,
+    probabilities: str | os.PathLike | None = None,
+) -> Path:
+    """Read an image, predict it (tiled if large), write a palette PNG of class indices."""
+    path_in, path_out = Path(path_in), Path(path_out)
+    image = read_image(path_in)
+    try:
+        probs = segmenter.predict_proba(image)
+    except InputShapeError as exc:
+        raise InputShapeError(f"{path_in}: {exc}") from None
+    labels = _labels(probs)
+    path_out.parent.mkdir(parents=True, exist_ok=True)
+    if labels.dtype == np.uint8:
+        write_mask_png(path_out, labels, segmenter.classes.colors)
+    else:
+        tmp = _tmp(path_out.with_suffix(".npy"))
+        np.save(tmp, labels)
+        os.replace(tmp, path_out.with_suffix(".npy"))
+    if overlay is not None:
+        _save_overlay(segmenter, image, labels, overlay)
+    if probabilities is not None:
+        probabilities = Path(probabilities)
+        tmp = _tmp(probabilities)
+        with open(tmp, "wb") as f:
+            np.save(f, probs.astype(np.float16))
+        os.replace(tmp, probabilities)
+    return path_out
+
+
+def _chunks(h: int, w: int, size: int):
+    for top in range(0, h, size):
+        for left in range(0, w, size):
+            yield top, left, min(size, h - top), min(size, w - left)
+
+
+def predict_raster_file(
+    segmenter: Segmenter,
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    *,
+    probabilities: str | os.PathLike | None = None,
+    overlay: str | os.PathLike | None = None,
+    chunk_size: int = 4096,
+) -> Path:
+    """Stream a GeoTIFF through the model chunk by chunk and write a georeferenced mask.
+
+    Each chunk is read with a margin of context (the tile overlap, at least 64 px) so chunk
+    borders get the same context as any other pixel, predicted with tiling, cropped back and
+    written into its window. Peak memory depends on ``chunk_size`` and the tile batch, not on
+    the scene. Pixels where every band equals the input's nodata value get nodata (255) in the
+    output; the output keeps the input's CRS and geotransform. Probabilities, if asked for,
+    are written as a uint8 GeoTIFF (probability x 255), one band per class.
+    """
+    try:
+        import rasterio
+        from rasterio.windows import Window
+    except ImportError:
+        raise UnetResnetError(
+            "GeoTIFF prediction needs rasterio: pip install 'unet-resnet[geo]'."
+        ) from None
+    path_in, path_out = Path(path_in), Path(path_out)
+    classes = segmenter.classes
+    nodata_out = classes.ignore_index if 0 <= classes.ignore_index <= 255 else 255
+    margin = max(64, int(segmenter.overlap * segmenter.tile_size) if segmenter.overlap < 1
+                 else int(segmenter.overlap))  # fmt: skip
+    path_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = _tmp(path_out)
+    tmp_prob = _tmp(Path(probabilities)) if probabilities else None
+    try:
+        with rasterio.open(path_in) as src:
+            if src.count != segmenter.in_channels:
+                raise InputShapeError(
+                    f"{path_in} has {src.count} band(s); the model takes "
+                    f"{segmenter.in_channels}. Select the bands the model was trained on."
+                )
+            profile = {
+                "driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
+                "dtype": "uint8", "crs": src.crs, "transform": src.transform,
+                "nodata": nodata_out, "compress": "deflate", "tiled": True,
+                "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+            }  # fmt: skip
+            dst = rasterio.open(tmp_out, "w", **profile)
+            pdst = None
+            if tmp_prob is not None:
+                pdst = rasterio.open(
+                    tmp_prob, "w", **{**profile, "count": len(classes), "nodata": None}
+                )
+            try:
+                for top, left, h, w in _chunks(src.height, src.width, chunk_size):
+                    t0, l0 = max(0, top - margin), max(0, left - margin)
+                    t1 = min(src.height, top + h + margin)
+                    l1 = min(src.width, left + w + margin)
+                    data = src.read(window=Window(l0, t0, l1 - l0, t1 - t0))
+                    image = np.moveaxis(data, 0, -1)
+                    probs = segmenter.predict_proba(image)
+                    probs = probs[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
+                    labels = _labels(probs)
+                    if src.nodata is not None:
+                        core = data[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
+                        labels[np.all(core == src.nodata, axis=0)] = nodata_out
+                    window = Window(left, top, w, h)
+                    dst.write(labels, 1, window=window)
+                    if pdst is not None:
+                        pdst.write(np.round(probs * 255).astype(np.uint8), window=window)
+            finally:
+                dst.close()
+                if pdst is not None:
+                    pdst.close()
+        os.replace(tmp_out, path_out)
+        if tmp_prob is not None:
+            os.replace(tmp_prob, probabilities)
+    finally:
+        tmp_out.unlink(missing_ok=True)
+        if tmp_prob is not None:
+            tmp_prob.unlink(missing_ok=True)
+    if overlay is not None:
+        with rasterio.open(path_in) as src, rasterio.open(path_out) as out:
+            if src.width * src.height <= MAX_OVERLAY_PIXELS:
+                _save_overlay(segmenter, np.moveaxis(src.read(), 0, -1), out.read(1), overlay)
+    return path_out

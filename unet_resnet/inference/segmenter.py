@@ -1,0 +1,285 @@
+"""``Segmenter``: one object that turns images (arrays or files, any size) into masks.
+
+It carries what the checkpoint says about the data (classes, normalisation, channel count),
+picks the fast path for the hardware (bf16 autocast on CPUs with AMX/AVX-512 BF16 and on
+GPUs, channels_last, Conv+BN folding, inference mode), tiles images larger than
+``tile_size`` and can average test-time augmentations.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from torch import nn
+
+from unet_resnet.checkpoint import load_checkpoint
+from unet_resnet.data.classes import ClassInfo
+from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from unet_resnet.errors import InputShapeError
+from unet_resnet.hardware import cpu_has_fast_bf16, resolve_device
+from unet_resnet.inference.tiling import Blend, overlap_pixels, sliding_window_inference
+from unet_resnet.io import to_float_image
+
+__all__ = ["Precision", "Segmenter", "fold_batchnorm"]
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into it.
+
+    Covers the guide's ConvBlocks, the ResNet stem, bottleneck/basic blocks and their
+    downsample branches; the folded BatchNorm becomes an Identity. Saves a full pass over
+    every activation at inference; outputs are unchanged up to float rounding.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+            setattr(parent, bn_name, nn.Identity())
+
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in zip(names, names[1:], strict=False):
+                fold(module, a, b)
+        for conv_name in [n for n, m in module.named_children() if isinstance(m, nn.Conv2d)]:
+            for bn_name in (conv_name.replace("conv", "bn"), "bn"):
+                if bn_name != conv_name and hasattr(module, bn_name):
+                    fold(module, conv_name, bn_name)
+                    break
+    return model
+
+
+class Segmenter:
+    """Predict masks with a trained model.
+
+    Args:
+        model: the network (an ``nn.Module`` returning logits).
+        classes: class names/colours; default generic names.
+        mean, std: per-channel normalisation of images scaled to [0, 1] (integer images by
+            their dtype's range); default ImageNet for 3 channels, none otherwise.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
+        precision: ``"auto"`` (bf16 where the hardware runs it natively, else fp32),
+            ``"fp32"``, ``"bf16"``, ``"fp16"`` (CUDA).
+        tile_size: images with a side above this are predicted tile by tile.
+        overlap: tile overlap, fraction (< 1) or pixels.
+        blend: tile weighting, ``"gaussian"`` (default), ``"linear"`` or ``"constant"``.
+        batch_size: tiles (or list images of one size) per forward pass.
+        tta: average predictions over flips (and 90-degree rotations with ``tta_rotations``).
+        channels_last, fold_bn: fast-path switches (on by default).
+        compile: wrap the model in ``torch.compile`` (slow first call, faster afterwards).
+        image_dtype: the dtype the model was trained on, for a warning on mismatches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        classes: ClassInfo | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        device: str = "auto",
+        precision: Precision = "auto",
+        tile_size: int = 1024,
+        overlap: float = 0.25,
+        blend: Blend = "gaussian",
+        batch_size: int = 4,
+        tta: bool = False,
+        tta_rotations: bool = False,
+        channels_last: bool = True,
+        fold_bn: bool = True,
+        compile: bool = False,
+        image_dtype: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        if precision not in get_args(Precision):
+            raise ValueError(
+                f"Unknown precision {precision!r}. Choose one of: {', '.join(get_args(Precision))}."
+            )
+        overlap_pixels(tile_size, overlap)  # validates
+        self.device = resolve_device(device)
+        self.precision = self._resolve_precision(precision)
+        self.in_channels = int(getattr(model, "in_channels", 3))
+        self.num_classes = int(getattr(model, "n_classes", 0)) or None
+        self.classes = classes or ClassInfo.generic(self.num_classes or 2)
+        if mean is None and self.in_channels == 3:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.tile_size, self.overlap, self.blend = tile_size, overlap, blend
+        self.batch_size = batch_size
+        self.tta, self.tta_rotations = tta, tta_rotations
+        self.image_dtype = image_dtype
+        self.progress = progress
+        self.channels_last = channels_last
+
+        model = model.eval()
+        if fold_bn:
+            import copy
+
+            model = fold_batchnorm(copy.deepcopy(model))
+        model = model.to(self.device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self._forward_model = torch.compile(model) if compile else model
+
+    # Construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str = "auto",
+        precision: Precision = "auto",
+        **kwargs,
+    ) -> Segmenter:
+        """Load a checkpoint written by ``unet-resnet train`` (or the original's state dict)."""
+        model, meta = load_checkpoint(path)
+        return cls(
+            model,
+            classes=meta.classes,
+            mean=meta.mean,
+            std=meta.std,
+            device=device,
+            precision=precision,
+            image_dtype=meta.image_dtype,
+            **kwargs,
+        )
+
+    def _resolve_precision(self, precision: str) -> str:
+        if precision == "auto":
+            if self.device.type == "cuda":
+                return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cpu_has_fast_bf16() else "fp32"
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU.")
+        return precision
+
+    # Core --------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    def _probs(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (fp32) for a normalised ``N x C x H x W`` batch, with TTA."""
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        views: list[tuple] = [((), 0)]
+        if self.tta:
+            views += [((-1,), 0), ((-2,), 0)]
+            if self.tta_rotations:
+                views += [((), 1), ((), 2), ((), 3)]
+        total = None
+        with torch.inference_mode(), self._autocast():
+            for flip, k in views:
+                x = batch.flip(flip) if flip else batch
+                x = torch.rot90(x, k, (-2, -1)) if k else x
+                p = self._forward_model(x).float().softmax(1)
+                p = torch.rot90(p, -k, (-2, -1)) if k else p  # invert on the output
+                p = p.flip(flip) if flip else p
+                total = p if total is None else total + p
+        return total / len(views)
+
+    def _prepare(self, image: np.ndarray) -> torch.Tensor:
+        if not isinstance(image, np.ndarray):
+            raise InputShapeError(f"Expected a numpy array, got {type(image).__name__}.")
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3:
+            raise InputShapeError(
+                f"Expected an H x W or H x W x C image, got shape {image.shape}."
+            )
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise InputShapeError(f"Got an empty image of shape {image.shape}.")
+        if image.shape[-1] != self.in_channels:
+            raise InputShapeError(
+                f"The model takes {self.in_channels}-channel images, got {image.shape[-1]} "
+                f"channel(s) (shape {image.shape}). Convert the image (e.g. grey to RGB), or use "
+                f"a model trained with in_channels={image.shape[-1]}."
+            )
+        if image.dtype.kind not in "biuf":
+            raise InputShapeError(
+                f"Unsupported image dtype {image.dtype}; expected integers, booleans or floats."
+            )
+        if self.image_dtype and np.dtype(self.image_dtype) != image.dtype:
+            warnings.warn(
+                f"The model was trained on {self.image_dtype} images, got {image.dtype}; values "
+                "are scaled by their dtype's range, so results may be off.",
+                stacklevel=3,
+            )
+        x = torch.from_numpy(np.ascontiguousarray(to_float_image(image))).permute(2, 0, 1)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.to(self.device)
+
+    # Public API -------------------------------------------------------------------------------
+    def predict_proba(self, image: np.ndarray | Sequence[np.ndarray]):
+        """Class probabilities ``C x H x W`` (float32) for an image, or a list for a list."""
+        if isinstance(image, list | tuple):
+            return [self.predict_proba(i) for i in image]
+        x = self._prepare(image)
+        probs = sliding_window_inference(
+            x,
+            self._probs,
+            tile_size=self.tile_size,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            blend=self.blend,
+            progress=self.progress,
+        )
+        return probs.cpu().numpy()
+
+    def predict(self, image: np.ndarray | Sequence[np.ndarray]):
+        """Class indices ``H x W`` (uint8 for up to 256 classes) for an image, or a list."""
+        if isinstance(image, list | tuple):
+            return [self.predict(i) for i in image]
+        labels = self.predict_proba(image).argmax(0)
+        return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
+
+    def predict_file(
+        self,
+        path_in: str | os.PathLike,
+        path_out: str | os.PathLike,
+        *,
+        overlay: str | os.PathLike | None = None,
+        probabilities: str | os.PathLike | None = None,
+        chunk_size: int = 4096,
+    ) -> Path:
+        """Predict one file and write the mask (and optional overlay/probabilities).
+
+        GeoTIFFs are streamed window by window (memory bounded by ``chunk_size``), written as
+        GeoTIFF with the input's CRS and transform; other images are written as palette PNG.
+        Outputs appear atomically: a crash never leaves a half-written file.
+        """
+        from unet_resnet.inference.files import predict_image_file, predict_raster_file
+        from unet_resnet.io import is_geotiff
+
+        if is_geotiff(path_in) and Path(path_out).suffix.lower() in (".tif", ".tiff"):
+            return predict_raster_file(
+                self, path_in, path_out, probabilities=probabilities, chunk_size=chunk_size,
+                overlay=overlay,
+            )
+        return predict_image_file(
+            self, path_in, path_out, overlay=overlay, probabilities=probabilities
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Segmenter(classes={self.classes.names}, in_channels={self.in_channels}, "
+            f"device={self.device}, precision={self.precision}, tile_size={self.tile_size}, "
+            f"tta={self.tta})"
+        )
+

@@ -1,0 +1,140 @@
+"""Sliding-window inference: tiles, batched, blended so seams do not show.
+
+Tiles of ``tile_size`` overlap by ``overlap`` (a fraction of the tile or pixels). Their
+probabilities are accumulated with a weight window that falls off towards the tile border
+(Gaussian by default, as in nnU-Net; or linear), then divided by the summed weights. Tiles are
+placed so that the last one ends exactly at the image border, so no tile reads outside the
+image (the model itself reflect-pads each tile to a multiple of 32). An image that fits in one
+tile is a single plain forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = [
+    "Blend",
+    "count_tiles",
+    "overlap_pixels",
+    "sliding_window_inference",
+    "tile_starts",
+    "weight_window",
+]
+
+Blend = Literal["gaussian", "linear", "constant"]
+
+
+def overlap_pixels(tile_size: int, overlap: float) -> int:
+    """``overlap`` below 1 is a fraction of the tile, otherwise a number of pixels."""
+    pixels = round(overlap * tile_size) if overlap < 1 else int(overlap)
+    if not 0 <= pixels < tile_size:
+        raise ValueError(
+            f"overlap must be smaller than the tile ({tile_size} px), got {overlap} ({pixels} px)."
+        )
+    return pixels
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Starts of tiles covering ``length``; the last tile is flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+@functools.lru_cache(maxsize=16)
+def _window(height: int, width: int, blend: Blend) -> torch.Tensor:
+    def profile(n: int) -> torch.Tensor:
+        x = torch.arange(n, dtype=torch.float64) + 0.5
+        match blend:
+            case "gaussian":
+                sigma = n / 8  # nnU-Net's choice: centre dominates, border still counts
+                w = torch.exp(-((x - n / 2) ** 2) / (2 * sigma**2))
+            case "linear":
+                w = 1 - (x - n / 2).abs() / (n / 2)
+            case "constant":
+                w = torch.ones(n, dtype=torch.float64)
+            case _:
+                raise ValueError(f"Unknown blend {blend!r}: gaussian, linear, constant.")
+        # Never zero: border pixels that only one tile covers must still get a prediction.
+        return (w / w.max()).clamp_min(1e-3)
+
+    return (profile(height)[:, None] * profile(width)[None, :]).float()
+
+
+def weight_window(height: int, width: int, blend: Blend = "gaussian") -> torch.Tensor:
+    """The ``height x width`` blending weights for one tile (max 1, min 1e-3)."""
+    return _window(height, width, blend)
+
+
+def _tiles(h: int, w: int, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
+    th, tw = min(tile, h), min(tile, w)
+    return [
+        (top, left, th, tw)
+        for top in tile_starts(h, th, stride)
+        for left in tile_starts(w, tw, stride)
+    ]
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def sliding_window_inference(
+    image: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    tile_size: int,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: Blend = "gaussian",
+    progress: bool = False,
+) -> torch.Tensor:
+    """Probabilities for one ``C x H x W`` image (already normalised), on ``image``'s device.
+
+    Args:
+        image: the input, any size.
+        forward: maps an ``N x C x h x w`` batch to ``N x K x h x w`` class probabilities.
+        tile_size: tile side in pixels.
+        overlap: fraction of the tile (< 1) or pixels (>= 1) shared by neighbouring tiles.
+        batch_size: tiles per forward call (the memory bound).
+        blend: weight window for accumulating overlapping tiles.
+        progress: show a progress bar over tiles.
+    """
+    _, h, w = image.shape
+    if h <= tile_size and w <= tile_size:
+        return forward(image.unsqueeze(0))[0]
+    stride = tile_size - overlap_pixels(tile_size, overlap)
+    tiles = _tiles(h, w, tile_size, stride)
+    out: torch.Tensor | None = None
+    norm = torch.zeros((h, w), dtype=torch.float32, device=image.device)
+    bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
+    for group in _batches(tiles, batch_size):
+        th, tw = group[0][2], group[0][3]
+        batch = torch.stack([image[:, t : t + th, l : l + tw] for t, l, _, _ in group])
+        probs = forward(batch).float()
+        if out is None:
+            out = torch.zeros((probs.shape[1], h, w), dtype=torch.float32, device=image.device)
+        weight = weight_window(th, tw, blend).to(image.device)
+        for (t, l, _, _), p in zip(group, probs, strict=True):
+            out[:, t : t + th, l : l + tw] += p * weight
+            norm[t : t + th, l : l + tw] += weight
+        bar.update(len(group))
+    bar.close()
+    assert out is not None
+    return out / norm
+
+
+def count_tiles(h: int, w: int, tile_size: int, overlap: float) -> int:
+    """How many tiles :func:`sliding_window_inference` runs for an ``h x w`` image."""
+    if h <= tile_size and w <= tile_size:
+        return 1
+    stride = tile_size - overlap_pixels(tile_size, overlap)
+    return len(_tiles(h, w, tile_size, stride))
+
