@@ -1,9 +1,10 @@
 """The built-in synthetic dataset: the demo's default and the tests' fixture.
 
-Shapes of three classes (disk, square, triangle) on textured backgrounds. Colours are drawn
-independently of the class, backgrounds carry blobs of the same colours, shapes occlude each
-other and the whole image is noisy, so no threshold on colour or brightness separates the
-classes: a model has to learn shape.
+Shapes of three classes (disk, square, triangle) on textured backgrounds. Each class has its
+own outline and surface pattern, but colours are drawn independently of the class,
+backgrounds carry blobs of the same colours, shapes occlude each other and the whole image is
+noisy, so no threshold on colour or brightness separates the classes: a model has to learn
+pattern and shape.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 def _shape_mask(rng: np.random.Generator, size: int, kind: int) -> np.ndarray:
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    r = rng.uniform(size / 10, size / 4.5)
+    r = rng.uniform(size / 9, size / 4.5)
     cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
     if kind == 1:  # disk (a slightly elliptic one)
         ry = r * rng.uniform(0.8, 1.2)
@@ -68,22 +69,35 @@ def _shape_mask(rng: np.random.Generator, size: int, kind: int) -> np.ndarray:
     return np.asarray(canvas, dtype=bool)
 
 
+def _class_texture(rng: np.random.Generator, size: int, kind: int) -> np.ndarray:
+    """Each shape class has its own surface pattern (in any colour): fine stripes, a checker
+    board, or speckle. Pattern plus outline make a class; neither colour nor brightness does."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    if kind == 1:
+        angle = rng.uniform(0, np.pi)
+        return np.sign(np.sin((x * np.cos(angle) + y * np.sin(angle)) * rng.uniform(1.2, 1.6)))
+    if kind == 2:
+        period = rng.uniform(3.0, 5.0)
+        return np.sign(np.sin(x * np.pi / period) * np.sin(y * np.pi / period))
+    return np.where(rng.random((size, size)) < 0.3, 1.0, -0.3)
+
+
 def make_demo_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """One ``size x size`` RGB uint8 image and its class-index mask."""
     image = _smooth_field(rng, size, 4, 3) * 0.7 + 40
-    image += _texture(rng, size)[..., None] * rng.uniform(5, 25)
+    image += _texture(rng, size)[..., None] * rng.uniform(5, 20)
     mask = np.zeros((size, size), dtype=np.uint8)
 
     # Background distractors: smooth blobs in shape-like colours, still background.
     blobs = _smooth_field(rng, size, 6, 1)[..., 0] > rng.uniform(190, 215)
     image[blobs] = rng.uniform(0, 255, 3) + _texture(rng, size)[blobs][:, None] * 20
 
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(2, 5)):
         kind = int(rng.integers(1, 4))
         region = _shape_mask(rng, size, kind)
-        color = rng.uniform(0, 255, 3)
-        shading = _texture(rng, size)[region][:, None] * rng.uniform(5, 30)
-        image[region] = color + shading
+        color = rng.uniform(30, 225, 3)
+        pattern = _class_texture(rng, size, kind)[region][:, None]
+        image[region] = color + pattern * rng.uniform(25, 45)
         mask[region] = kind  # drawn later = in front: occlusion
 
     image += rng.normal(0, 10, image.shape)

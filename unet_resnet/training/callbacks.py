@@ -56,7 +56,7 @@ class ResumeCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class ExportCheckpoints(L.Callback):

@@ -1,0 +1,207 @@
+"""Segmenter: checkpoint loading, input checks, precision, TTA, BN folding, files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.data.fixtures import make_geotiff
+from unet_resnet import Segmenter
+from unet_resnet.cli import main
+from unet_resnet.errors import InputShapeError
+from unet_resnet.inference.segmenter import fold_batchnorm
+from unet_resnet.models import UNetWithResnet50Encoder
+
+
+@pytest.fixture(scope="module")
+def segmenter(checkpoint):
+    return Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64)
+
+
+def _image(h=64, w=80, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_from_checkpoint_carries_metadata(segmenter):
+    assert segmenter.classes.names == ["background", "disk", "square", "triangle"]
+    assert segmenter.in_channels == 3 and segmenter.image_dtype == "uint8"
+    probs = segmenter.predict_proba(_image())
+    assert probs.shape == (4, 64, 80) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-4)
+    mask = segmenter.predict(_image(130, 70))  # tiled: larger than tile_size
+    assert mask.shape == (130, 70) and mask.dtype == np.uint8 and mask.max() < 4
+    masks = segmenter.predict([_image(), _image(20, 30)])
+    assert [m.shape for m in masks] == [(64, 80), (20, 30)]
+
+
+def test_trained_model_predicts_the_demo_shapes(segmenter, demo_data):
+    image = np.asarray(Image.open(demo_data / "val/images/0000.png"))
+    truth = np.asarray(Image.open(demo_data / "val/masks/0000.png"))
+    assert (segmenter.predict(image) == truth).mean() > 0.6
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((32, 32, 4), np.uint8), "takes 3-channel images, got 4"),
+        (np.zeros((32, 32), np.uint8), "takes 3-channel images, got 1"),
+        (np.zeros((0, 32, 3), np.uint8), "empty image"),
+        (np.zeros((8, 8, 3), np.complex64), "Unsupported image dtype complex64"),
+        (np.zeros((2, 8, 8, 3), np.uint8), "H x W or H x W x C"),
+    ],
+)
+def test_bad_arrays_get_clear_errors(segmenter, image, message):
+    with pytest.raises(InputShapeError, match=message):
+        segmenter.predict(image)
+
+
+def test_bf16_agrees_with_fp32(checkpoint, demo_data):
+    fp32 = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    bf16 = Segmenter.from_checkpoint(checkpoint, precision="bf16")
+    agree = []
+    for path in sorted((demo_data / "val/images").glob("*.png")):
+        image = np.asarray(Image.open(path))
+        agree.append((fp32.predict(image) == bf16.predict(image)).mean())
+    assert np.mean(agree) >= 0.99
+
+
+def test_tta_averages_inverted_views(checkpoint):
+    plain = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    tta = Segmenter.from_checkpoint(checkpoint, precision="fp32", tta=True, tta_rotations=True)
+    image = _image(64, 64)
+    views = [image, image[:, ::-1], image[::-1], *(np.rot90(image, k) for k in (1, 2, 3))]
+    undo = [
+        lambda p: p, lambda p: p[:, :, ::-1], lambda p: p[:, ::-1],
+        *(lambda p, k=k: np.rot90(p, -k, axes=(1, 2)) for k in (1, 2, 3)),
+    ]
+    expected = np.mean([u(plain.predict_proba(v.copy())) for v, u in zip(views, undo)], axis=0)
+    np.testing.assert_allclose(tta.predict_proba(image), expected, atol=1e-4)
+
+
+def test_fold_batchnorm_keeps_outputs():
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))  # non-trivial running statistics
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batchnorm(model)
+        got = folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_original_state_dict_works_as_checkpoint(tmp_path):
+    from tests.reference_original import UNetWithResnet50Encoder as Original
+
+    torch.save(Original(n_classes=3).state_dict(), tmp_path / "original.pth")
+    seg = Segmenter.from_checkpoint(tmp_path / "original.pth", precision="fp32")
+    assert seg.predict(_image(40, 40)).shape == (40, 40)
+    assert seg.classes.num_classes == 3
+
+
+def test_predict_cli_writes_masks_overlays_and_reports_failures(checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(_image()).save(inputs / "good.png")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    Image.fromarray(_image()[..., 0]).save(inputs / "grey.png")
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out),
+                 "--overlay", "--probabilities", "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.png" in err and "grey.png" in err and "3-channel" in err
+    mask = Image.open(out / "good.png")
+    assert mask.mode == "P" and mask.size == (80, 64)
+    assert mask.getpalette()[3:6] == [220, 20, 60]  # the checkpoint's colour for class 1
+    overlay = Image.open(out / "good_overlay.png")
+    assert overlay.width == 160 and overlay.height > 64  # the legend sits below the image
+    probs = np.load(out / "good_proba.npy")
+    assert probs.shape == (4, 64, 80)
+    assert not (out / "broken.png").exists() and not list(out.glob(".*partial*"))
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
+    code = main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), str(tmp_path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Checkpoint not found" in err and "nope.pt" in err
+
+
+def test_geotiff_in_geotiff_out(checkpoint, tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 255, (3, 150, 170), dtype=np.uint8)
+    data[:, :10, :10] = 0  # nodata corner
+    scene = make_geotiff(tmp_path / "scene.tif", data, nodata=0)
+    seg = Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64, overlap=0.25)
+    out = seg.predict_file(scene, tmp_path / "pred.tif", chunk_size=64,
+                           probabilities=tmp_path / "proba.tif")
+
+    import rasterio
+
+    with rasterio.open(scene) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.width, dst.height, dst.count, dst.dtypes[0]) == (170, 150, 1, "uint8")
+        labels = dst.read(1)
+        assert dst.nodata == 255
+    assert (labels[:10, :10] == 255).all()
+    whole = seg.predict(np.moveaxis(data, 0, -1))
+    valid = labels != 255
+    assert (labels[valid] == whole[valid]).mean() > 0.97  # chunked ~ whole-image tiling
+    with rasterio.open(tmp_path / "proba.tif") as p:
+        assert p.count == 4 and p.crs == src.crs
+
+
+def test_raster_streaming_never_holds_the_scene(checkpoint, tmp_path, monkeypatch):
+    """Memory bound: every model call sees at most one chunk plus its margin."""
+    data = np.random.default_rng(1).integers(0, 255, (3, 300, 260), dtype=np.uint8)
+    scene = make_geotiff(tmp_path / "big.tif", data)
+    seg = Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64)
+    seen = []
+    original = Segmenter.predict_proba
+
+    def spy(self, image):
+        seen.append(image.shape[:2])
+        return original(self, image)
+
+    monkeypatch.setattr(Segmenter, "predict_proba", spy)
+    seg.predict_file(scene, tmp_path / "out.tif", chunk_size=100)
+    assert len(seen) == 9
+    assert max(h * w for h, w in seen) <= (100 + 2 * 64) ** 2
+
+
+def test_evaluate_cli_json_and_confusion_png(checkpoint, demo_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(demo_data),
+                 "--split", "val", "--json", str(tmp_path / "s.json"), "--out", str(out),
+                 "--precision", "fp32"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "triangle" in text
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert {"miou", "mean_dice", "pixel_accuracy", "per_class"} <= set(scores)
+    assert set(scores["per_class"]) == {"background", "disk", "square", "triangle"}
+    assert {"iou", "dice", "precision", "recall"} <= set(scores["per_class"]["disk"])
+    assert 0 < scores["miou"] <= 1
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    # The same numbers as the training metric code on the same predictions.
+    from unet_resnet.data import SegmentationFolder
+    from unet_resnet.metrics import SegmentationMetrics
+
+    seg = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    ds = SegmentationFolder(demo_data, "val")
+    metric = SegmentationMetrics(4, class_names=seg.classes.names)
+    for i in range(len(ds)):
+        image, mask = ds.load(i)
+        metric.update(torch.from_numpy(seg.predict(image).astype(np.int64))[None], torch.from_numpy(mask)[None])
+    assert metric.compute()["miou"] == pytest.approx(scores["miou"])
+    # Tiled mode and TTA run through the same path.
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(demo_data),
+                 "--tta", "--tile-size", "32", "--out", str(out), "--precision", "fp32"]) == 0
