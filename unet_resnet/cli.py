@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from unet_resnet import __version__
 from unet_resnet.errors import UnetResnetError
@@ -283,7 +283,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _segmenter_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset root")
     parser.add_argument("--split", default="val", help="val | test | train")
-    parser.add_argument("--dataset", default="folder", choices=["folder", "voc", "pet", "cityscapes"])
+    parser.add_argument(
+        "--dataset", default="folder", choices=["folder", "voc", "pet", "cityscapes"]
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="write the scores here")
     parser.add_argument(
         "--out", default="evaluation", help="folder for scores.json and confusion_matrix.png"
@@ -333,10 +335,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_run", help="run folder (default: demo_run)")
     parser.add_argument("--encoder", default="resnet50", help="the guide's resnet50 by default")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--n-train", type=int, default=192)
-    parser.add_argument("--max-minutes", type=float, default=7.0, help="training time cap")
+    parser.add_argument("--max-minutes", type=float, default=8.0, help="training time cap")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -361,9 +363,11 @@ def demo(args: argparse.Namespace) -> int:
     print()
     print(format_scores(result.scores))
     print()
-    print(f"Demo finished in {result.seconds / 60:.1f} min "
-          f"({'ImageNet' if result.pretrained else 'random'} encoder init): "
-          f"validation mIoU {100 * result.scores['miou']:.1f}%.")
+    print(
+        f"Demo finished in {result.seconds / 60:.1f} min "
+        f"({'ImageNet' if result.pretrained else 'random'} encoder init): "
+        f"validation mIoU {100 * result.scores['miou']:.1f}%."
+    )
     print(f"  checkpoint:        {result.checkpoint}")
     print(f"  metrics & curves:  {run / 'run' / 'metrics.csv'}, {run / 'run' / 'curves.png'}")
     print(f"  evaluation:        {run / 'evaluation'} (scores.json, confusion_matrix.png)")
@@ -391,8 +395,22 @@ def _show_notice(message, category, filename, lineno, file=None, line=None) -> N
     print(f"notice: {message}", file=sys.stderr if file is None else file)
 
 
+def _quiet_lightning() -> None:
+    # Lightning's start-up banner (GPU/TPU availability, tips, limit_* notes) is noise at a
+    # terminal; its warnings and errors still show.
+    import logging
+
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_lightning()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_notice

@@ -17,8 +17,17 @@ def demo_data(tmp_path_factory):
 def checkpoint(demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = TrainConfig(
-        data=str(demo_data), out=str(out), encoder="resnet18", encoder_weights=None,
-        image_size=64, batch_size=8, epochs=6, lr=3e-3, augment="light", workers=0,
-        progress=False, log_images_every=0,
+        data=str(demo_data),
+        out=str(out),
+        encoder="resnet18",
+        encoder_weights=None,
+        image_size=64,
+        batch_size=8,
+        epochs=6,
+        lr=3e-3,
+        augment="light",
+        workers=0,
+        progress=False,
+        log_images_every=0,
     )
     return train(config).best_checkpoint

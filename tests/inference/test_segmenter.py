@@ -75,10 +75,14 @@ def test_tta_averages_inverted_views(checkpoint):
     image = _image(64, 64)
     views = [image, image[:, ::-1], image[::-1], *(np.rot90(image, k) for k in (1, 2, 3))]
     undo = [
-        lambda p: p, lambda p: p[:, :, ::-1], lambda p: p[:, ::-1],
+        lambda p: p,
+        lambda p: p[:, :, ::-1],
+        lambda p: p[:, ::-1],
         *(lambda p, k=k: np.rot90(p, -k, axes=(1, 2)) for k in (1, 2, 3)),
     ]
-    expected = np.mean([u(plain.predict_proba(v.copy())) for v, u in zip(views, undo)], axis=0)
+    expected = np.mean(
+        [u(plain.predict_proba(v.copy())) for v, u in zip(views, undo, strict=True)], axis=0
+    )
     np.testing.assert_allclose(tta.predict_proba(image), expected, atol=1e-4)
 
 
@@ -114,8 +118,20 @@ def test_predict_cli_writes_masks_overlays_and_reports_failures(checkpoint, tmp_
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     Image.fromarray(_image()[..., 0]).save(inputs / "grey.png")
     out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(checkpoint), str(inputs), "--out", str(out),
-                 "--overlay", "--probabilities", "--precision", "fp32"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            str(inputs),
+            "--out",
+            str(out),
+            "--overlay",
+            "--probabilities",
+            "--precision",
+            "fp32",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "broken.png" in err and "grey.png" in err and "3-channel" in err
@@ -130,7 +146,16 @@ def test_predict_cli_writes_masks_overlays_and_reports_failures(checkpoint, tmp_
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
-    code = main(["predict", "--checkpoint", str(tmp_path / "nope.pt"), str(tmp_path), "--out", str(tmp_path)])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(tmp_path / "nope.pt"),
+            str(tmp_path),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Checkpoint not found" in err and "nope.pt" in err
 
@@ -141,8 +166,9 @@ def test_geotiff_in_geotiff_out(checkpoint, tmp_path):
     data[:, :10, :10] = 0  # nodata corner
     scene = make_geotiff(tmp_path / "scene.tif", data, nodata=0)
     seg = Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64, overlap=0.25)
-    out = seg.predict_file(scene, tmp_path / "pred.tif", chunk_size=64,
-                           probabilities=tmp_path / "proba.tif")
+    out = seg.predict_file(
+        scene, tmp_path / "pred.tif", chunk_size=64, probabilities=tmp_path / "proba.tif"
+    )
 
     import rasterio
 
@@ -179,9 +205,23 @@ def test_raster_streaming_never_holds_the_scene(checkpoint, tmp_path, monkeypatc
 
 def test_evaluate_cli_json_and_confusion_png(checkpoint, demo_data, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(demo_data),
-                 "--split", "val", "--json", str(tmp_path / "s.json"), "--out", str(out),
-                 "--precision", "fp32"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(demo_data),
+            "--split",
+            "val",
+            "--json",
+            str(tmp_path / "s.json"),
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "mIoU" in text and "triangle" in text
@@ -200,8 +240,28 @@ def test_evaluate_cli_json_and_confusion_png(checkpoint, demo_data, tmp_path, ca
     metric = SegmentationMetrics(4, class_names=seg.classes.names)
     for i in range(len(ds)):
         image, mask = ds.load(i)
-        metric.update(torch.from_numpy(seg.predict(image).astype(np.int64))[None], torch.from_numpy(mask)[None])
+        metric.update(
+            torch.from_numpy(seg.predict(image).astype(np.int64))[None],
+            torch.from_numpy(mask)[None],
+        )
     assert metric.compute()["miou"] == pytest.approx(scores["miou"])
     # Tiled mode and TTA run through the same path.
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(demo_data),
-                 "--tta", "--tile-size", "32", "--out", str(out), "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(demo_data),
+                "--tta",
+                "--tile-size",
+                "32",
+                "--out",
+                str(out),
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )

@@ -73,7 +73,7 @@ def _clean(value):
 
 
 def write_scores_json(scores: dict[str, Any], path: str | os.PathLike) -> None:
-    """JSON with top-level ``miou``, ``mean_dice``, ``pixel_accuracy``, ``per_class`` (NaN as null)."""
+    """JSON: top-level ``miou``, ``mean_dice``, ``pixel_accuracy``, ``per_class``; NaN as null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -102,7 +102,9 @@ def plot_confusion_matrix(scores: dict[str, Any], path: str | os.PathLike) -> No
         for i in range(len(names)):
             for j in range(len(names)):
                 color = "white" if norm[i, j] > 0.5 else "black"
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+                ax.text(
+                    j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color
+                )
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")

@@ -8,6 +8,7 @@ GPUs, channels_last, Conv+BN folding, inference mode), tiles images larger than
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
-            for a, b in zip(names, names[1:], strict=False):
+            for a, b in itertools.pairwise(names):
                 fold(module, a, b)
         for conv_name in [n for n, m in module.named_children() if isinstance(m, nn.Conv2d)]:
             for bn_name in (conv_name.replace("conv", "bn"), "bn"):
@@ -199,9 +200,7 @@ class Segmenter:
         if image.ndim == 2:
             image = image[..., None]
         if image.ndim != 3:
-            raise InputShapeError(
-                f"Expected an H x W or H x W x C image, got shape {image.shape}."
-            )
+            raise InputShapeError(f"Expected an H x W or H x W x C image, got shape {image.shape}.")
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise InputShapeError(f"Got an empty image of shape {image.shape}.")
         if image.shape[-1] != self.in_channels:
@@ -269,7 +268,11 @@ class Segmenter:
 
         if is_geotiff(path_in) and Path(path_out).suffix.lower() in (".tif", ".tiff"):
             return predict_raster_file(
-                self, path_in, path_out, probabilities=probabilities, chunk_size=chunk_size,
+                self,
+                path_in,
+                path_out,
+                probabilities=probabilities,
+                chunk_size=chunk_size,
                 overlay=overlay,
             )
         return predict_image_file(
@@ -282,4 +285,3 @@ class Segmenter:
             f"device={self.device}, precision={self.precision}, tile_size={self.tile_size}, "
             f"tta={self.tta})"
         )
-

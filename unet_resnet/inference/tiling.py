@@ -117,14 +117,14 @@ def sliding_window_inference(
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     for group in _batches(tiles, batch_size):
         th, tw = group[0][2], group[0][3]
-        batch = torch.stack([image[:, t : t + th, l : l + tw] for t, l, _, _ in group])
+        batch = torch.stack([image[:, y : y + th, x : x + tw] for y, x, _, _ in group])
         probs = forward(batch).float()
         if out is None:
             out = torch.zeros((probs.shape[1], h, w), dtype=torch.float32, device=image.device)
         weight = weight_window(th, tw, blend).to(image.device)
-        for (t, l, _, _), p in zip(group, probs, strict=True):
-            out[:, t : t + th, l : l + tw] += p * weight
-            norm[t : t + th, l : l + tw] += weight
+        for (y, x, _, _), p in zip(group, probs, strict=True):
+            out[:, y : y + th, x : x + tw] += p * weight
+            norm[y : y + th, x : x + tw] += weight
         bar.update(len(group))
     bar.close()
     assert out is not None
@@ -137,4 +137,3 @@ def count_tiles(h: int, w: int, tile_size: int, overlap: float) -> int:
         return 1
     stride = tile_size - overlap_pixels(tile_size, overlap)
     return len(_tiles(h, w, tile_size, stride))
-

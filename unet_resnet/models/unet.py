@@ -244,6 +244,10 @@ class UNetWithResnet50Encoder(nn.Module):
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         pad_h, pad_w = -h % self.OUTPUT_STRIDE, -w % self.OUTPUT_STRIDE
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # Exported graphs keep H and W dynamic: no branch on the sizes (a pad of 0 is a
+            # no-op). Reflection needs sides of at least 32; Segmenter pads smaller images.
+            return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         if not (pad_h or pad_w):
             return x
         # Reflection keeps image statistics at the border; it needs the pad to be smaller than

@@ -1,0 +1,158 @@
+"""Export to ONNX or TorchScript, with the checkpoint's metadata and a parity check.
+
+The exported graph takes ``N x C x H x W`` float input, already normalised, with dynamic batch,
+height and width (sides of at least 32 pixels; any value, not only multiples of 32) and returns
+logits of the same height and width. Class names/colours, normalisation statistics and the
+model config travel with it: inside the ONNX file as metadata properties, and in a
+``FILE.json`` beside either format. After writing, the export is run on a random input and
+compared with the eager model; a difference over the tolerance is an error and the file is not
+kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from unet_resnet.checkpoint import CheckpointMeta, load_checkpoint
+from unet_resnet.errors import UnetResnetError
+from unet_resnet.inference.segmenter import fold_batchnorm
+
+__all__ = ["ExportError", "ExportReport", "export_model", "read_export_metadata"]
+
+ExportFormat = Literal["onnx", "torchscript"]
+
+
+class ExportError(UnetResnetError):
+    """Export failed or its output does not match the eager model."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    metadata_path: Path
+    format: str
+    max_abs_diff: float
+    tolerance: float
+    check_shape: tuple[int, ...]
+
+
+def _metadata(meta: CheckpointMeta, fmt: str) -> dict:
+    return {
+        "format": f"unet-resnet-export/{fmt}",
+        "input": "N x C x H x W float32, scaled to [0, 1] by dtype range then (x - mean) / std",
+        "output": "N x num_classes x H x W logits",
+        **meta.to_dict(),
+    }
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict:
+    """The metadata written beside an export (``FILE.json``), or from inside an ONNX file."""
+    path = Path(path)
+    side = path.with_name(path.name + ".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if "unet_resnet" in props:
+            return json.loads(props["unet_resnet"])
+    raise ExportError(f"No metadata found for {path} (expected {side}).")
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: ExportFormat = "onnx",
+    opset: int = 17,
+    check_size: tuple[int, int] = (96, 80),
+    tolerance: float = 1e-3,
+) -> ExportReport:
+    """Export a checkpoint; returns where it went and the parity check's max abs difference."""
+    model, meta = load_checkpoint(checkpoint)
+    model = fold_batchnorm(model.eval())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    c = meta.model_config["in_channels"]
+    torch.manual_seed(0)
+    example = torch.randn(2, c, 64, 64)
+    check = torch.randn(1, c, *check_size)
+    metadata = _metadata(meta, format)
+    try:
+        match format:
+            case "onnx":
+                _export_onnx(model, example, tmp, opset, metadata)
+                got = _run_onnx(tmp, check.numpy())
+            case "torchscript":
+                with torch.no_grad():
+                    traced = torch.jit.trace(model, example, check_trace=False)
+                traced.save(str(tmp), _extra_files={"unet_resnet.json": json.dumps(metadata)})
+                loaded = torch.jit.load(str(tmp))
+                with torch.no_grad():
+                    got = loaded(check).numpy()
+            case _:
+                raise ValueError(f"Unknown export format {format!r}: onnx, torchscript.")
+        with torch.no_grad():
+            expected = model(check).numpy()
+        if got.shape != expected.shape:
+            raise ExportError(
+                f"The exported model returned shape {got.shape}, expected {expected.shape}."
+            )
+        diff = float(np.abs(got - expected).max())
+        if not diff <= tolerance:
+            raise ExportError(
+                f"Export parity check failed: max abs difference {diff:.3g} between the "
+                f"exported and the eager model exceeds {tolerance:g}. The file was not written."
+            )
+        os.replace(tmp, out)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"Export to {format} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    side = out.with_name(out.name + ".json")
+    side.write_text(json.dumps(metadata, indent=2) + "\n")
+    return ExportReport(out, side, format, diff, tolerance, tuple(check.shape))
+
+
+def _export_onnx(model, example, path: Path, opset: int, metadata: dict) -> None:
+    import warnings
+
+    import onnx
+
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
+            opset_version=opset,
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "unet_resnet", json.dumps(metadata)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
