@@ -332,6 +332,30 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
+    parser.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    parser.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="parity check limit")
+
+
+@command("export", "export a checkpoint to ONNX or TorchScript, with a parity check")
+@arguments(_export_arguments)
+def export_command(args: argparse.Namespace) -> int:
+    from unet_resnet.export import export_model
+
+    report = export_model(
+        args.checkpoint, args.out, format=args.format, opset=args.opset, tolerance=args.tolerance
+    )
+    print(f"wrote {report.path} ({report.format}) and {report.metadata_path}")
+    print(
+        f"parity check on {report.check_shape}: max abs difference {report.max_abs_diff:.2e} "
+        f"(tolerance {report.tolerance:g})"
+    )
+    return 0
+
+
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_run", help="run folder (default: demo_run)")
     parser.add_argument("--encoder", default="resnet50", help="the guide's resnet50 by default")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -101,10 +102,13 @@ def export_model(
                 _export_onnx(model, example, tmp, opset, metadata)
                 got = _run_onnx(tmp, check.numpy())
             case "torchscript":
-                with torch.no_grad():
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer notes about the shape checks
                     traced = torch.jit.trace(model, example, check_trace=False)
                 traced.save(str(tmp), _extra_files={"unet_resnet.json": json.dumps(metadata)})
-                loaded = torch.jit.load(str(tmp))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    loaded = torch.jit.load(str(tmp))
                 with torch.no_grad():
                     got = loaded(check).numpy()
             case _:
@@ -134,8 +138,6 @@ def export_model(
 
 
 def _export_onnx(model, example, path: Path, opset: int, metadata: dict) -> None:
-    import warnings
-
     import onnx
 
     axes = {0: "batch", 2: "height", 3: "width"}

@@ -28,10 +28,41 @@ from unet_resnet.hardware import cpu_has_fast_bf16, resolve_device
 from unet_resnet.inference.tiling import Blend, overlap_pixels, sliding_window_inference
 from unet_resnet.io import to_float_image
 
-__all__ = ["Precision", "Segmenter", "fold_batchnorm"]
+__all__ = ["OnnxModel", "Precision", "Segmenter", "fold_batchnorm"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class OnnxModel(nn.Module):
+    """An exported ONNX file run by ONNX Runtime, callable like the PyTorch model.
+
+    Takes and returns torch tensors so the Segmenter's tiling and TTA apply unchanged. Inputs
+    are padded to a multiple of 32 here, by the same rule as the eager model (the graph's
+    own reflect padding needs sides of at least 32), so both backends see the same pixels.
+    """
+
+    def __init__(self, path: str | os.PathLike, metadata: dict, providers: list[str] | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        self.session = ort.InferenceSession(
+            str(path), options, providers=providers or ["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.in_channels = int(metadata["model_config"]["in_channels"])
+        self.n_classes = int(metadata["model_config"]["n_classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % 32, -w % 32
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        out = torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        return out[..., :h, :w]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -159,6 +190,29 @@ class Segmenter:
             **kwargs,
         )
 
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, **kwargs) -> Segmenter:
+        """Run an ONNX file written by ``unet-resnet export`` through ONNX Runtime (CPU).
+
+        Classes and normalisation come from the export's metadata; tiling and TTA work as with
+        the PyTorch backend.
+        """
+        from unet_resnet.export import read_export_metadata
+
+        meta = read_export_metadata(path)
+        kwargs.setdefault("device", "cpu")
+        return cls(
+            OnnxModel(path, meta),
+            classes=ClassInfo.from_dict(meta["classes"]),
+            mean=meta["mean"],
+            std=meta["std"],
+            image_dtype=meta.get("image_dtype"),
+            precision="fp32",
+            fold_bn=False,
+            channels_last=False,
+            **kwargs,
+        )
+
     def _resolve_precision(self, precision: str) -> str:
         if precision == "auto":
             if self.device.type == "cuda":
@@ -170,7 +224,7 @@ class Segmenter:
 
     # Core --------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision == "fp32" or isinstance(self.model, OnnxModel):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
 

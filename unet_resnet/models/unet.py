@@ -275,7 +275,8 @@ class UNetWithResnet50Encoder(nn.Module):
         self, x: torch.Tensor, with_output_feature_map: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of shape (N, n_classes, H, W), or ``(logits, last decoder feature map)``."""
-        self._check_input(x)
+        if not torch.jit.is_tracing():
+            self._check_input(x)
         h, w = x.shape[-2:]
         *skips, x = self.encode(self._pad(x))
         x = self.bridge(x)

@@ -1,0 +1,111 @@
+"""Export: ONNX and TorchScript round trips at odd sizes, metadata, parity check, ORT backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from unet_resnet import Segmenter
+from unet_resnet.checkpoint import CheckpointMeta, save_checkpoint
+from unet_resnet.cli import main
+from unet_resnet.data import ClassInfo
+from unet_resnet.export import ExportError, export_model, read_export_metadata
+from unet_resnet.models import UNetWithResnet50Encoder
+
+
+def _checkpoint(tmp_path, encoder: str, name: str = "model.pt", in_channels: int = 3):
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(
+        3, encoder=encoder, in_channels=in_channels, encoder_weights=None
+    )
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, in_channels, 64, 64))  # non-trivial BatchNorm statistics
+    meta = CheckpointMeta(
+        model.config,
+        ClassInfo(["a", "b", "c"]),
+        mean=[0.5] * in_channels,
+        std=[0.25] * in_channels,
+        image_size=64,
+        image_dtype="uint8",
+    )
+    path = tmp_path / name
+    save_checkpoint(path, model.eval(), meta)
+    return path, model.eval()
+
+
+@pytest.mark.parametrize("encoder", ["resnet50", "resnet18"])
+def test_onnx_round_trip_at_odd_sizes(tmp_path, encoder):
+    ckpt, model = _checkpoint(tmp_path, encoder)
+    report = export_model(ckpt, tmp_path / "m.onnx", format="onnx")
+    assert report.max_abs_diff <= 1e-3
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 33, 47), (3, 3, 100, 64), (2, 3, 65, 129)]:
+        x = torch.randn(*shape)
+        got = session.run(None, {"image": x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
+    meta = read_export_metadata(tmp_path / "m.onnx")
+    assert meta["classes"]["names"] == ["a", "b", "c"] and meta["mean"] == [0.5] * 3
+    inside = {
+        p.key for p in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).metadata_props
+    }
+    assert "unet_resnet" in inside
+
+
+def test_torchscript_round_trip(tmp_path):
+    ckpt, model = _checkpoint(tmp_path, "resnet18", in_channels=4)
+    report = export_model(ckpt, tmp_path / "m.ts", format="torchscript")
+    loaded = torch.jit.load(str(tmp_path / "m.ts"))
+    x = torch.randn(2, 4, 45, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-3, rtol=1e-3)
+    assert report.metadata_path.is_file()
+
+
+def test_failed_parity_check_leaves_no_file(tmp_path):
+    ckpt, _ = _checkpoint(tmp_path, "resnet18")
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_model(ckpt, tmp_path / "m.onnx", tolerance=-1.0)
+    assert not (tmp_path / "m.onnx").exists()
+    assert not list(tmp_path.glob(".m.onnx*"))
+
+
+def test_onnxruntime_backend_matches_pytorch_with_tiling_and_tta(tmp_path):
+    ckpt, _ = _checkpoint(tmp_path, "resnet18")
+    export_model(ckpt, tmp_path / "m.onnx")
+    options = dict(tile_size=48, overlap=0.25, tta=True)
+    onnx_seg = Segmenter.from_onnx(tmp_path / "m.onnx", **options)
+    torch_seg = Segmenter.from_checkpoint(ckpt, precision="fp32", **options)
+    assert onnx_seg.classes.names == ["a", "b", "c"]
+    for shape in [(100, 75, 3), (20, 30, 3)]:
+        image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_allclose(
+            onnx_seg.predict_proba(image), torch_seg.predict_proba(image), atol=1e-4
+        )
+
+
+def test_export_cli(tmp_path, capsys):
+    ckpt, _ = _checkpoint(tmp_path, "resnet18")
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(ckpt),
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "cli.onnx"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "parity check" in out and "max abs difference" in out
+    assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "cli.onnx.json").is_file()
