@@ -30,6 +30,9 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
+bench: install
+	$(BIN)/python benchmarks/run.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -356,6 +356,27 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    from unet_resnet.benchmark import SECTIONS
+
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--json", dest="json_out", default="benchmarks/results/latest.json")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+
+
+@command("benchmark", "speed: inference, training, data loading, tiling (ratios in one run)")
+@arguments(_benchmark_arguments)
+def benchmark_command(args: argparse.Namespace) -> int:
+    from unet_resnet.benchmark import format_results, run, save_results
+
+    results = run(tuple(args.only), quick=args.quick, compile=args.compile)
+    print(format_results(results))
+    save_results(results, args.json_out)
+    print(f"\nresults written to {args.json_out}")
+    return 0
+
+
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_run", help="run folder (default: demo_run)")
     parser.add_argument("--encoder", default="resnet50", help="the guide's resnet50 by default")
