@@ -20,6 +20,7 @@ from unet_resnet.errors import UnetResnetError
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
+    "decode_image_bytes",
     "is_geotiff",
     "read_image",
     "read_mask_raw",
@@ -165,6 +166,71 @@ def to_float_image(array: np.ndarray) -> np.ndarray:
         info = np.iinfo(array.dtype)
         return (array.astype(np.float32) - max(info.min, 0)) / float(info.max - max(info.min, 0))
     return array.astype(np.float32, copy=False)
+
+
+def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an uploaded image (PNG, JPEG, TIFF incl. multi-band, BMP, WebP) to H x W x C.
+
+    Raises :class:`ImageReadError` for empty, truncated or non-image data, and for images over
+    ``max_pixels`` (checked from the header, before decoding: no decompression bombs).
+    """
+    import io
+
+    if not data:
+        raise ImageReadError("Empty upload: no image bytes received.")
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                series = tif.series[0]
+                if max_pixels and int(np.prod(series.shape[-3:])) > max_pixels * 64:
+                    raise ImageReadError(f"TIFF too large: shape {series.shape}.")
+                array = series.asarray()
+                axes = series.axes
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(f"Could not decode TIFF: {type(exc).__name__}: {exc}") from None
+        if array.ndim == 3 and axes[0] in "SCI":
+            array = np.moveaxis(array, 0, -1)
+        image = array
+    else:
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Exception:
+            raise ImageReadError(
+                "The upload is not an image Pillow or tifffile can read (expected PNG, JPEG, "
+                "TIFF, BMP or WebP)."
+            ) from None
+        with img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise ImageReadError(
+                    f"Image of {img.width}x{img.height} pixels is over the limit of {max_pixels} "
+                    "pixels; downscale it, or tile it client-side."
+                )
+            try:
+                img.load()
+            except Exception as exc:
+                raise ImageReadError(
+                    f"Could not decode image: {type(exc).__name__}: {exc}"
+                ) from None
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            if img.mode in ("RGBA", "LA"):
+                img = img.convert(img.mode[:-1])
+            elif img.mode in ("CMYK", "YCbCr", "1"):
+                img = img.convert("RGB" if img.mode != "1" else "L")
+            image = np.asarray(img)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or min(image.shape[:2]) == 0:
+        raise ImageReadError(f"Decoded an array of shape {image.shape}; expected H x W x C.")
+    if max_pixels and image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageReadError(
+            f"Image of {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels}."
+        )
+    return image
 
 
 def write_mask_png(

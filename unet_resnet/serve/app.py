@@ -1,0 +1,219 @@
+"""The HTTP service: ``POST /predict``, ``GET /health``, ``GET /info`` and a web page at ``/``.
+
+Inference runs in a thread pool, off the event loop. Admission is bounded: at most
+``workers + queue_size`` requests are being predicted or waiting; beyond that the answer is 503
+with ``Retry-After`` instead of unbounded memory growth. Bad uploads get a 4xx JSON error that
+says what was wrong, and the service keeps working for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import io
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from unet_resnet import __version__
+from unet_resnet.errors import InputShapeError
+from unet_resnet.inference import Segmenter
+from unet_resnet.io import ImageReadError, decode_image_bytes
+from unet_resnet.visualize import colorize, overlay
+
+__all__ = ["create_app"]
+
+FORMATS = ("png", "json", "overlay")
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def create_app(
+    segmenter: Segmenter,
+    *,
+    max_upload_mb: float = 20.0,
+    max_pixels: int = 40_000_000,
+    workers: int = 1,
+    queue_size: int = 8,
+) -> FastAPI:
+    """Build the FastAPI app around a loaded :class:`Segmenter`."""
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="unet-resnet", version=__version__, lifespan=lifespan)
+    capacity = workers + queue_size
+    state = {"in_flight": 0}
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    classes = segmenter.classes
+    static = resources.files("unet_resnet.serve") / "static"
+
+    @app.exception_handler(HTTPProblem)
+    async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "in_flight": state["in_flight"], "capacity": capacity}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        model = segmenter.model
+        return {
+            "version": __version__,
+            "classes": [
+                {"index": i, "name": n, "color": list(c)}
+                for i, (n, c) in enumerate(zip(classes.names, classes.colors, strict=True))
+            ],
+            "ignore_index": classes.ignore_index,
+            "in_channels": segmenter.in_channels,
+            "model_config": getattr(model, "config", None),
+            "device": str(segmenter.device),
+            "precision": segmenter.precision,
+            "limits": {
+                "max_upload_mb": max_upload_mb,
+                "max_pixels": max_pixels,
+                "workers": workers,
+                "queue_size": queue_size,
+            },
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((static / "index.html").read_text())
+
+    @app.get("/static/{name}")
+    async def asset(name: str) -> Response:
+        types = {".js": "text/javascript", ".css": "text/css"}
+        suffix = name[name.rfind(".") :] if "." in name else ""
+        if suffix not in types or "/" in name or not (static / name).is_file():
+            raise HTTPProblem(404, f"No static file {name!r}.")
+        return Response((static / name).read_bytes(), media_type=types[suffix])
+
+    async def read_upload(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_bytes + 64 * 1024:
+            raise HTTPProblem(413, f"Upload of {int(length)} bytes is over {max_upload_mb} MB.")
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except Exception as exc:
+                raise HTTPProblem(400, f"Malformed multipart upload: {exc}") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPProblem(400, "Multipart upload needs the image in the field 'file'.")
+            data = await upload.read()
+        else:
+            data = await request.body()
+        if len(data) > max_bytes:
+            raise HTTPProblem(413, f"Upload of {len(data)} bytes is over {max_upload_mb} MB.")
+        if not data:
+            raise HTTPProblem(
+                400,
+                "Empty upload: send the image as multipart field 'file' or "
+                "as the raw request body.",
+            )
+        return data
+
+    def run(data: bytes, view: Segmenter) -> tuple[np.ndarray, np.ndarray]:
+        image = decode_image_bytes(data, max_pixels=max_pixels)
+        return image, view.predict(image)
+
+    @app.post("/predict")
+    async def predict(
+        request: Request,
+        format: str = "png",
+        tta: bool = False,
+        tile_size: int | None = None,
+        alpha: float = 0.5,
+        mask: bool = False,
+    ) -> Response:
+        if format not in FORMATS:
+            raise HTTPProblem(
+                400, f"Unknown format {format!r}; choose one of {', '.join(FORMATS)}."
+            )
+        if tile_size is not None and not 32 <= tile_size <= 8192:
+            raise HTTPProblem(400, "tile_size must be between 32 and 8192.")
+        if state["in_flight"] >= capacity:
+            raise HTTPProblem(503, "The server is busy; retry shortly.", {"Retry-After": "1"})
+        state["in_flight"] += 1
+        try:
+            data = await read_upload(request)
+            view = segmenter
+            if tta or tile_size:
+                view = copy.copy(segmenter)  # shares the model; per-request options only
+                view.tta = tta
+                view.tile_size = tile_size or segmenter.tile_size
+            loop = asyncio.get_running_loop()
+            try:
+                image, labels = await loop.run_in_executor(executor, run, data, view)
+            except ImageReadError as exc:
+                status = 413 if "over the limit" in str(exc) or "too large" in str(exc) else 400
+                if "not an image" in str(exc):
+                    status = 415
+                raise HTTPProblem(status, str(exc)) from None
+            except InputShapeError as exc:
+                raise HTTPProblem(422, str(exc)) from None
+        finally:
+            state["in_flight"] -= 1
+        return _respond(image, labels, format, alpha, mask)
+
+    def _respond(image, labels, format, alpha, with_mask) -> Response:
+        match format:
+            case "png":
+                img = Image.fromarray(labels.astype(np.uint8), mode="P")
+                flat = [v for c in classes.colors for v in c]
+                img.putpalette(flat + [0] * (768 - len(flat)))
+                return Response(_png(img), media_type="image/png")
+            case "overlay":
+                blended = overlay(
+                    image, labels, classes.colors, alpha=alpha, ignore_index=classes.ignore_index
+                )
+                return Response(_png(Image.fromarray(blended)), media_type="image/png")
+        counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(classes))
+        total = int(labels.size)
+        body: dict[str, Any] = {
+            "width": int(labels.shape[1]),
+            "height": int(labels.shape[0]),
+            "classes": [
+                {
+                    "index": i,
+                    "name": n,
+                    "color": list(c),
+                    "pixels": int(counts[i]),
+                    "fraction": float(counts[i] / total),
+                }
+                for i, (n, c) in enumerate(zip(classes.names, classes.colors, strict=True))
+            ],
+        }
+        if with_mask:
+            rgba = np.dstack(
+                [
+                    colorize(labels, classes.colors, classes.ignore_index),
+                    np.where(labels == 0, 0, 255).astype(np.uint8),
+                ]
+            )
+            body["mask_png"] = base64.b64encode(_png(Image.fromarray(rgba, "RGBA"))).decode()
+        return JSONResponse(body)
+
+    return app
