@@ -100,7 +100,7 @@ def test_bad_requests(client):
 def test_bad_requests_interleaved_with_good_ones(client):
     """Every good request succeeds while bad ones fail around it."""
     results = []
-    for round_ in range(3):
+    for _ in range(3):
         for _, make, status, _ in BAD:
             r = client.post("/predict", files={"file": ("u", make())})
             assert r.status_code == status

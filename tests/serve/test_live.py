@@ -114,7 +114,7 @@ def test_web_page_in_headless_chromium(checkpoint, tmp_path):
         assert rows.count() == 4
         assert "background" in rows.nth(0).inner_text()
         size = page.evaluate(
-            "[document.getElementById('mask').naturalWidth, document.getElementById('mask').naturalHeight]"
+            "(m => [m.naturalWidth, m.naturalHeight])(document.getElementById('mask'))"
         )
         assert size == [128, 96]
         page.fill("#opacity", "20")
