@@ -102,6 +102,9 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-classes", type=int, default=None, help="needed when DATA has no classes.json"
     )
+    parser.add_argument("--dataset", default="folder", choices=["folder", "nifti", "raster"])
+    parser.add_argument("--window", type=int, default=512, help="raster: window side")
+    parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -111,9 +114,19 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
 def check_data(args: argparse.Namespace) -> int:
     import json
 
-    from unet_resnet.data.checks import check_dataset
+    from unet_resnet.data.checks import check_dataset, check_scenes
 
-    report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.quiet)
+    if args.dataset == "folder":
+        report = check_dataset(args.data, num_classes=args.num_classes, progress=not args.quiet)
+    else:
+        report = check_scenes(
+            args.data,
+            args.dataset,
+            num_classes=args.num_classes,
+            window=args.window,
+            slice_axis=args.slice_axis,
+            progress=not args.quiet,
+        )
     print(report.summary())
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -216,7 +229,11 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            matches = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES or p.name.endswith((".nii", ".nii.gz"))
+            )
         elif path.exists():
             matches = [path]
         else:
@@ -236,6 +253,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probabilities", action="store_true", help="also write class probabilities"
     )
+    parser.add_argument(
+        "--vectorize", action="store_true", help="GeoTIFF input: also write NAME.geojson polygons"
+    )
+    parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI input: slice axis")
 
 
 @command("predict", "predict masks for images, folders or GeoTIFF scenes of any size")
@@ -254,11 +275,19 @@ def predict_command(args: argparse.Namespace) -> int:
     used: set[str] = set()
     for path in tqdm(files, desc="predict", unit="file", disable=len(files) < 2):
         geo = is_geotiff(path)
+        nifti = path.name.endswith((".nii", ".nii.gz"))
         suffix = ".tif" if geo else ".png"
+        name = path.name.removesuffix(".gz").removesuffix(".nii") if nifti else path.stem
         # Same file name from two folders: keep both, prefixed with their folder's name.
-        stem = path.stem if path.stem not in used else f"{path.parent.name}_{path.stem}"
+        stem = name if name not in used else f"{path.parent.name}_{name}"
         used.add(stem)
         try:
+            if nifti:
+                from unet_resnet.data.medical import predict_nifti
+
+                predict_nifti(segmenter, path, out / f"{stem}.nii.gz", axis=args.slice_axis)
+                written += 1
+                continue
             segmenter.predict_file(
                 path,
                 out / f"{stem}{suffix}",
@@ -267,6 +296,10 @@ def predict_command(args: argparse.Namespace) -> int:
                 if args.probabilities
                 else None,
             )
+            if geo and args.vectorize:
+                from unet_resnet.inference.vectorize import vectorize_mask
+
+                vectorize_mask(out / f"{stem}.tif", out / f"{stem}.geojson", segmenter.classes)
             written += 1
         except UnetResnetError as exc:
             failed.append((str(path), str(exc)))
@@ -284,7 +317,11 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root")
     parser.add_argument("--split", default="val", help="val | test | train")
     parser.add_argument(
-        "--dataset", default="folder", choices=["folder", "voc", "pet", "cityscapes"]
+        "--dataset", default="folder", choices=["folder", "voc", "pet", "cityscapes", "nifti"]
+    )
+    parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
+    parser.add_argument(
+        "--hd95", action="store_true", help="nifti: 95th-percentile Hausdorff distance (mm)"
     )
     parser.add_argument("--json", dest="json_out", default=None, help="write the scores here")
     parser.add_argument(
@@ -292,7 +329,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_split(root: str, split: str, dataset: str, classes=None):
+def open_split(root: str, split: str, dataset: str, classes=None, slice_axis: int = 2):
     """The labelled dataset of ``split`` in one of the supported layouts."""
     from unet_resnet.data import Cityscapes, OxfordIIITPet, SegmentationFolder, VOCSegmentation
 
@@ -305,6 +342,10 @@ def open_split(root: str, split: str, dataset: str, classes=None):
             return OxfordIIITPet(root, "train" if split == "train" else "test")
         case "cityscapes":
             return Cityscapes(root, split)
+        case "nifti":
+            from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
+
+            return NiftiSliceDataset(find_nifti_pairs(root, split), classes, axis=slice_axis)
     raise ValueError(f"Unknown dataset layout {dataset!r}")
 
 
@@ -319,8 +360,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
 
     segmenter = _build_segmenter(args)
-    dataset = open_split(args.data, args.split, args.dataset, classes=segmenter.classes)
-    scores = evaluate(segmenter, dataset)
+    dataset = open_split(
+        args.data, args.split, args.dataset, classes=segmenter.classes, slice_axis=args.slice_axis
+    )
+    scores = evaluate(segmenter, dataset, hd95=args.hd95)
     print(format_scores(scores))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

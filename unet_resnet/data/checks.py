@@ -173,36 +173,110 @@ def check_dataset(
             )
         if report.classes is None:
             continue
-        stats.class_pixels = np.zeros(report.classes.num_classes, dtype=np.int64)
         dataset = PairedSegmentationDataset(pairs, report.classes)
-        for index in tqdm(
-            range(len(dataset)), desc=f"check {split}", disable=not progress, leave=False
-        ):
-            _, mask_path = dataset.pairs[index]
-            try:
-                image, mask = dataset.load(index)
-            except UnetResnetError as exc:
-                report.error(str(exc))
-                continue
-            stats.sizes[image.shape[:2]] += 1
-            stats.channels[image.shape[2]] += 1
-            stats.dtypes[str(image.dtype)] += 1
-            all_channels[image.shape[2]] += 1
-            if mask is None:
-                continue
-            stats.pairs += 1
-            bad = report.classes.check_values(mask)
-            if bad.size:
-                report.error(
-                    f"Mask {mask_path} has values {bad[:8].tolist()} outside the classes "
-                    f"0..{report.classes.num_classes - 1} (ignore_index "
-                    f"{report.classes.ignore_index}). Fix the mask, raise --num-classes, or set "
-                    "ignore_index in classes.json."
-                )
-                continue
-            valid = mask[mask != report.classes.ignore_index]
-            stats.class_pixels += np.bincount(valid, minlength=report.classes.num_classes)
-            stats.ignored_pixels += int(mask.size - valid.size)
+        _check_samples(report, stats, split, dataset, lambda i, d=dataset: d.pairs[i][1], progress)
+        all_channels.update(stats.channels)
+    _finish(report, all_channels)
+    return report
+
+
+def _check_samples(report, stats, split, dataset, describe, progress: bool) -> None:
+    """Read every sample of ``dataset``; record sizes, channels, class pixels and problems."""
+    stats.class_pixels = np.zeros(report.classes.num_classes, dtype=np.int64)
+    for index in tqdm(
+        range(len(dataset)), desc=f"check {split}", disable=not progress, leave=False
+    ):
+        try:
+            image, mask = dataset.load(index)
+        except UnetResnetError as exc:
+            report.error(str(exc))
+            continue
+        stats.sizes[image.shape[:2]] += 1
+        stats.channels[image.shape[2]] += 1
+        stats.dtypes[str(image.dtype)] += 1
+        if mask is None:
+            continue
+        stats.pairs += 1
+        bad = report.classes.check_values(mask)
+        if bad.size:
+            report.error(
+                f"Mask {describe(index)} has values {bad[:8].tolist()} outside the classes "
+                f"0..{report.classes.num_classes - 1} (ignore_index "
+                f"{report.classes.ignore_index}). Fix the mask, raise --num-classes, or set "
+                "ignore_index in classes.json."
+            )
+            continue
+        valid = mask[mask != report.classes.ignore_index]
+        stats.class_pixels += np.bincount(valid, minlength=report.classes.num_classes)
+        stats.ignored_pixels += int(mask.size - valid.size)
+
+
+def check_scenes(
+    root: str | os.PathLike,
+    dataset: Literal["nifti", "raster"],
+    *,
+    num_classes: int | None = None,
+    window: int = 512,
+    slice_axis: int = 2,
+    progress: bool = True,
+) -> DataReport:
+    """The same checks for volume (NIfTI slices) and large-raster (GeoTIFF windows) layouts.
+
+    NIfTI: ``DATA/{split}/images/CASE.nii.gz`` + ``labels/CASE.nii.gz``; every slice is read.
+    Raster: ``DATA/{split}/images/SCENE.tif`` + ``masks/SCENE.tif``; scenes are read in a grid
+    of ``window`` windows, so every pixel is checked without loading a scene at once.
+    """
+    from unet_resnet.data.datasets import RasterWindowDataset
+
+    root = Path(root)
+    report = DataReport(root=root, classes=None)
+    try:
+        report.classes = resolve_classes(root, num_classes)
+    except UnetResnetError as exc:
+        report.error(str(exc))
+        return report
+    all_channels: Counter = Counter()
+    for split in [s for s in SPLITS if (root / s).is_dir()]:
+        stats = report.splits[split] = SplitStats()
+        try:
+            if dataset == "nifti":
+                from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
+
+                pairs = find_nifti_pairs(root, split)
+                for image, label in pairs:
+                    if label is None:
+                        report.error(f"Volume without labels: {image} (expected "
+                                     f"{root / split / 'labels'}/{image.name}).")  # fmt: skip
+                ds = NiftiSliceDataset(pairs, report.classes, axis=slice_axis)
+
+                def describe(i, ds=ds):
+                    v, k = ds.index[i]
+                    return f"{ds.pairs[v][1]} (slice {k})"
+            else:
+                pairs, orphans = folder_pairs(root, split)
+                for mask in orphans:
+                    report.error(f"Label raster without scene: {mask}.")
+                ds = RasterWindowDataset(pairs, window=window, mode="grid", classes=report.classes)
+
+                def describe(i, ds=ds):
+                    scene, top, left = ds.window_at(i)
+                    return f"{ds.scenes[scene][1]} (window at row {top}, col {left})"
+        except UnetResnetError as exc:
+            report.error(str(exc))
+            continue
+        stats.images = len(pairs)
+        if not pairs:
+            report.error(f"Split '{split}' is empty: no scenes in {root / split / 'images'}.")
+            continue
+        _check_samples(report, stats, split, ds, describe, progress)
+        all_channels.update(stats.channels)
+    if "train" not in report.splits:
+        report.error(f"No {root / 'train'} folder with training scenes.")
+    _finish(report, all_channels)
+    return report
+
+
+def _finish(report: DataReport, all_channels: Counter) -> None:
     if len(all_channels) > 1:
         report.error(
             f"Images have different channel counts {dict(all_channels)}: a model takes one "
@@ -215,4 +289,3 @@ def check_dataset(
         ]
         if missing and train.pairs:
             report.warning(f"Classes with no pixels in train: {', '.join(missing)}.")
-    return report

@@ -398,7 +398,20 @@ class RasterWindowDataset(Dataset):
         left = int(torch.randint(max(1, w - self.window[1] + 1), (1,), generator=g))
         return scene, top, left
 
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw window: image ``H x W x C`` in the stored dtype and mask ``H x W`` int64."""
+        image, mask = self._read(index)
+        return np.moveaxis(image, 0, -1), mask
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self._read(index)
+        img = tv_tensors.Image(torch.from_numpy(to_float_image(np.ascontiguousarray(image))))
+        msk = tv_tensors.Mask(torch.from_numpy(mask))
+        if self.transform is not None:
+            img, msk = self.transform(img, msk)
+        return img, msk
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         from rasterio.windows import Window
 
         scene, top, left = self.window_at(index)
@@ -428,11 +441,7 @@ class RasterWindowDataset(Dataset):
         mask[:, max(0, w - left) :] = ignore
         if self.nodata_to_ignore and nodata is not None:
             mask[np.all(image == nodata, axis=0)] = ignore
-        img = tv_tensors.Image(torch.from_numpy(to_float_image(np.ascontiguousarray(image))))
-        msk = tv_tensors.Mask(torch.from_numpy(mask))
-        if self.transform is not None:
-            img, msk = self.transform(img, msk)
-        return img, msk
+        return image, mask
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -465,9 +474,7 @@ def pad_collate(batch, *, ignore_index: int = 255):
     return out_images.as_subclass(torch.Tensor), out_masks
 
 
-def channel_stats(
-    dataset: PairedSegmentationDataset, max_images: int = 200
-) -> tuple[list[float], list[float]]:
+def channel_stats(dataset, max_images: int = 200) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the (scaled) training images, from up to ``max_images``."""
     count = min(len(dataset), max_images)
     step = max(1, len(dataset) // count) if count else 1

@@ -24,13 +24,24 @@ __all__ = ["evaluate", "format_scores", "plot_confusion_matrix", "write_scores_j
 
 
 def evaluate(
-    segmenter: Segmenter, dataset: PairedSegmentationDataset, *, progress: bool = True
+    segmenter: Segmenter,
+    dataset: PairedSegmentationDataset,
+    *,
+    progress: bool = True,
+    hd95: bool = False,
 ) -> dict[str, Any]:
-    """mIoU, mean Dice, pixel accuracy, per-class IoU/Dice/precision/recall, confusion matrix."""
+    """mIoU, mean Dice, pixel accuracy, per-class IoU/Dice/precision/recall, confusion matrix.
+
+    With ``hd95`` on a :class:`~unet_resnet.data.medical.NiftiSliceDataset`, each volume is
+    reassembled from its slices and the 95th-percentile Hausdorff distance of every foreground
+    class is computed in 3D with the voxel spacing (mm), averaged over the volumes where both
+    prediction and truth have that class (``per_class[name]["hd95"]``, ``mean_hd95``).
+    """
     classes = segmenter.classes
     metrics = SegmentationMetrics(
         classes.num_classes, ignore_index=classes.ignore_index, class_names=classes.names
     )
+    volumes: dict[int, tuple[list, list]] = {}
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         image, mask = dataset.load(index)
         if mask is None:
@@ -39,7 +50,32 @@ def evaluate(
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
         )
-    return metrics.compute()
+        if hd95:
+            preds, truths = volumes.setdefault(dataset.index[index][0], ([], []))
+            preds.append(labels)
+            truths.append(mask)
+    scores = metrics.compute()
+    if hd95:
+        _add_hd95(scores, volumes, dataset)
+    return scores
+
+
+def _add_hd95(scores: dict[str, Any], volumes, dataset) -> None:
+    from unet_resnet.data.medical import hd95 as hausdorff95
+
+    names = list(scores["per_class"])
+    per_class: dict[str, list[float]] = {name: [] for name in names[1:]}
+    for v, (preds, truths) in volumes.items():
+        pred = np.stack(preds, axis=dataset.axis)
+        truth = np.stack(truths, axis=dataset.axis)
+        for k, name in enumerate(names[1:], start=1):
+            value = hausdorff95(pred == k, truth == k, dataset.spacings[v])
+            if not math.isnan(value):
+                per_class[name].append(value)
+    for name, values in per_class.items():
+        scores["per_class"][name]["hd95"] = float(np.mean(values)) if values else float("nan")
+    finite = [v for vals in per_class.values() for v in vals]
+    scores["mean_hd95"] = float(np.mean(finite)) if finite else float("nan")
 
 
 def format_scores(scores: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
 Loss = Literal["ce", "dice", "ce_dice", "focal", "lovasz", "tversky"]
 Augment = Literal["none", "light", "default", "strong"]
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
-DatasetFormat = Literal["folder", "voc", "pet", "cityscapes"]
+DatasetFormat = Literal["folder", "voc", "pet", "cityscapes", "nifti", "raster"]
 Normalization = Literal["auto", "imagenet", "dataset"]
 Upsampling = Literal["conv_transpose", "bilinear"]
 
@@ -48,12 +48,17 @@ class TrainConfig:
     dataset: DatasetFormat = opt("folder", "layout of DATA")
     num_classes: int | None = opt(None, "needed when DATA has no classes.json")
     out: str = opt("runs/train", "run folder")
-    image_size: int = opt(256, "training crop side")
+    image_size: int | str = opt(256, 'training crop: side, or "H,W" for wide crops')
     augment: Augment = opt("default", "augmentation preset")
     normalization: Normalization = opt("auto", "imagenet for 8-bit RGB with imagenet weights")
     ignore_index: int | None = opt(None, "default: classes.json's, else 255")
     check_data: bool = opt(True, "run check-data before the first epoch")
     workers: int = opt(2, "DataLoader worker processes")
+    slice_axis: int = opt(2, "nifti: axis the 2D slices are taken along")
+    foreground_oversampling: float = opt(
+        0.0, "nifti: share of slices drawn that contain foreground (0 = no oversampling)"
+    )
+    samples_per_epoch: int = opt(1000, "raster: random windows per training epoch")
     # Model
     encoder: str = opt(
         "resnet50",
@@ -106,6 +111,11 @@ class TrainConfig:
                 )
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == "none":
             self.encoder_weights = None
+        if isinstance(self.image_size, str):
+            sides = [int(v) for v in self.image_size.replace("x", ",").split(",")]
+            self.image_size = sides[0] if len(sides) == 1 else sides
+        if isinstance(self.image_size, tuple):
+            self.image_size = list(self.image_size)
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             self.class_weights = [float(v) for v in self.class_weights.split(",")]
 

@@ -15,7 +15,7 @@ from unet_resnet.data import (
     ClassInfo,
     DataError,
     OxfordIIITPet,
-    PairedSegmentationDataset,
+    RasterWindowDataset,
     SegmentationFolder,
     VOCSegmentation,
     build_eval_transform,
@@ -23,7 +23,9 @@ from unet_resnet.data import (
     channel_stats,
     pad_collate,
 )
-from unet_resnet.data.checks import check_dataset
+from unet_resnet.data.checks import check_dataset, check_scenes
+from unet_resnet.data.classes import resolve_classes
+from unet_resnet.data.datasets import folder_pairs
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["SegmentationDataModule"]
@@ -61,6 +63,9 @@ class SegmentationDataModule(L.LightningDataModule):
         pretrained: bool = True,
         ignore_index: int | None = None,
         check: bool = True,
+        slice_axis: int = 2,
+        foreground_oversampling: float = 0.0,
+        samples_per_epoch: int = 1000,
     ) -> None:
         super().__init__()
         self.root = Path(data)
@@ -74,6 +79,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pretrained = pretrained
         self.ignore_index = ignore_index
         self.check = check
+        self.slice_axis = slice_axis
+        self.foreground_oversampling = foreground_oversampling
+        self.samples_per_epoch = samples_per_epoch
+        self.sampler = None
         self.classes: ClassInfo | None = None
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
@@ -81,7 +90,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.image_dtype: str | None = None
         self.train_set = self.val_set = self.test_set = None
 
-    def _make(self, split: str) -> PairedSegmentationDataset | None:
+    def _make(self, split: str):
         match self.dataset_format:
             case "folder":
                 if not (self.root / split / "images").is_dir():
@@ -92,25 +101,54 @@ class SegmentationDataModule(L.LightningDataModule):
             case "pet":
                 return OxfordIIITPet(self.root, "train" if split == "train" else "test")
             case "cityscapes":
-                return (
-                    Cityscapes(self.root, split)
-                    if (self.root / "leftImg8bit" / split).is_dir()
-                    else None
+                if not (self.root / "leftImg8bit" / split).is_dir():
+                    return None
+                return Cityscapes(self.root, split)
+            case "nifti":
+                from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
+
+                pairs = find_nifti_pairs(self.root, split) if (self.root / split).is_dir() else []
+                if not pairs:
+                    return None
+                classes = resolve_classes(self.root, self.num_classes)
+                return NiftiSliceDataset(pairs, classes, axis=self.slice_axis)
+            case "raster":
+                if not (self.root / split / "images").is_dir():
+                    return None
+                pairs, _ = folder_pairs(self.root, split)
+                return RasterWindowDataset(
+                    pairs,
+                    window=self.image_size,
+                    mode="random" if split == "train" else "grid",
+                    samples_per_epoch=self.samples_per_epoch,
+                    classes=resolve_classes(self.root, self.num_classes),
                 )
             case _:
                 raise DataError(
-                    f"Unknown dataset layout {self.dataset_format!r}: folder, voc, pet, cityscapes."
+                    f"Unknown dataset layout {self.dataset_format!r}: folder, voc, pet, "
+                    "cityscapes, nifti, raster."
                 )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        report = None
         if self.check and self.dataset_format == "folder":
             report = check_dataset(self.root, num_classes=self.num_classes, progress=False)
-            if not report.ok:
-                raise DataError(
-                    "The dataset has problems; fix them before training:\n" + report.summary()
-                )
+        elif self.check and self.dataset_format in ("nifti", "raster"):
+            side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
+            report = check_scenes(
+                self.root,
+                self.dataset_format,
+                num_classes=self.num_classes,
+                window=side,
+                slice_axis=self.slice_axis,
+                progress=False,
+            )
+        if report is not None and not report.ok:
+            raise DataError(
+                "The dataset has problems; fix them before training:\n" + report.summary()
+            )
         if not self.root.is_dir():
             raise DataError(f"Dataset folder {self.root} does not exist.")
         train = self._make("train")
@@ -127,6 +165,13 @@ class SegmentationDataModule(L.LightningDataModule):
             self.mean, self.std = self._normalization(train, first)
 
         self.train_set = train
+        if self.dataset_format == "nifti" and self.foreground_oversampling > 0:
+            from torch.utils.data import WeightedRandomSampler
+
+            from unet_resnet.data.medical import slice_weights
+
+            weights = slice_weights(train, self.foreground_oversampling)
+            self.sampler = WeightedRandomSampler(weights, num_samples=len(train))
         self.val_set = self._make("val")
         self.test_set = self._make("test")
         train.classes = classes
@@ -166,11 +211,12 @@ class SegmentationDataModule(L.LightningDataModule):
             counts += np.bincount(valid, minlength=self.classes.num_classes)
         return counts
 
-    def _loader(self, dataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, dataset, *, shuffle: bool, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.workers,
             persistent_workers=self.workers > 0,
             drop_last=shuffle and len(dataset) > batch_size,
@@ -178,7 +224,9 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+        return self._loader(
+            self.train_set, shuffle=True, batch_size=self.batch_size, sampler=self.sampler
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:

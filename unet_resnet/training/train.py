@@ -146,6 +146,9 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         pretrained=config.encoder_weights is not None,
         ignore_index=config.ignore_index,
         check=config.check_data,
+        slice_axis=config.slice_axis,
+        foreground_oversampling=config.foreground_oversampling,
+        samples_per_epoch=config.samples_per_epoch,
     )
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
     classes = data.classes
