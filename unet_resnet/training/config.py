@@ -173,12 +173,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
             kwargs["type"] = _parse_bool
             kwargs["metavar"] = "BOOL"
         else:
-            args = [a for a in get_args(annotation) if a is not type(None)]
-            base = (
-                args[0]
-                if args and get_origin(annotation) in (typing.Union, types.UnionType)
-                else annotation
-            )
+            union = get_origin(annotation) in (typing.Union, types.UnionType)
+            args = [a for a in get_args(annotation) if a is not type(None)] if union else []
+            # A union with str (image_size "H,W", class_weights "1,2") is parsed in the
+            # dataclass; otherwise the flag has the field's own type.
+            base = (str if str in args else args[0]) if args else annotation
             kind = {int: int, float: float}.get(base, str)
             kwargs["type"] = _parse_optional(kind) if type(None) in get_args(annotation) else kind
         if f.name == "resume":
