@@ -3,9 +3,10 @@
     python examples/driving/run.py --out runs/driving          # the full recipe
     python examples/driving/run.py --out /tmp/driving --quick  # a reduced run (the test suite's)
 
-Writes synthetic street scenes in Cityscapes' real layout (``leftImg8bit/SPLIT/CITY/*_leftImg8bit.png``
-and ``gtFine/SPLIT/CITY/*_gtFine_labelIds.png`` with Cityscapes label ids, void included), so the
-same commands run on the real dataset by pointing ``--data`` at it.
+Writes synthetic street scenes in Cityscapes' real layout
+(``leftImg8bit/SPLIT/CITY/*_leftImg8bit.png`` and ``gtFine/SPLIT/CITY/*_gtFine_labelIds.png``
+with Cityscapes label ids, void included), so the same commands run on the real dataset by
+pointing ``--data`` at it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,29 @@ from unet_resnet.cli import main
 HERE = Path(__file__).resolve().parent
 # Cityscapes label ids and a typical colour for each thing drawn.
 SKY, BUILDING, VEGETATION, ROAD, SIDEWALK, CAR, PERSON, POLE, SIGN, VOID = (
-    23, 11, 21, 7, 8, 26, 24, 17, 20, 0)  # fmt: skip
-LOOK = {SKY: (110, 160, 220), BUILDING: (120, 110, 100), VEGETATION: (60, 120, 40),
-        ROAD: (90, 90, 95), SIDEWALK: (170, 160, 150), CAR: (30, 40, 150),
-        PERSON: (200, 60, 60), POLE: (150, 150, 150), SIGN: (230, 210, 20), VOID: (0, 0, 0)}  # fmt: skip
+    23,
+    11,
+    21,
+    7,
+    8,
+    26,
+    24,
+    17,
+    20,
+    0,
+)
+LOOK = {
+    SKY: (110, 160, 220),
+    BUILDING: (120, 110, 100),
+    VEGETATION: (60, 120, 40),
+    ROAD: (90, 90, 95),
+    SIDEWALK: (170, 160, 150),
+    CAR: (30, 40, 150),
+    PERSON: (200, 60, 60),
+    POLE: (150, 150, 150),
+    SIGN: (230, 210, 20),
+    VOID: (0, 0, 0),
+}
 
 
 def make_scene(rng: np.random.Generator, w: int, h: int):
@@ -86,18 +106,63 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
     size = (128, 64) if quick else (512, 256)
     counts = {"train": 6, "val": 2, "test": 1} if quick else {"train": 60, "val": 12, "test": 4}
     data = make_dataset(out / "data", counts=counts, size=size)
-    overrides = (["--encoder", "resnet18", "--encoder-weights", "none", "--epochs", "1",
-                  "--image-size", "64,128", "--batch-size", "2", "--workers", "0",
-                  "--progress", "false"] if quick else [])  # fmt: skip
+    overrides = (
+        [
+            "--encoder",
+            "resnet18",
+            "--encoder-weights",
+            "none",
+            "--epochs",
+            "1",
+            "--image-size",
+            "64,128",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--progress",
+            "false",
+        ]
+        if quick
+        else []
+    )
     best = str(out / "run/checkpoints/best.pt")
     steps = [
-        ["train", "--config", str(HERE / "config.yaml"), "--data", str(data),
-         "--out", str(out / "run"), *overrides],
-        ["evaluate", "--checkpoint", best, "--data", str(data), "--dataset", "cityscapes",
-         "--split", "val", "--json", str(out / "scores.json"), "--out", str(out / "evaluation")],
-        ["predict", "--checkpoint", best, str(data / "leftImg8bit/test/berlin"),
-         "--out", str(out / "predictions"), "--overlay"],
-    ]  # fmt: skip
+        [
+            "train",
+            "--config",
+            str(HERE / "config.yaml"),
+            "--data",
+            str(data),
+            "--out",
+            str(out / "run"),
+            *overrides,
+        ],
+        [
+            "evaluate",
+            "--checkpoint",
+            best,
+            "--data",
+            str(data),
+            "--dataset",
+            "cityscapes",
+            "--split",
+            "val",
+            "--json",
+            str(out / "scores.json"),
+            "--out",
+            str(out / "evaluation"),
+        ],
+        [
+            "predict",
+            "--checkpoint",
+            best,
+            str(data / "leftImg8bit/test/berlin"),
+            "--out",
+            str(out / "predictions"),
+            "--overlay",
+        ],
+    ]
     for argv in steps:
         print("$ unet-resnet", " ".join(argv), flush=True)
         code = main(argv)

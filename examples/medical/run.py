@@ -20,8 +20,10 @@ import numpy as np
 from unet_resnet.cli import main
 
 HERE = Path(__file__).resolve().parent
-CLASSES = {"names": ["background", "organ", "lesion"],
-           "colors": [[0, 0, 0], [80, 160, 255], [255, 60, 60]]}  # fmt: skip
+CLASSES = {
+    "names": ["background", "organ", "lesion"],
+    "colors": [[0, 0, 0], [80, 160, 255], [255, 60, 60]],
+}
 SPACING = (0.8, 0.8, 2.5)  # mm: fine in-plane, thick slices, as in clinical CT
 
 
@@ -31,8 +33,11 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int]):
     cx, cy, cz = (np.array(shape) / 2) * rng.uniform(0.9, 1.1, 3)
     body = ((x - cx) / (0.45 * shape[0])) ** 2 + ((y - cy) / (0.4 * shape[1])) ** 2 <= 1
     ox, oy = cx + rng.uniform(-4, 4), cy + rng.uniform(-4, 4)
-    organ = (((x - ox) / (0.22 * shape[0])) ** 2 + ((y - oy) / (0.18 * shape[1])) ** 2
-             + ((z - cz) / (0.35 * shape[2])) ** 2) <= 1  # fmt: skip
+    organ = (
+        ((x - ox) / (0.22 * shape[0])) ** 2
+        + ((y - oy) / (0.18 * shape[1])) ** 2
+        + ((z - cz) / (0.35 * shape[2])) ** 2
+    ) <= 1
     label = np.where(organ, 1, 0).astype(np.uint8)
     hu = np.where(body, 40.0, -1000.0) + np.where(organ, 25.0, 0.0)
     for _ in range(rng.integers(0, 3)):
@@ -71,19 +76,63 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
     shape = (48, 48, 8) if quick else (128, 128, 24)
     n = (4, 2, 1) if quick else (24, 6, 4)
     data = make_dataset(out / "data", n_train=n[0], n_val=n[1], n_test=n[2], shape=shape)
-    overrides = (["--encoder", "resnet18", "--encoder-weights", "none", "--epochs", "1",
-                  "--image-size", "48", "--batch-size", "4", "--workers", "0",
-                  "--progress", "false"] if quick else [])  # fmt: skip
+    overrides = (
+        [
+            "--encoder",
+            "resnet18",
+            "--encoder-weights",
+            "none",
+            "--epochs",
+            "1",
+            "--image-size",
+            "48",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--progress",
+            "false",
+        ]
+        if quick
+        else []
+    )
     steps = [
         ["check-data", str(data), "--dataset", "nifti", "--quiet"],
-        ["train", "--config", str(HERE / "config.yaml"), "--data", str(data),
-         "--out", str(out / "run"), *overrides],
-        ["evaluate", "--checkpoint", str(out / "run/checkpoints/best.pt"), "--data", str(data),
-         "--dataset", "nifti", "--split", "val", "--hd95", "--json", str(out / "scores.json"),
-         "--out", str(out / "evaluation")],
-        ["predict", "--checkpoint", str(out / "run/checkpoints/best.pt"),
-         str(data / "test/images"), "--out", str(out / "predictions")],
-    ]  # fmt: skip
+        [
+            "train",
+            "--config",
+            str(HERE / "config.yaml"),
+            "--data",
+            str(data),
+            "--out",
+            str(out / "run"),
+            *overrides,
+        ],
+        [
+            "evaluate",
+            "--checkpoint",
+            str(out / "run/checkpoints/best.pt"),
+            "--data",
+            str(data),
+            "--dataset",
+            "nifti",
+            "--split",
+            "val",
+            "--hd95",
+            "--json",
+            str(out / "scores.json"),
+            "--out",
+            str(out / "evaluation"),
+        ],
+        [
+            "predict",
+            "--checkpoint",
+            str(out / "run/checkpoints/best.pt"),
+            str(data / "test/images"),
+            "--out",
+            str(out / "predictions"),
+        ],
+    ]
     for argv in steps:
         print("$ unet-resnet", " ".join(argv), flush=True)
         code = main(argv)

@@ -1,7 +1,7 @@
-"""Remote-sensing recipe: multi-band GeoTIFF scenes -> window sampling -> U-Net -> GeoTIFF + GeoJSON.
+"""Remote-sensing recipe: multi-band GeoTIFF scenes -> windows -> U-Net -> GeoTIFF + GeoJSON.
 
     python examples/remote_sensing/run.py --out runs/remote          # the full recipe
-    python examples/remote_sensing/run.py --out /tmp/remote --quick  # a reduced run (the test suite's)
+    python examples/remote_sensing/run.py --out /tmp/remote --quick  # reduced (the tests')
 
 Writes synthetic 4-band (blue, green, red, near-infrared) 16-bit GeoTIFF scenes in UTM with
 label rasters (background, building, water, vegetation), trains on random windows read
@@ -21,11 +21,17 @@ from PIL import Image, ImageDraw
 from unet_resnet.cli import main
 
 HERE = Path(__file__).resolve().parent
-CLASSES = {"names": ["background", "building", "water", "vegetation"],
-           "colors": [[0, 0, 0], [230, 60, 60], [40, 110, 230], [60, 180, 60]]}  # fmt: skip
+CLASSES = {
+    "names": ["background", "building", "water", "vegetation"],
+    "colors": [[0, 0, 0], [230, 60, 60], [40, 110, 230], [60, 180, 60]],
+}
 # Typical surface reflectance x 10000 for B, G, R, NIR.
-REFLECTANCE = {0: (900, 1100, 1300, 2200), 1: (1800, 1800, 1900, 2100),
-               2: (700, 600, 400, 200), 3: (400, 700, 500, 3800)}  # fmt: skip
+REFLECTANCE = {
+    0: (900, 1100, 1300, 2200),
+    1: (1800, 1800, 1900, 2100),
+    2: (700, 600, 400, 200),
+    3: (400, 700, 500, 3800),
+}
 
 
 def make_scene(rng: np.random.Generator, side: int):
@@ -53,10 +59,20 @@ def _write(path: Path, array: np.ndarray, *, nodata=None) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     array = array if array.ndim == 3 else array[None]
-    with rasterio.open(path, "w", driver="GTiff", width=array.shape[2], height=array.shape[1],
-                       count=array.shape[0], dtype=array.dtype, crs="EPSG:32632",
-                       transform=from_origin(600000, 5300000, 10, 10), nodata=nodata,
-                       tiled=True, compress="deflate") as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=array.shape[2],
+        height=array.shape[1],
+        count=array.shape[0],
+        dtype=array.dtype,
+        crs="EPSG:32632",
+        transform=from_origin(600000, 5300000, 10, 10),
+        nodata=nodata,
+        tiled=True,
+        compress="deflate",
+    ) as dst:
         dst.write(array)
 
 
@@ -76,17 +92,53 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
     side = 160 if quick else 1024
     counts = {"train": 2, "val": 1, "test": 1} if quick else {"train": 6, "val": 2, "test": 1}
     data = make_dataset(out / "data", counts=counts, side=side)
-    overrides = (["--encoder", "resnet18", "--encoder-weights", "none", "--epochs", "1",
-                  "--image-size", "64", "--samples-per-epoch", "8", "--batch-size", "4",
-                  "--workers", "0", "--progress", "false"] if quick else [])  # fmt: skip
+    overrides = (
+        [
+            "--encoder",
+            "resnet18",
+            "--encoder-weights",
+            "none",
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--samples-per-epoch",
+            "8",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--progress",
+            "false",
+        ]
+        if quick
+        else []
+    )
     best = str(out / "run/checkpoints/best.pt")
     steps = [
         ["check-data", str(data), "--dataset", "raster", "--window", "128", "--quiet"],
-        ["train", "--config", str(HERE / "config.yaml"), "--data", str(data),
-         "--out", str(out / "run"), *overrides],
-        ["predict", "--checkpoint", best, str(data / "test/images"), "--out",
-         str(out / "predictions"), "--tile-size", "128" if quick else "512", "--vectorize"],
-    ]  # fmt: skip
+        [
+            "train",
+            "--config",
+            str(HERE / "config.yaml"),
+            "--data",
+            str(data),
+            "--out",
+            str(out / "run"),
+            *overrides,
+        ],
+        [
+            "predict",
+            "--checkpoint",
+            best,
+            str(data / "test/images"),
+            "--out",
+            str(out / "predictions"),
+            "--tile-size",
+            "128" if quick else "512",
+            "--vectorize",
+        ],
+    ]
     for argv in steps:
         print("$ unet-resnet", " ".join(argv), flush=True)
         code = main(argv)
