@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench clean
+.PHONY: install browser demo test test-slow lint format bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+docs: install
+	{ echo "# Configuration reference"; echo; \
+	  sed -n 3p docs/config.md; echo; \
+	  $(BIN)/python -c "from unet_resnet.training.config import config_reference as r; print(r())"; \
+	} > docs/config.md.new && mv docs/config.md.new docs/config.md
 
 lint: install
 	$(BIN)/ruff check .

@@ -20,7 +20,13 @@ import yaml
 
 from unet_resnet.data.classes import DataError
 
-__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "load_yaml_config"]
+__all__ = [
+    "TrainConfig",
+    "add_config_arguments",
+    "config_from_args",
+    "config_reference",
+    "load_yaml_config",
+]
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
@@ -215,3 +221,20 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         return TrainConfig(**values)
     except TypeError as exc:
         raise DataError(f"Invalid configuration: {exc}") from None
+
+
+def config_reference() -> str:
+    """Markdown table of every option: YAML key, flag, default and what it does."""
+    lines = [
+        "| YAML key | flag | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = _literal_choices(_TYPE_HINTS[f.name])
+        help_text = f.metadata.get("help", "")
+        if choices:
+            help_text = f"{help_text}; one of {', '.join(map(str, choices))}".lstrip("; ")
+        flag = "--" + f.name.replace("_", "-")
+        lines.append(f"| `{f.name}` | `{flag}` | `{default}` | {help_text} |")
+    return "\n".join(lines)
