@@ -27,6 +27,17 @@ import torch
 SECTIONS = ("peak", "inference", "training", "data", "tiling")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. ``VmHWM`` starts afresh at exec, unlike
+    ``ru_maxrss``, which a spawned child inherits from the parent that forked it."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _timeit(fn: Callable[[], Any], *, reps: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -170,7 +181,7 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
         optimizer.step()
 
     times = _timeit(step, reps=steps)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     queue.put(
         {
             "variant": variant,
@@ -298,7 +309,7 @@ def _tiling_worker(scene: str, tile: int, batch: int, queue) -> None:
             "seconds": seconds,
             "tiles_x_batch_time_s": expected,
             "overhead": seconds / expected - 1,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss_mb(),
         }
     )
 
