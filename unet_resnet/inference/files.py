@@ -117,8 +117,11 @@ def predict_raster_file(
     path_out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = _tmp(path_out)
     tmp_prob = _tmp(Path(probabilities)) if probabilities else None
+    # GDAL's block cache defaults to 5% of RAM and fills with written blocks; a fixed cap
+    # keeps memory independent of the scene.
+    env = rasterio.Env(GDAL_CACHEMAX=256)
     try:
-        with rasterio.open(path_in) as src:
+        with env, rasterio.open(path_in) as src:
             if src.count != segmenter.in_channels:
                 raise InputShapeError(
                     f"{path_in} has {src.count} band(s); the model takes "
