@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-SECTIONS = ("peak", "inference", "training", "data", "tiling")
+SECTIONS = ("peak", "inference", "training", "data", "tiling", "serve")
 
 
 def peak_rss_mb() -> float:
@@ -328,6 +328,54 @@ def bench_tiling(
     return rows
 
 
+def bench_serve(*, requests: int = 40, size: int = 256) -> list[dict[str, Any]]:
+    """A live server on 127.0.0.1 (2 inference threads, queue of 4): load under its capacity
+    (no errors expected) and over it (503s expected, still no errors)."""
+    import io
+    import socket
+    import threading
+
+    import uvicorn
+    from PIL import Image
+
+    from unet_resnet.inference import Segmenter
+    from unet_resnet.models import UNetWithResnet50Encoder
+    from unet_resnet.serve import create_app
+    from unet_resnet.serve.loadtest import run_load
+
+    torch.manual_seed(0)
+    seg = Segmenter(UNetWithResnet50Encoder(4, encoder_weights=None), precision="auto")
+    app = create_app(seg, workers=2, queue_size=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        run_load(url, buffer.getvalue(), requests=4, concurrency=2)  # warm-up
+        rows = [
+            {
+                "load": "within capacity",
+                **run_load(url, buffer.getvalue(), requests=requests, concurrency=4),
+            },
+            {
+                "load": "over capacity",
+                **run_load(url, buffer.getvalue(), requests=requests, concurrency=16),
+            },
+        ]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return rows
+
+
 def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dict[str, Any]:
     """Run the chosen sections; ``quick`` shrinks them (for smoke tests)."""
     results: dict[str, Any] = {
@@ -366,6 +414,8 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
         results["tiling"] = bench_tiling(
             sides=(1024,) if quick else (2048, 8192, 16384), tile=256 if quick else 512
         )
+    if "serve" in sections:
+        results["serve"] = bench_serve(requests=8 if quick else 40, size=64 if quick else 256)
     return results
 
 
@@ -418,6 +468,19 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{r['scene']:<14}{r['tiles']:>7}{r['seconds']:>9.1f}"
                 f"{r['tiles_x_batch_time_s']:>15.1f}{100 * r['overhead']:>9.1f}%"
                 f"{r['peak_rss_mb']:>9.0f}"
+            )
+    if "serve" in results:
+        lines += [
+            "",
+            "HTTP service under load (guide's model, 2 inference threads, queue 4)",
+            f"{'load':<18}{'clients':>8}{'ok':>5}{'503':>5}{'errors':>7}{'req/s':>7}"
+            f"{'p50 s':>7}{'p95 s':>7}{'p99 s':>7}",
+        ]
+        for r in results["serve"]:
+            lines.append(
+                f"{r['load']:<18}{r['concurrency']:>8}{r['ok']:>5}{r['shed_503']:>5}"
+                f"{r['errors']:>7}{r['throughput_per_s']:>7.2f}{r['latency_p50_s']:>7.2f}"
+                f"{r['latency_p95_s']:>7.2f}{r['latency_p99_s']:>7.2f}"
             )
     return "\n".join(lines)
 

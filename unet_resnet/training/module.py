@@ -144,6 +144,7 @@ class SegmentationModule(L.LightningModule):
         for name, per_class in scores["per_class"].items():
             if not math.isnan(per_class["iou"]):
                 self.log(f"val_iou/{name}", per_class["iou"], sync_dist=False)
+                self.log(f"val_dice/{name}", per_class["dice"], sync_dist=False)
 
     # Optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):

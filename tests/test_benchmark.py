@@ -1,0 +1,48 @@
+"""The benchmark suite runs (tiny sizes) and reports what the README's tables show."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unet_resnet.cli import main
+from unet_resnet.serve.loadtest import run_load
+
+
+def test_quick_benchmark_run(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "benchmark",
+            "--quick",
+            "--only",
+            "peak",
+            "inference",
+            "data",
+            "tiling",
+            "serve",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    for heading in ("Peak", "Inference", "Data loader", "Tiled GeoTIFF", "HTTP service"):
+        assert heading in text
+    results = json.loads(out.read_text())
+    assert results["peak"]["bf16_matmul_tflops"] > 0
+    variants = {r["variant"] for r in results["inference"]}
+    assert "eager_fp32" in variants and any(v.startswith("fast_") for v in variants)
+    for row in results["inference"]:
+        assert row["images_per_s"] > 0 and row["speedup_vs_eager_fp32"] > 0
+    assert results["data"]["images_per_s"] > 0
+    assert results["tiling"][0]["tiles"] >= 1 and results["tiling"][0]["peak_rss_mb"] > 0
+    within, over = results["serve"]
+    assert within["errors"] == 0 and over["errors"] == 0
+    assert within["ok"] + within["shed_503"] == within["requests"]
+
+
+def test_load_test_only_targets_loopback():
+    with pytest.raises(ValueError, match="loopback"):
+        run_load("http://10.0.0.1:8000", b"")
