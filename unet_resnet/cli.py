@@ -505,6 +505,20 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_steps(steps: Sequence[Sequence[str]]) -> None:
+    """Run ``unet-resnet`` commands in order, echoing each; stop at the first that fails.
+
+    The recipes under ``examples/`` are lists of such steps.
+    """
+    for argv in steps:
+        print("$ unet-resnet", " ".join(argv), flush=True)
+        code = main(list(argv))
+        if code != 0:
+            raise UnetResnetError(
+                f"step failed with exit code {code}: unet-resnet {' '.join(argv)}"
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet-resnet",

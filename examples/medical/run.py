@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_resnet.cli import main
+from unet_resnet.cli import run_steps
 
 HERE = Path(__file__).resolve().parent
 CLASSES = {
@@ -133,11 +133,7 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
             str(out / "predictions"),
         ],
     ]
-    for argv in steps:
-        print("$ unet-resnet", " ".join(argv), flush=True)
-        code = main(argv)
-        if code != 0:
-            raise SystemExit(f"step failed with exit code {code}: unet-resnet {' '.join(argv)}")
+    run_steps(steps)
     return json.loads((out / "scores.json").read_text())
 
 

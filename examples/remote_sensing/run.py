@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from unet_resnet.cli import main
+from unet_resnet.cli import run_steps
 
 HERE = Path(__file__).resolve().parent
 CLASSES = {
@@ -139,11 +139,7 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
             "--vectorize",
         ],
     ]
-    for argv in steps:
-        print("$ unet-resnet", " ".join(argv), flush=True)
-        code = main(argv)
-        if code != 0:
-            raise SystemExit(f"step failed with exit code {code}: unet-resnet {' '.join(argv)}")
+    run_steps(steps)
     return score_scene(best, data / "test", out)
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from unet_resnet.data.classes import ClassInfo, DataError, resolve_classes
+from unet_resnet.inference.tiling import tile_starts
 from unet_resnet.io import IMAGE_SUFFIXES, read_image, read_mask_raw, to_float_image
 
 __all__ = [
@@ -371,8 +372,8 @@ class RasterWindowDataset(Dataset):
         self.grid = [
             (s, top, left)
             for s, (h, w) in enumerate(self.shapes)
-            for top in _starts(h, self.window[0], stride)
-            for left in _starts(w, self.window[1], stride)
+            for top in tile_starts(h, self.window[0], stride)
+            for left in tile_starts(w, self.window[1], stride)
         ]
         self._handles: dict[Path, object] = {}
 
@@ -447,14 +448,6 @@ class RasterWindowDataset(Dataset):
         state = self.__dict__.copy()
         state["_handles"] = {}  # file handles do not cross process boundaries
         return state
-
-
-def _starts(length: int, window: int, stride: int) -> list[int]:
-    """Window starts covering ``length`` with the last window flush with the end."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window, stride))
-    return [*starts, length - window]
 
 
 def pad_collate(batch, *, ignore_index: int = 255):

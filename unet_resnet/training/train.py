@@ -199,6 +199,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*not supported by the model summary.*")
         try:
             trainer.fit(module, datamodule=data, ckpt_path=resume_path)
         except SystemExit:
