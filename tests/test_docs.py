@@ -16,8 +16,11 @@ from unet_resnet.cli import build_parser
 from unet_resnet.training.config import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-         *sorted((ROOT / "examples").glob("*/README.md"))]  # fmt: skip
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "examples").glob("*/README.md")),
+]
 
 
 def _commands(prefix: str) -> list[tuple[str, str]]:
@@ -37,7 +40,12 @@ UNET = _commands("unet-resnet ")
 def test_docs_show_commands():
     assert len(UNET) >= 20
     assert {cmd.split()[1] for _, cmd in UNET} >= {
-        "train", "predict", "evaluate", "check-data", "make-demo-data"}  # fmt: skip
+        "train",
+        "predict",
+        "evaluate",
+        "check-data",
+        "make-demo-data",
+    }
 
 
 @pytest.mark.parametrize(("page", "command"), UNET, ids=[f"{p}:{c[:60]}" for p, c in UNET])

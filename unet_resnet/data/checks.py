@@ -245,8 +245,10 @@ def check_scenes(
                 pairs = find_nifti_pairs(root, split)
                 for image, label in pairs:
                     if label is None:
-                        report.error(f"Volume without labels: {image} (expected "
-                                     f"{root / split / 'labels'}/{image.name}).")  # fmt: skip
+                        report.error(
+                            f"Volume without labels: {image} (expected "
+                            f"{root / split / 'labels'}/{image.name})."
+                        )
                 ds = NiftiSliceDataset(pairs, report.classes, axis=slice_axis)
 
                 def describe(i, ds=ds):

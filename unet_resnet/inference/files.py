@@ -112,8 +112,12 @@ def predict_raster_file(
     path_in, path_out = Path(path_in), Path(path_out)
     classes = segmenter.classes
     nodata_out = classes.ignore_index if 0 <= classes.ignore_index <= 255 else 255
-    margin = max(64, int(segmenter.overlap * segmenter.tile_size) if segmenter.overlap < 1
-                 else int(segmenter.overlap))  # fmt: skip
+    margin = max(
+        64,
+        int(segmenter.overlap * segmenter.tile_size)
+        if segmenter.overlap < 1
+        else int(segmenter.overlap),
+    )
     path_out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = _tmp(path_out)
     tmp_prob = _tmp(Path(probabilities)) if probabilities else None
@@ -128,11 +132,20 @@ def predict_raster_file(
                     f"{segmenter.in_channels}. Select the bands the model was trained on."
                 )
             profile = {
-                "driver": "GTiff", "height": src.height, "width": src.width, "count": 1,
-                "dtype": "uint8", "crs": src.crs, "transform": src.transform,
-                "nodata": nodata_out, "compress": "deflate", "tiled": True,
-                "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
-            }  # fmt: skip
+                "driver": "GTiff",
+                "height": src.height,
+                "width": src.width,
+                "count": 1,
+                "dtype": "uint8",
+                "crs": src.crs,
+                "transform": src.transform,
+                "nodata": nodata_out,
+                "compress": "deflate",
+                "tiled": True,
+                "blockxsize": 256,
+                "blockysize": 256,
+                "BIGTIFF": "IF_SAFER",
+            }
             dst = rasterio.open(tmp_out, "w", **profile)
             pdst = None
             if tmp_prob is not None:

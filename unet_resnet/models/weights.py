@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: ``encoder_weights="imagenet"`` means the weights the original code got from
-#: ``resnet50(pretrained=True)``: torchvision's IMAGENET1K_V1 for every ResNet.
+#: ``resnet50(pretrained=...)`` flag: torchvision's IMAGENET1K_V1 for every ResNet.
 IMAGENET_ALIAS = "imagenet"
 _IMAGENET_DEFAULT = "IMAGENET1K_V1"
 
@@ -146,7 +146,7 @@ def load_encoder_state_dict(
     Args:
         encoder: torchvision model name, e.g. ``"resnet50"``.
         weights: ``None``/``"none"``; ``"imagenet"`` (torchvision IMAGENET1K_V1, the weights of
-            the original ``pretrained=True``); a torchvision enum name such as
+            the original's pretrained flag); a torchvision enum name such as
             ``"IMAGENET1K_V2"`` or ``"DEFAULT"``; or a path to a local file.
     """
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "")):
