@@ -73,7 +73,7 @@ def test_failed_parity_check_leaves_no_file(tmp_path):
     with pytest.raises(ExportError, match="parity check failed"):
         export_model(ckpt, tmp_path / "m.onnx", tolerance=-1.0)
     assert not (tmp_path / "m.onnx").exists()
-    assert not list(tmp_path.glob(".m.onnx*"))
+    assert not list(tmp_path.glob(".partial.*"))  # no temporary file left behind
 
 
 def test_onnxruntime_backend_matches_pytorch_with_tiling_and_tta(tmp_path):

@@ -23,6 +23,7 @@ import torch
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import WeightsFileError
+from unet_resnet.io import atomic_path
 from unet_resnet.models import UNetWithResnet50Encoder, model_from_config
 
 __all__ = ["FORMAT", "CheckpointMeta", "atomic_torch_save", "load_checkpoint", "save_checkpoint"]
@@ -68,17 +69,10 @@ class CheckpointMeta:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a half-written file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it visible
 
 
 def save_checkpoint(

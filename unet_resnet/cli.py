@@ -400,16 +400,13 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
+    _segmenter_arguments(parser)  # the server's defaults for every request
     parser.add_argument("--host", default="127.0.0.1", help="default loopback only")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="inference threads")
     parser.add_argument("--queue-size", type=int, default=8, help="waiting requests before 503")
     parser.add_argument("--max-upload-mb", type=float, default=20.0)
     parser.add_argument("--max-pixels", type=int, default=40_000_000)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    parser.add_argument("--tile-size", type=int, default=1024)
 
 
 @command("serve", "HTTP service and web page for a checkpoint (FastAPI + uvicorn)")
@@ -423,11 +420,7 @@ def serve_command(args: argparse.Namespace) -> int:
         raise UnetResnetError(
             "Serving needs the serve extra: pip install 'unet-resnet[serve]'."
         ) from None
-    from unet_resnet.inference import Segmenter
-
-    segmenter = Segmenter.from_checkpoint(
-        args.checkpoint, device=args.device, precision=args.precision, tile_size=args.tile_size
-    )
+    segmenter = _build_segmenter(args)
     app = create_app(
         segmenter,
         max_upload_mb=args.max_upload_mb,

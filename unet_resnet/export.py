@@ -24,6 +24,7 @@ import torch
 from unet_resnet.checkpoint import CheckpointMeta, load_checkpoint
 from unet_resnet.errors import UnetResnetError
 from unet_resnet.inference.segmenter import fold_batchnorm
+from unet_resnet.io import atomic_path
 
 __all__ = ["ExportError", "ExportReport", "export_model", "read_export_metadata"]
 
@@ -89,51 +90,48 @@ def export_model(
     model, meta = load_checkpoint(checkpoint)
     model = fold_batchnorm(model.eval())
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
     c = meta.model_config["in_channels"]
     torch.manual_seed(0)
     example = torch.randn(2, c, 64, 64)
     check = torch.randn(1, c, *check_size)
     metadata = _metadata(meta, format)
     try:
-        match format:
-            case "onnx":
-                _export_onnx(model, example, tmp, opset, metadata)
-                got = _run_onnx(tmp, check.numpy())
-            case "torchscript":
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # tracer notes about the shape checks
-                    traced = torch.jit.trace(model, example, check_trace=False)
-                traced.save(str(tmp), _extra_files={"unet_resnet.json": json.dumps(metadata)})
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
-                    loaded = torch.jit.load(str(tmp))
-                with torch.no_grad():
-                    got = loaded(check).numpy()
-            case _:
-                raise ValueError(f"Unknown export format {format!r}: onnx, torchscript.")
-        with torch.no_grad():
-            expected = model(check).numpy()
-        if got.shape != expected.shape:
-            raise ExportError(
-                f"The exported model returned shape {got.shape}, expected {expected.shape}."
-            )
-        diff = float(np.abs(got - expected).max())
-        if not diff <= tolerance:
-            raise ExportError(
-                f"Export parity check failed: max abs difference {diff:.3g} between the "
-                f"exported and the eager model exceeds {tolerance:g}. The file was not written."
-            )
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            match format:
+                case "onnx":
+                    _export_onnx(model, example, tmp, opset, metadata)
+                    got = _run_onnx(tmp, check.numpy())
+                case "torchscript":
+                    with torch.no_grad(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # tracer notes about the shape checks
+                        traced = torch.jit.trace(model, example, check_trace=False)
+                    traced.save(str(tmp), _extra_files={"unet_resnet.json": json.dumps(metadata)})
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)
+                        loaded = torch.jit.load(str(tmp))
+                    with torch.no_grad():
+                        got = loaded(check).numpy()
+                case _:
+                    raise ValueError(f"Unknown export format {format!r}: onnx, torchscript.")
+            with torch.no_grad():
+                expected = model(check).numpy()
+            if got.shape != expected.shape:
+                raise ExportError(
+                    f"The exported model returned shape {got.shape}, expected {expected.shape}."
+                )
+            diff = float(np.abs(got - expected).max())
+            if not diff <= tolerance:
+                raise ExportError(
+                    f"Export parity check failed: max abs difference {diff:.3g} between the "
+                    f"exported and the eager model exceeds {tolerance:g}. The file was not written."
+                )
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(f"Export to {format} failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     side = out.with_name(out.name + ".json")
-    side.write_text(json.dumps(metadata, indent=2) + "\n")
+    with atomic_path(side) as tmp:
+        tmp.write_text(json.dumps(metadata, indent=2) + "\n")
     return ExportReport(out, side, format, diff, tolerance, tuple(check.shape))
 
 

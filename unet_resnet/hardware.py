@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_has_fast_bf16", "resolve_device", "resolve_train_precision"]
+__all__ = ["auto_precision", "cpu_has_fast_bf16", "resolve_device", "resolve_train_precision"]
 
 
 @functools.cache
@@ -34,13 +34,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def auto_precision(device_type: str) -> str:
+    """The fastest precision that keeps accuracy: ``bf16`` where the hardware runs it natively,
+    ``fp16`` on GPUs without bf16, ``fp32`` otherwise."""
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
 def resolve_train_precision(precision: str, accelerator: str = "auto") -> str:
-    """Lightning precision for ``auto``: bf16-mixed where the hardware runs it fast, else 32."""
+    """Lightning precision for ``auto``: :func:`auto_precision` as mixed precision."""
     if precision != "auto":
         return precision
     use_cuda = accelerator in ("gpu", "cuda") or (
         accelerator == "auto" and torch.cuda.is_available()
     )
-    if use_cuda:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32"
+    lightning = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32"}
+    return lightning[auto_precision("cuda" if use_cuda else "cpu")]

@@ -8,8 +8,10 @@ job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from unet_resnet.errors import UnetResnetError
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
+    "atomic_path",
     "decode_image_bytes",
     "is_geotiff",
     "read_image",
@@ -233,6 +236,24 @@ def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndar
     return image
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    Readers never see a half-written output: the file appears complete or not at all, and a
+    failure removes the temporary file. The temporary name ``.partial.NAME`` keeps the suffix,
+    so writers that infer the format from it (PIL, matplotlib, nibabel, numpy) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".partial.{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_mask_png(
     path: str | os.PathLike, mask: np.ndarray, palette: list[tuple[int, int, int]] | None = None
 ) -> None:
@@ -244,6 +265,5 @@ def write_mask_png(
     if palette:
         flat = [c for color in palette for c in color]
         img.putpalette(flat + [0] * (768 - len(flat)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

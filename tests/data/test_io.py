@@ -8,7 +8,7 @@ import tifffile
 from PIL import Image
 
 from tests.data.fixtures import make_geotiff
-from unet_resnet.io import ImageReadError, read_image, read_mask_raw, to_float_image
+from unet_resnet.io import ImageReadError, atomic_path, read_image, read_mask_raw, to_float_image
 
 
 @pytest.fixture
@@ -86,3 +86,17 @@ def test_truncated_png(tmp_path, rng):
     (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match=r"t\.png.*truncated"):
         read_image(tmp_path / "t.png")
+
+
+def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with atomic_path(target) as tmp:
+        assert tmp.name == ".partial.out.json" and not target.exists()
+        tmp.write_text("{}")
+    assert target.read_text() == "{}" and not tmp.exists()
+
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "{}"  # the old complete file is untouched
+    assert not tmp.exists()

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from unet_resnet.data.classes import ClassInfo, DataError
+from unet_resnet.io import atomic_path
 
 __all__ = ["NiftiSliceDataset", "find_nifti_pairs", "hd95", "predict_nifti", "slice_weights"]
 
@@ -156,10 +157,8 @@ def predict_nifti(segmenter, path_in, path_out, *, axis: int = 2) -> Path:
     out = nib.Nifti1Image(labels, img.affine)
     out.header.set_zooms(img.header.get_zooms()[:3])
     out.header.set_xyzt_units(*img.header.get_xyzt_units())
-    path_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path_out.with_name(f".partial.{path_out.name}")
-    nib.save(out, str(tmp))
-    os.replace(tmp, path_out)
+    with atomic_path(path_out) as tmp:
+        nib.save(out, str(tmp))
     return path_out
 
 

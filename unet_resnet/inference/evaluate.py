@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from unet_resnet.data.datasets import PairedSegmentationDataset
 from unet_resnet.inference.segmenter import Segmenter
+from unet_resnet.io import atomic_path
 from unet_resnet.metrics import SegmentationMetrics
 
 __all__ = ["evaluate", "format_scores", "plot_confusion_matrix", "write_scores_json"]
@@ -110,11 +110,8 @@ def _clean(value):
 
 def write_scores_json(scores: dict[str, Any], path: str | os.PathLike) -> None:
     """JSON: top-level ``miou``, ``mean_dice``, ``pixel_accuracy``, ``per_class``; NaN as null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(scores), indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(scores), indent=2) + "\n")
 
 
 def plot_confusion_matrix(scores: dict[str, Any], path: str | os.PathLike) -> None:
@@ -142,8 +139,6 @@ def plot_confusion_matrix(scores: dict[str, Any], path: str | os.PathLike) -> No
                     j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color
                 )
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

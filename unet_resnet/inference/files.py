@@ -6,6 +6,7 @@ so an interrupted run never leaves a file that looks finished but is not.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unet_resnet.errors import InputShapeError, UnetResnetError
-from unet_resnet.io import read_image, write_mask_png
+from unet_resnet.io import atomic_path, read_image, write_mask_png
 from unet_resnet.visualize import overlay_with_legend
 
 if TYPE_CHECKING:
@@ -23,10 +24,6 @@ __all__ = ["predict_image_file", "predict_raster_file"]
 
 #: Overlays of scenes larger than this are skipped (they would need the whole scene in memory).
 MAX_OVERLAY_PIXELS = 64_000_000
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def _labels(probs: np.ndarray) -> np.ndarray:
@@ -39,9 +36,8 @@ def _save_overlay(segmenter: Segmenter, image: np.ndarray, labels: np.ndarray, p
     picture = overlay_with_legend(
         image, labels, classes.names, classes.colors, ignore_index=classes.ignore_index
     )
-    tmp = _tmp(path)
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
 
 
 def predict_image_file(
@@ -64,17 +60,13 @@ def predict_image_file(
     if labels.dtype == np.uint8:
         write_mask_png(path_out, labels, segmenter.classes.colors)
     else:
-        tmp = _tmp(path_out.with_suffix(".npy"))
-        np.save(tmp, labels)
-        os.replace(tmp, path_out.with_suffix(".npy"))
+        with atomic_path(path_out.with_suffix(".npy")) as tmp:
+            np.save(tmp, labels)
     if overlay is not None:
         _save_overlay(segmenter, image, labels, overlay)
     if probabilities is not None:
-        probabilities = Path(probabilities)
-        tmp = _tmp(probabilities)
-        with open(tmp, "wb") as f:
+        with atomic_path(probabilities) as tmp, open(tmp, "wb") as f:
             np.save(f, probs.astype(np.float16))
-        os.replace(tmp, probabilities)
     return path_out
 
 
@@ -118,68 +110,56 @@ def predict_raster_file(
         if segmenter.overlap < 1
         else int(segmenter.overlap),
     )
-    path_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = _tmp(path_out)
-    tmp_prob = _tmp(Path(probabilities)) if probabilities else None
     # GDAL's block cache defaults to 5% of RAM and fills with written blocks; a fixed cap
     # keeps memory independent of the scene.
-    env = rasterio.Env(GDAL_CACHEMAX=256)
-    try:
-        with env, rasterio.open(path_in) as src:
-            if src.count != segmenter.in_channels:
-                raise InputShapeError(
-                    f"{path_in} has {src.count} band(s); the model takes "
-                    f"{segmenter.in_channels}. Select the bands the model was trained on."
-                )
-            profile = {
-                "driver": "GTiff",
-                "height": src.height,
-                "width": src.width,
-                "count": 1,
-                "dtype": "uint8",
-                "crs": src.crs,
-                "transform": src.transform,
-                "nodata": nodata_out,
-                "compress": "deflate",
-                "tiled": True,
-                "blockxsize": 256,
-                "blockysize": 256,
-                "BIGTIFF": "IF_SAFER",
-            }
-            dst = rasterio.open(tmp_out, "w", **profile)
-            pdst = None
-            if tmp_prob is not None:
-                pdst = rasterio.open(
-                    tmp_prob, "w", **{**profile, "count": len(classes), "nodata": None}
-                )
-            try:
-                for top, left, h, w in _chunks(src.height, src.width, chunk_size):
-                    t0, l0 = max(0, top - margin), max(0, left - margin)
-                    t1 = min(src.height, top + h + margin)
-                    l1 = min(src.width, left + w + margin)
-                    data = src.read(window=Window(l0, t0, l1 - l0, t1 - t0))
-                    image = np.moveaxis(data, 0, -1)
-                    probs = segmenter.predict_proba(image)
-                    probs = probs[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
-                    labels = _labels(probs)
-                    if src.nodata is not None:
-                        core = data[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
-                        labels[np.all(core == src.nodata, axis=0)] = nodata_out
-                    window = Window(left, top, w, h)
-                    dst.write(labels, 1, window=window)
-                    if pdst is not None:
-                        pdst.write(np.round(probs * 255).astype(np.uint8), window=window)
-            finally:
-                dst.close()
+    with (
+        rasterio.Env(GDAL_CACHEMAX=256),
+        rasterio.open(path_in) as src,
+        atomic_path(path_out) as tmp_out,
+        atomic_path(probabilities) if probabilities else contextlib.nullcontext() as tmp_prob,
+    ):
+        if src.count != segmenter.in_channels:
+            raise InputShapeError(
+                f"{path_in} has {src.count} band(s); the model takes "
+                f"{segmenter.in_channels}. Select the bands the model was trained on."
+            )
+        profile = {
+            "driver": "GTiff",
+            "height": src.height,
+            "width": src.width,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": src.crs,
+            "transform": src.transform,
+            "nodata": nodata_out,
+            "compress": "deflate",
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "BIGTIFF": "IF_SAFER",
+        }
+        prob_profile = {**profile, "count": len(classes), "nodata": None}
+        with (
+            rasterio.open(tmp_out, "w", **profile) as dst,
+            rasterio.open(tmp_prob, "w", **prob_profile)
+            if tmp_prob
+            else contextlib.nullcontext() as pdst,
+        ):
+            for top, left, h, w in _chunks(src.height, src.width, chunk_size):
+                t0, l0 = max(0, top - margin), max(0, left - margin)
+                t1 = min(src.height, top + h + margin)
+                l1 = min(src.width, left + w + margin)
+                data = src.read(window=Window(l0, t0, l1 - l0, t1 - t0))
+                probs = segmenter.predict_proba(np.moveaxis(data, 0, -1))
+                probs = probs[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
+                labels = _labels(probs)
+                if src.nodata is not None:
+                    core = data[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
+                    labels[np.all(core == src.nodata, axis=0)] = nodata_out
+                window = Window(left, top, w, h)
+                dst.write(labels, 1, window=window)
                 if pdst is not None:
-                    pdst.close()
-        os.replace(tmp_out, path_out)
-        if tmp_prob is not None:
-            os.replace(tmp_prob, probabilities)
-    finally:
-        tmp_out.unlink(missing_ok=True)
-        if tmp_prob is not None:
-            tmp_prob.unlink(missing_ok=True)
+                    pdst.write(np.round(probs * 255).astype(np.uint8), window=window)
     if overlay is not None:
         with rasterio.open(path_in) as src, rasterio.open(path_out) as out:
             if src.width * src.height <= MAX_OVERLAY_PIXELS:

@@ -23,7 +23,7 @@ from unet_resnet.checkpoint import load_checkpoint
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import InputShapeError
-from unet_resnet.hardware import cpu_has_fast_bf16, resolve_device
+from unet_resnet.hardware import auto_precision, resolve_device
 from unet_resnet.inference.tiling import Blend, overlap_pixels, sliding_window_inference
 from unet_resnet.io import to_float_image
 
@@ -218,9 +218,7 @@ class Segmenter:
 
     def _resolve_precision(self, precision: str) -> str:
         if precision == "auto":
-            if self.device.type == "cuda":
-                return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            return "bf16" if cpu_has_fast_bf16() else "fp32"
+            return auto_precision(self.device.type)
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU.")
         return precision

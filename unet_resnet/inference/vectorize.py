@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
 from unet_resnet.data.classes import ClassInfo
+from unet_resnet.io import atomic_path
 
 __all__ = ["vectorize_mask"]
 
@@ -59,10 +59,8 @@ def vectorize_mask(
                 },
             }
         )
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
     return len(items)
 
 

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from unet_resnet.checkpoint import save_checkpoint
+from unet_resnet.io import atomic_path
 from unet_resnet.visualize import colorize, display_rgb
 
 __all__ = [
@@ -40,10 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if "://" in str(path):  # remote filesystems: fsspec handles it
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 class ResumeCheckpoint(L.Callback):
@@ -156,13 +155,10 @@ class MetricsHistory(L.Callback):
         self.write()
 
     def write(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / ".metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.run_dir / "metrics.csv")
         plot_curves(self.rows, self.run_dir / "curves.png")
 
 
@@ -189,10 +185,9 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     ax_score.set_ylim(0, 1)
     ax_score.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 class ValidationImages(L.Callback):
