@@ -24,6 +24,7 @@ __all__ = [
     "ImageReadError",
     "atomic_path",
     "decode_image_bytes",
+    "dtype_range",
     "is_geotiff",
     "read_image",
     "read_mask_raw",
@@ -157,6 +158,20 @@ def read_mask_raw(path: str | os.PathLike) -> np.ndarray:
     return array.astype(np.int64) if array.dtype != np.uint8 else array
 
 
+def dtype_range(dtype: np.dtype) -> tuple[float, float]:
+    """``(offset, span)`` mapping an image dtype to [0, 1]: ``(x - offset) / span``.
+
+    Integers use their dtype's range (from 0 for signed types), booleans 0..1, floats are
+    taken as they are (``(0, 1)``).
+    """
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        low = max(info.min, 0)
+        return float(low), float(info.max - low)
+    return 0.0, 1.0
+
+
 def to_float_image(array: np.ndarray) -> np.ndarray:
     """Integer images scaled to [0, 1] by their dtype's range; float images left as they are.
 
@@ -166,8 +181,8 @@ def to_float_image(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        return (array.astype(np.float32) - max(info.min, 0)) / float(info.max - max(info.min, 0))
+        low, span = dtype_range(array.dtype)
+        return (array.astype(np.float32) - low) / span
     return array.astype(np.float32, copy=False)
 
 

@@ -13,7 +13,8 @@ from tests.data.fixtures import make_geotiff
 from unet_resnet import Segmenter
 from unet_resnet.cli import main
 from unet_resnet.errors import InputShapeError
-from unet_resnet.inference.segmenter import fold_batchnorm
+from unet_resnet.inference.segmenter import fold_batchnorm, labels_from_probs
+from unet_resnet.io import to_float_image
 from unet_resnet.models import UNetWithResnet50Encoder
 
 
@@ -84,6 +85,39 @@ def test_tta_averages_inverted_views(checkpoint):
         [u(plain.predict_proba(v.copy())) for v, u in zip(views, undo, strict=True)], axis=0
     )
     np.testing.assert_allclose(tta.predict_proba(image), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "high"),
+    [("uint8", 255), ("uint16", 65535), (">i2", 32767), ("bool", 1), ("float64", 1)],
+)
+def test_any_dtype_is_normalised_like_training(dtype, high):
+    """Tiles are normalised batch by batch from the raw array; the result must equal the
+    model applied to the image scaled the way the training data was (to_float_image, then
+    mean/std), for every dtype torch cannot hold as it is, too."""
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
+    mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
+    seg = Segmenter(model, mean=mean, std=std, precision="fp32", fold_bn=False, tile_size=128)
+    rng = np.random.default_rng(0)
+    raw = rng.random((96, 72, 3)) * high
+    image = (raw > 0.5) if dtype == "bool" else raw.astype(dtype)
+    image = image[::-1]  # a view with a negative stride
+    x = (to_float_image(np.ascontiguousarray(image)) - np.array(mean)) / np.array(std)
+    x = torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)
+    with torch.no_grad():
+        expected = model(x[None]).softmax(1)[0]
+    np.testing.assert_allclose(seg.predict_proba(image), expected.numpy(), atol=1e-5)
+
+
+def test_labels_from_probs_is_argmax_with_first_of_ties():
+    rng = np.random.default_rng(0)
+    for classes in (1, 2, 7, 300):
+        probs = rng.random((classes, 20, 30)).astype(np.float32)
+        probs[:, :5, :5] = 0.5  # ties: the first class wins, as with argmax
+        labels = labels_from_probs(torch.from_numpy(probs))
+        np.testing.assert_array_equal(labels, probs.argmax(0))
+        assert labels.dtype == (np.uint8 if classes <= 256 else np.int32)
 
 
 def test_fold_batchnorm_keeps_outputs():
@@ -191,13 +225,13 @@ def test_raster_streaming_never_holds_the_scene(checkpoint, tmp_path, monkeypatc
     scene = make_geotiff(tmp_path / "big.tif", data)
     seg = Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64)
     seen = []
-    original = Segmenter.predict_proba
+    original = Segmenter._proba_tensor
 
     def spy(self, image):
         seen.append(image.shape[:2])
         return original(self, image)
 
-    monkeypatch.setattr(Segmenter, "predict_proba", spy)
+    monkeypatch.setattr(Segmenter, "_proba_tensor", spy)
     seg.predict_file(scene, tmp_path / "out.tif", chunk_size=100)
     assert len(seen) == 9
     assert max(h * w for h, w in seen) <= (100 + 2 * 64) ** 2

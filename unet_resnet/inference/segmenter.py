@@ -25,12 +25,31 @@ from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import InputShapeError
 from unet_resnet.hardware import auto_precision, resolve_device
 from unet_resnet.inference.tiling import Blend, overlap_pixels, sliding_window_inference
-from unet_resnet.io import to_float_image
+from unet_resnet.io import dtype_range
 
-__all__ = ["OnnxModel", "Precision", "Segmenter", "fold_batchnorm"]
+__all__ = ["OnnxModel", "Precision", "Segmenter", "fold_batchnorm", "labels_from_probs"]
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# numpy dtypes torch cannot hold (or compute with), and the lossless type they are read as.
+_TORCH_STORAGE = {"b1": np.uint8, "u2": np.int32, "u4": np.int64, "u8": np.float64}
+
+
+def labels_from_probs(probs: torch.Tensor) -> np.ndarray:
+    """Arg-max over classes of ``K x H x W`` probabilities: uint8 for up to 256 classes."""
+    # One vectorised pass per class: torch's argmax over the leading dimension of a large
+    # tensor runs element by element and costs a third of the model's time on a big scene.
+    # Strict ">" keeps the first of equal maxima, as argmax does.
+    labels = torch.zeros(
+        probs.shape[1:],
+        dtype=torch.uint8 if probs.shape[0] <= 256 else torch.int32,
+        device=probs.device,
+    )
+    best = probs[0].clone()
+    for k in range(1, probs.shape[0]):
+        labels.masked_fill_(probs[k] > best, k)
+        torch.maximum(best, probs[k], out=best)
+    return labels.cpu().numpy()
 
 
 class OnnxModel(nn.Module):
@@ -226,9 +245,8 @@ class Segmenter:
     # Core --------------------------------------------------------------------------------------
     def _probs(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (fp32) for a normalised ``N x C x H x W`` batch, with TTA."""
-        batch = batch.to(self.dtype)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = batch.to(self.dtype, memory_format=fmt)
         views: list[tuple] = [((), 0)]
         if self.tta:
             views += [((-1,), 0), ((-2,), 0)]
@@ -245,7 +263,11 @@ class Segmenter:
                 total = p if total is None else total + p
         return total / len(views)
 
-    def _prepare(self, image: np.ndarray) -> torch.Tensor:
+    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check an image; return it as a ``C x H x W`` tensor in its own dtype (no copy where
+        torch can share the memory) plus the per-channel ``scale`` and ``shift`` that map its
+        values to the model's normalised input. Tiles are normalised batch by batch, so a
+        large scene is never held in float32 as a whole."""
         if not isinstance(image, np.ndarray):
             raise InputShapeError(f"Expected a numpy array, got {type(image).__name__}.")
         if image.ndim == 2:
@@ -270,34 +292,54 @@ class Segmenter:
                 "are scaled by their dtype's range, so results may be off.",
                 stacklevel=3,
             )
-        x = torch.from_numpy(np.ascontiguousarray(to_float_image(image))).permute(2, 0, 1)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x.to(self.device)
+        # (x - offset) / span, then (x - mean) / std, as one multiply-add per value.
+        offset, span = dtype_range(image.dtype)
+        mean = self.mean if self.mean is not None else torch.zeros(1, 1, 1)
+        std = self.std if self.std is not None else torch.ones(1, 1, 1)
+        scale = 1 / (span * std)
+        shift = -(offset / span + mean) / std
+        stored = _TORCH_STORAGE.get(image.dtype.str[1:])
+        if stored is not None:
+            image = image.astype(stored)
+        elif not image.dtype.isnative:
+            image = image.astype(image.dtype.newbyteorder("="))
+        if any(stride < 0 for stride in image.strides):
+            image = np.ascontiguousarray(image)
+        with warnings.catch_warnings():
+            # Read-only arrays (memory maps, decoded buffers) are shared, never written to.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            x = torch.from_numpy(image).permute(2, 0, 1)
+        return x.to(self.device), scale.to(self.device), shift.to(self.device)
 
-    # Public API -------------------------------------------------------------------------------
-    def predict_proba(self, image: np.ndarray | Sequence[np.ndarray]):
-        """Class probabilities ``C x H x W`` (float32) for an image, or a list for a list."""
-        if isinstance(image, list | tuple):
-            return [self.predict_proba(i) for i in image]
-        x = self._prepare(image)
-        probs = sliding_window_inference(
+    def _proba_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """Probabilities ``K x H x W`` (float32, on the segmenter's device) for one image."""
+        x, scale, shift = self._prepare(image)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            return self._probs(torch.addcmul(shift, batch.float(), scale))
+
+        return sliding_window_inference(
             x,
-            self._probs,
+            forward,
             tile_size=self.tile_size,
             overlap=self.overlap,
             batch_size=self.batch_size,
             blend=self.blend,
             progress=self.progress,
         )
-        return probs.cpu().numpy()
+
+    # Public API -------------------------------------------------------------------------------
+    def predict_proba(self, image: np.ndarray | Sequence[np.ndarray]):
+        """Class probabilities ``C x H x W`` (float32) for an image, or a list for a list."""
+        if isinstance(image, list | tuple):
+            return [self.predict_proba(i) for i in image]
+        return self._proba_tensor(image).cpu().numpy()
 
     def predict(self, image: np.ndarray | Sequence[np.ndarray]):
         """Class indices ``H x W`` (uint8 for up to 256 classes) for an image, or a list."""
         if isinstance(image, list | tuple):
             return [self.predict(i) for i in image]
-        labels = self.predict_proba(image).argmax(0)
-        return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
+        return labels_from_probs(self._proba_tensor(image))
 
     def predict_file(
         self,

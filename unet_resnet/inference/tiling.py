@@ -47,24 +47,27 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return [*starts, length - tile]
 
 
+@functools.lru_cache(maxsize=32)
+def _profile(n: int, blend: Blend) -> torch.Tensor:
+    """One side of the weight window (float64, max 1, min 1e-3)."""
+    x = torch.arange(n, dtype=torch.float64) + 0.5
+    match blend:
+        case "gaussian":
+            sigma = n / 8  # nnU-Net's choice: centre dominates, border still counts
+            w = torch.exp(-((x - n / 2) ** 2) / (2 * sigma**2))
+        case "linear":
+            w = 1 - (x - n / 2).abs() / (n / 2)
+        case "constant":
+            w = torch.ones(n, dtype=torch.float64)
+        case _:
+            raise ValueError(f"Unknown blend {blend!r}: gaussian, linear, constant.")
+    # Never zero: border pixels that only one tile covers must still get a prediction.
+    return (w / w.max()).clamp_min(1e-3)
+
+
 @functools.lru_cache(maxsize=16)
 def _window(height: int, width: int, blend: Blend) -> torch.Tensor:
-    def profile(n: int) -> torch.Tensor:
-        x = torch.arange(n, dtype=torch.float64) + 0.5
-        match blend:
-            case "gaussian":
-                sigma = n / 8  # nnU-Net's choice: centre dominates, border still counts
-                w = torch.exp(-((x - n / 2) ** 2) / (2 * sigma**2))
-            case "linear":
-                w = 1 - (x - n / 2).abs() / (n / 2)
-            case "constant":
-                w = torch.ones(n, dtype=torch.float64)
-            case _:
-                raise ValueError(f"Unknown blend {blend!r}: gaussian, linear, constant.")
-        # Never zero: border pixels that only one tile covers must still get a prediction.
-        return (w / w.max()).clamp_min(1e-3)
-
-    return (profile(height)[:, None] * profile(width)[None, :]).float()
+    return (_profile(height, blend)[:, None] * _profile(width, blend)[None, :]).float()
 
 
 def weight_window(height: int, width: int, blend: Blend = "gaussian") -> torch.Tensor:
@@ -72,13 +75,12 @@ def weight_window(height: int, width: int, blend: Blend = "gaussian") -> torch.T
     return _window(height, width, blend)
 
 
-def _tiles(h: int, w: int, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
-    th, tw = min(tile, h), min(tile, w)
-    return [
-        (top, left, th, tw)
-        for top in tile_starts(h, th, stride)
-        for left in tile_starts(w, tw, stride)
-    ]
+def _coverage(length: int, starts: list[int], profile: torch.Tensor) -> torch.Tensor:
+    """Summed weight profiles of the tiles along one axis."""
+    total = torch.zeros(length, dtype=torch.float64)
+    for start in starts:
+        total[start : start + len(profile)] += profile
+    return total
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -96,10 +98,11 @@ def sliding_window_inference(
     blend: Blend = "gaussian",
     progress: bool = False,
 ) -> torch.Tensor:
-    """Probabilities for one ``C x H x W`` image (already normalised), on ``image``'s device.
+    """Probabilities (float32) for one ``C x H x W`` image, on ``image``'s device.
 
     Args:
-        image: the input, any size.
+        image: the input, any size and dtype; ``forward`` receives batches of its tiles as
+            they are (so raw integer images can be normalised per tile batch).
         forward: maps an ``N x C x h x w`` batch to ``N x K x h x w`` class probabilities.
         tile_size: tile side in pixels.
         overlap: fraction of the tile (< 1) or pixels (>= 1) shared by neighbouring tiles.
@@ -109,26 +112,30 @@ def sliding_window_inference(
     """
     _, h, w = image.shape
     if h <= tile_size and w <= tile_size:
-        return forward(image.unsqueeze(0))[0]
+        return forward(image.unsqueeze(0))[0].float()
     stride = tile_size - overlap_pixels(tile_size, overlap)
-    tiles = _tiles(h, w, tile_size, stride)
+    th, tw = min(tile_size, h), min(tile_size, w)
+    tops, lefts = tile_starts(h, th, stride), tile_starts(w, tw, stride)
+    tiles = [(top, left) for top in tops for left in lefts]
+    weight = weight_window(th, tw, blend).to(image.device)
+    # Tiles form a grid and the window is separable, so the summed weights are too: an outer
+    # product of two 1-D coverages instead of one full-size accumulation per tile.
+    norm = torch.outer(
+        _coverage(h, tops, _profile(th, blend)), _coverage(w, lefts, _profile(tw, blend))
+    ).to(image.device, torch.float32)
     out: torch.Tensor | None = None
-    norm = torch.zeros((h, w), dtype=torch.float32, device=image.device)
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     for group in _batches(tiles, batch_size):
-        th, tw = group[0][2], group[0][3]
-        batch = torch.stack([image[:, y : y + th, x : x + tw] for y, x, _, _ in group])
+        batch = torch.stack([image[:, y : y + th, x : x + tw] for y, x in group])
         probs = forward(batch).float()
         if out is None:
             out = torch.zeros((probs.shape[1], h, w), dtype=torch.float32, device=image.device)
-        weight = weight_window(th, tw, blend).to(image.device)
-        for (y, x, _, _), p in zip(group, probs, strict=True):
-            out[:, y : y + th, x : x + tw] += p * weight
-            norm[y : y + th, x : x + tw] += weight
+        for (y, x), p in zip(group, probs, strict=True):
+            out[:, y : y + th, x : x + tw].addcmul_(p, weight)
         bar.update(len(group))
     bar.close()
     assert out is not None
-    return out / norm
+    return out.div_(norm)
 
 
 def count_tiles(h: int, w: int, tile_size: int, overlap: float) -> int:
@@ -136,4 +143,5 @@ def count_tiles(h: int, w: int, tile_size: int, overlap: float) -> int:
     if h <= tile_size and w <= tile_size:
         return 1
     stride = tile_size - overlap_pixels(tile_size, overlap)
-    return len(_tiles(h, w, tile_size, stride))
+    th, tw = min(tile_size, h), min(tile_size, w)
+    return len(tile_starts(h, th, stride)) * len(tile_starts(w, tw, stride))
