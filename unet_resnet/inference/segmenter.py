@@ -127,7 +127,9 @@ class Segmenter:
         blend: tile weighting, ``"gaussian"`` (default), ``"linear"`` or ``"constant"``.
         batch_size: tiles (or list images of one size) per forward pass.
         tta: average predictions over flips (and 90-degree rotations with ``tta_rotations``).
-        channels_last, fold_bn: fast-path switches (on by default).
+        channels_last, fold_bn, pack_weights: fast-path switches (on by default);
+            ``pack_weights`` packs convolution weights for oneDNN once and fuses ReLUs and
+            residual adds on CPUs (see :mod:`unet_resnet.inference.onednn`).
         compile: wrap the model in ``torch.compile`` (slow first call, faster afterwards).
         image_dtype: the dtype the model was trained on, for a warning on mismatches.
     """
@@ -149,6 +151,7 @@ class Segmenter:
         tta_rotations: bool = False,
         channels_last: bool = True,
         fold_bn: bool = True,
+        pack_weights: bool = True,
         compile: bool = False,
         image_dtype: str | None = None,
         progress: bool = False,
@@ -186,6 +189,14 @@ class Segmenter:
         model = model.to(self.device, self.dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.packed = False
+        if pack_weights and fold_bn and channels_last and not compile:
+            from unet_resnet.inference.onednn import pack_checked
+
+            generator = torch.Generator().manual_seed(0)
+            example = torch.randn(1, self.in_channels, 64, 64, generator=generator)
+            example = example.to(self.device, self.dtype, memory_format=torch.channels_last)
+            model, self.packed = pack_checked(model, example)
         self.model = model
         self._forward_model = torch.compile(model) if compile else model
 

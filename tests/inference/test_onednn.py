@@ -1,0 +1,99 @@
+"""The oneDNN fast path: packed convolutions with fused ReLU/residual add equal plain ones."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unet_resnet import Segmenter
+from unet_resnet.inference import onednn
+from unet_resnet.inference.segmenter import fold_batchnorm
+from unet_resnet.models import UNetWithResnet50Encoder
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="no oneDNN in this build")
+
+
+def _folded(encoder: str, upsampling: str, dtype: torch.dtype, in_channels: int = 3):
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(
+        3,
+        in_channels=in_channels,
+        encoder=encoder,
+        encoder_weights=None,
+        upsampling_method=upsampling,
+        decoder_channels=(64, 48, 32, 24, 16),
+    )
+    with torch.no_grad():  # non-trivial BatchNorm statistics to fold
+        model.train()(torch.randn(2, in_channels, 64, 64))
+    model = fold_batchnorm(model.eval())
+    return model.to(dtype).to(memory_format=torch.channels_last)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("encoder", "upsampling", "dtype", "atol"),
+    [
+        ("resnet18", "conv_transpose", torch.float32, 1e-4),
+        ("resnet50", "conv_transpose", torch.float32, 1e-4),
+        ("resnet18", "bilinear", torch.float32, 1e-4),
+        ("resnet50", "conv_transpose", torch.bfloat16, 3e-2),
+    ],
+)
+def test_packed_model_equals_plain(encoder, upsampling, dtype, atol):
+    model = _folded(encoder, upsampling, dtype, in_channels=4)
+    packed = onednn.pack_for_cpu(copy.deepcopy(model))
+    plain_types = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.BatchNorm2d)
+    assert not any(isinstance(m, plain_types) for m in packed.modules())
+    # An odd size: the model pads to 32 and crops a strided view for its last convolution.
+    x = torch.randn(2, 4, 70, 90, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model(x).float().softmax(1)
+        got = packed(x).float().softmax(1)
+    assert got.shape == (2, 3, 70, 90)
+    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+
+
+@needs_onednn
+def test_segmenter_packs_on_cpu_and_agrees_with_unpacked():
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
+    image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    fast = Segmenter(model, device="cpu", precision="fp32")
+    plain = Segmenter(model, device="cpu", precision="fp32", pack_weights=False)
+    assert fast.packed and not plain.packed
+    np.testing.assert_allclose(fast.predict_proba(image), plain.predict_proba(image), atol=1e-4)
+    # The user's model is left as it was.
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
+    """The operators are PyTorch internals: if a build computes something else, the plain
+    model is kept and the user is told, instead of wrong masks."""
+
+    class Wrong(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return -self.inner(x)
+
+    monkeypatch.setattr(onednn, "available", lambda: True)
+    monkeypatch.setattr(onednn, "pack_for_cpu", Wrong)
+    model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
+    with pytest.warns(UserWarning, match="differs from plain convolutions"):
+        seg = Segmenter(model, device="cpu", precision="fp32")
+    assert not seg.packed and not isinstance(seg.model, Wrong)
+
+    def broken(_):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(onednn, "pack_for_cpu", broken)
+    with pytest.warns(UserWarning, match="not available with this PyTorch"):
+        seg = Segmenter(model, device="cpu", precision="fp32")
+    assert not seg.packed
+    assert seg.predict(np.zeros((40, 40, 3), np.uint8)).shape == (40, 40)
