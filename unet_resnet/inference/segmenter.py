@@ -202,9 +202,9 @@ class Segmenter:
             # Freezing lets Inductor pack weights and fuse like the oneDNN path; without it the
             # compiled model is slower than the packed eager one. (Inference graphs only;
             # the per-call options dict does not reach this setting.)
-            import torch._inductor.config
+            from torch._inductor import config as inductor_config
 
-            torch._inductor.config.freezing = True
+            inductor_config.freezing = True
         self._forward_model = torch.compile(model) if compile else model
 
     # Construction ---------------------------------------------------------------------------
