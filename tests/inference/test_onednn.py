@@ -1,4 +1,5 @@
-"""The oneDNN fast path: packed convolutions with fused ReLU/residual add equal plain ones."""
+"""The CPU fast paths: packed convolutions with fused ReLU/residual add equal plain ones;
+compiled equals packed."""
 
 from __future__ import annotations
 
@@ -97,3 +98,17 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
         seg = Segmenter(model, device="cpu", precision="fp32")
     assert not seg.packed
     assert seg.predict(np.zeros((40, 40, 3), np.uint8)).shape == (40, 40)
+
+
+@pytest.mark.slow
+def test_compiled_segmenter_agrees_with_the_packed_one():
+    """``--compile`` (Inductor with freezing) is the other fast path; same predictions."""
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    packed = Segmenter(model, device="cpu", precision="fp32")
+    compiled = Segmenter(model, device="cpu", precision="fp32", compile=True)
+    assert not compiled.packed
+    np.testing.assert_allclose(
+        compiled.predict_proba(image), packed.predict_proba(image), atol=1e-4
+    )

@@ -67,7 +67,7 @@ def test_bf16_agrees_with_fp32(checkpoint, demo_data):
     for path in sorted((demo_data / "val/images").glob("*.png")):
         image = np.asarray(Image.open(path))
         agree.append((fp32.predict(image) == bf16.predict(image)).mean())
-    assert np.mean(agree) >= 0.99
+    assert np.mean(agree) >= 0.995  # the accuracy guard
 
 
 def test_tta_averages_inverted_views(checkpoint):
