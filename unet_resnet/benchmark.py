@@ -284,15 +284,19 @@ def _tiling_worker(scene: str, tile: int, batch: int, queue) -> None:
     model = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None)
     seg = Segmenter(model, tile_size=tile, overlap=0.25, batch_size=batch)
     x = torch.randn(batch, 3, tile, tile)
-    batch_time = statistics.median(_timeit(lambda: seg._probs(x), reps=3))
     import rasterio
 
     with rasterio.open(scene) as src:
         side = src.width
     out = Path(scene).with_name("pred.tif")
+    # The single-batch time is taken before and after the scene, so a machine that slows
+    # down (or speeds up) during a long run shifts both sides of the ratio alike.
+    batch_times = _timeit(lambda: seg._probs(x), reps=5)
     start = time.perf_counter()
     seg.predict_file(scene, out, chunk_size=4096)
     seconds = time.perf_counter() - start
+    batch_times += _timeit(lambda: seg._probs(x), reps=5, warmup=0)
+    batch_time = statistics.median(batch_times)
     # Tiles actually run: each chunk (with its margin) is tiled on its own.
     margin = max(64, int(0.25 * tile))
     tiles = 0

@@ -121,8 +121,9 @@ def sliding_window_inference(
     # Tiles form a grid and the window is separable, so the summed weights are too: an outer
     # product of two 1-D coverages instead of one full-size accumulation per tile.
     norm = torch.outer(
-        _coverage(h, tops, _profile(th, blend)), _coverage(w, lefts, _profile(tw, blend))
-    ).to(image.device, torch.float32)
+        _coverage(h, tops, _profile(th, blend)).float(),
+        _coverage(w, lefts, _profile(tw, blend)).float(),
+    ).to(image.device)
     out: torch.Tensor | None = None
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     for group in _batches(tiles, batch_size):
