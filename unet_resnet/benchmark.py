@@ -442,6 +442,9 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
                 f"{r['speedup_vs_eager_fp32']:>8.2f}x"
             )
+        first = next((r["first_call_s"] for r in results["inference"] if "first_call_s" in r), None)
+        if first is not None:
+            lines.append(f"compiled: first call (compilation) {first:.1f} s, not in the rows above")
     if "training" in results:
         lines += [
             "",
