@@ -196,7 +196,12 @@ def _segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument("--tta-rotations", action="store_true", help="also 90-degree turns")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (Inductor with freezing; slow first call, "
+        "no faster than the default packed path on CPU)",
+    )
 
 
 def _build_segmenter(args: argparse.Namespace, progress: bool = False):

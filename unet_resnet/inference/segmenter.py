@@ -1,9 +1,10 @@
 """``Segmenter``: one object that turns images (arrays or files, any size) into masks.
 
 It carries what the checkpoint says about the data (classes, normalisation, channel count),
-picks the fast path for the hardware (bf16 autocast on CPUs with AMX/AVX-512 BF16 and on
-GPUs, channels_last, Conv+BN folding, inference mode), tiles images larger than
-``tile_size`` and can average test-time augmentations.
+picks the fast path for the hardware (bf16 weights and activations on CPUs with AMX/AVX-512
+BF16 and on GPUs, channels_last, Conv+BN folding, on CPUs oneDNN-packed convolutions with
+fused ReLU/residual add, inference mode), tiles images larger than ``tile_size`` and can
+average test-time augmentations.
 """
 
 from __future__ import annotations
