@@ -58,11 +58,15 @@ def test_packed_model_equals_plain(encoder, upsampling, dtype, atol):
     torch.testing.assert_close(got, expected, atol=atol, rtol=0)
 
 
-@needs_onednn
-def test_segmenter_packs_on_cpu_and_agrees_with_unpacked():
+def _model_and_image(h: int, w: int):
     torch.manual_seed(0)
     model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
-    image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    return model, np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@needs_onednn
+def test_segmenter_packs_on_cpu_and_agrees_with_unpacked():
+    model, image = _model_and_image(80, 100)
     fast = Segmenter(model, device="cpu", precision="fp32")
     plain = Segmenter(model, device="cpu", precision="fp32", pack_weights=False)
     assert fast.packed and not plain.packed
@@ -103,9 +107,7 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
 @pytest.mark.slow
 def test_compiled_segmenter_agrees_with_the_packed_one():
     """``--compile`` (Inductor with freezing) is the other fast path; same predictions."""
-    torch.manual_seed(0)
-    model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
-    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    model, image = _model_and_image(64, 64)
     packed = Segmenter(model, device="cpu", precision="fp32")
     compiled = Segmenter(model, device="cpu", precision="fp32", compile=True)
     assert not compiled.packed

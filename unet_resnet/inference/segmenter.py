@@ -131,7 +131,8 @@ class Segmenter:
         channels_last, fold_bn, pack_weights: fast-path switches (on by default);
             ``pack_weights`` packs convolution weights for oneDNN once and fuses ReLUs and
             residual adds on CPUs (see :mod:`unet_resnet.inference.onednn`).
-        compile: wrap the model in ``torch.compile`` (slow first call, faster afterwards).
+        compile: wrap the model in ``torch.compile`` with Inductor freezing (slow first call;
+            on CPUs no faster than the packed default, see docs/performance.md).
         image_dtype: the dtype the model was trained on, for a warning on mismatches.
     """
 
