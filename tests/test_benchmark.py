@@ -6,15 +6,14 @@ import json
 
 import pytest
 
-from unet_resnet.cli import main
-from unet_resnet.serve.loadtest import run_load
+from benchmarks.loadtest import run_load
+from benchmarks.run import main
 
 
 def test_quick_benchmark_run(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(
         [
-            "benchmark",
             "--quick",
             "--only",
             "peak",
@@ -28,7 +27,7 @@ def test_quick_benchmark_run(tmp_path, capsys):
     )
     assert code == 0
     text = capsys.readouterr().out
-    for heading in ("Peak", "Inference", "Data loader", "Tiled GeoTIFF", "HTTP service"):
+    for heading in ("CPU:", "Peak", "Inference", "Data loader", "Tiled GeoTIFF", "HTTP service"):
         assert heading in text
     results = json.loads(out.read_text())
     assert results["peak"]["bf16_matmul_tflops"] > 0

@@ -4,6 +4,7 @@ Importing the package touches neither the network nor CUDA; weights are fetched 
 model is built with ``encoder_weights="imagenet"``.
 """
 
+from unet_resnet._version import __version__
 from unet_resnet.errors import UnetResnetError, WeightsUnavailableError
 from unet_resnet.inference import Segmenter
 from unet_resnet.models import (
@@ -11,8 +12,6 @@ from unet_resnet.models import (
     create_model,
     list_models,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Segmenter",

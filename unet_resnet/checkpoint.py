@@ -13,6 +13,7 @@ Besides its own format, :func:`load_checkpoint` reads Lightning ``.ckpt`` files 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,15 @@ from unet_resnet.errors import WeightsFileError
 from unet_resnet.io import atomic_path
 from unet_resnet.models import UNetWithResnet50Encoder, model_from_config
 
-__all__ = ["FORMAT", "CheckpointMeta", "atomic_torch_save", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "CheckpointMeta",
+    "atomic_torch_save",
+    "export_metadata",
+    "load_checkpoint",
+    "read_export_metadata",
+    "save_checkpoint",
+]
 
 FORMAT = "unet-resnet/1"
 
@@ -141,3 +150,32 @@ def load_checkpoint(
             f"Checkpoint {path} does not match its model config {meta.model_config}: {exc}"
         ) from None
     return model.eval(), meta
+
+
+def export_metadata(meta: CheckpointMeta, fmt: str) -> dict[str, Any]:
+    """The metadata an exported file carries (inside an ONNX file and in ``FILE.json``)."""
+    return {
+        "format": f"unet-resnet-export/{fmt}",
+        "input": "N x C x H x W float32, scaled to [0, 1] by dtype range then (x - mean) / std",
+        "output": "N x num_classes x H x W logits",
+        **meta.to_dict(),
+    }
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata written beside an export (``FILE.json``), or from inside an ONNX file."""
+    path = Path(path)
+    side = path.with_name(path.name + ".json")
+    if side.is_file():
+        return json.loads(side.read_text())
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if "unet_resnet" in props:
+            return json.loads(props["unet_resnet"])
+    raise WeightsFileError(
+        f"No metadata found for {path} (expected {side}, or metadata inside the ONNX file). "
+        "Export with `unet-resnet export`, which writes both."
+    )

@@ -2,13 +2,30 @@
 
 Every error the toolkit raises on bad input derives from :class:`UnetResnetError`, so the
 command line can print the message alone (no traceback wall) and exit with a non-zero code.
+The subclasses say *what kind* of problem it is, so the boundaries (the CLI's exit codes, the
+HTTP service's status codes) map types, never message text.
 """
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "InputShapeError",
+    "NotAnImageError",
+    "UnetResnetError",
+    "WeightsFileError",
+    "WeightsUnavailableError",
+]
+
 
 class UnetResnetError(Exception):
     """Base class: the message says what went wrong and how to fix it."""
+
+
+class ConfigError(UnetResnetError, ValueError):
+    """An option, flag or config file value is invalid (names the option and the choices)."""
 
 
 class WeightsUnavailableError(UnetResnetError, OSError):
@@ -21,3 +38,15 @@ class WeightsFileError(UnetResnetError, ValueError):
 
 class InputShapeError(UnetResnetError, ValueError):
     """A tensor given to the model does not have the shape the model expects."""
+
+
+class ImageReadError(UnetResnetError, OSError):
+    """An image or mask file is missing, unreadable, truncated or of an unsupported kind."""
+
+
+class NotAnImageError(ImageReadError):
+    """The bytes are not in any image format the toolkit reads."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image is over a size limit (pixels or decoded bytes), known before decoding."""

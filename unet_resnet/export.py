@@ -16,19 +16,20 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from unet_resnet.checkpoint import CheckpointMeta, load_checkpoint
+from unet_resnet.checkpoint import export_metadata, load_checkpoint, read_export_metadata
 from unet_resnet.errors import UnetResnetError
-from unet_resnet.inference.segmenter import fold_batchnorm
+from unet_resnet.inference.fastpath import fold_batchnorm
 from unet_resnet.io import atomic_path
 
-__all__ = ["ExportError", "ExportReport", "export_model", "read_export_metadata"]
+__all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "read_export_metadata"]
 
 ExportFormat = Literal["onnx", "torchscript"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 
 
 class ExportError(UnetResnetError):
@@ -43,31 +44,6 @@ class ExportReport:
     max_abs_diff: float
     tolerance: float
     check_shape: tuple[int, ...]
-
-
-def _metadata(meta: CheckpointMeta, fmt: str) -> dict:
-    return {
-        "format": f"unet-resnet-export/{fmt}",
-        "input": "N x C x H x W float32, scaled to [0, 1] by dtype range then (x - mean) / std",
-        "output": "N x num_classes x H x W logits",
-        **meta.to_dict(),
-    }
-
-
-def read_export_metadata(path: str | os.PathLike) -> dict:
-    """The metadata written beside an export (``FILE.json``), or from inside an ONNX file."""
-    path = Path(path)
-    side = path.with_name(path.name + ".json")
-    if side.is_file():
-        return json.loads(side.read_text())
-    if path.suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        props = {p.key: p.value for p in model.metadata_props}
-        if "unet_resnet" in props:
-            return json.loads(props["unet_resnet"])
-    raise ExportError(f"No metadata found for {path} (expected {side}).")
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
@@ -94,7 +70,7 @@ def export_model(
     torch.manual_seed(0)
     example = torch.randn(2, c, 64, 64)
     check = torch.randn(1, c, *check_size)
-    metadata = _metadata(meta, format)
+    metadata = export_metadata(meta, format)
     try:
         with atomic_path(out) as tmp:
             match format:

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-__all__ = ["auto_precision", "cpu_has_fast_bf16", "resolve_device", "resolve_train_precision"]
+__all__ = [
+    "PRECISIONS",
+    "PRECISION_ALIASES",
+    "Precision",
+    "auto_precision",
+    "cpu_has_fast_bf16",
+    "resolve_device",
+    "resolve_train_precision",
+]
+
+#: One precision vocabulary for training and inference. Training runs the named precision as
+#: mixed precision (fp32 master weights); inference casts the weights themselves.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: Lightning's spellings, accepted for configs written before the vocabulary was unified.
+PRECISION_ALIASES = {"32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
+_LIGHTNING = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32"}
 
 
 @functools.cache
@@ -43,11 +60,12 @@ def auto_precision(device_type: str) -> str:
 
 
 def resolve_train_precision(precision: str, accelerator: str = "auto") -> str:
-    """Lightning precision for ``auto``: :func:`auto_precision` as mixed precision."""
-    if precision != "auto":
-        return precision
-    use_cuda = accelerator in ("gpu", "cuda") or (
-        accelerator == "auto" and torch.cuda.is_available()
-    )
-    lightning = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32"}
-    return lightning[auto_precision("cuda" if use_cuda else "cpu")]
+    """Lightning's precision string for one of :data:`PRECISIONS` (``auto``:
+    :func:`auto_precision` for the device training will run on, as mixed precision)."""
+    precision = PRECISION_ALIASES.get(precision, precision)
+    if precision == "auto":
+        use_cuda = accelerator in ("gpu", "cuda") or (
+            accelerator == "auto" and torch.cuda.is_available()
+        )
+        precision = auto_precision("cuda" if use_cuda else "cpu")
+    return _LIGHTNING[precision]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unet_resnet.errors import UnetResnetError
+from unet_resnet.errors import ImageReadError, ImageTooLargeError, NotAnImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -38,10 +38,6 @@ _TIFF_SUFFIXES = (".tif", ".tiff")
 # Pillow refuses images above this many pixels as decompression bombs; whole-slide and
 # satellite images are legitimately larger, and those go through windowed raster reading.
 Image.MAX_IMAGE_PIXELS = 1 << 30
-
-
-class ImageReadError(UnetResnetError, OSError):
-    """An image or mask file is missing, unreadable, truncated or of an unsupported kind."""
 
 
 def _fail(path: Path, reason: str) -> ImageReadError:
@@ -203,7 +199,7 @@ def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndar
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 series = tif.series[0]
                 if max_pixels and int(np.prod(series.shape[-3:])) > max_pixels * 64:
-                    raise ImageReadError(f"TIFF too large: shape {series.shape}.")
+                    raise ImageTooLargeError(f"TIFF too large: shape {series.shape}.")
                 array = series.asarray()
                 axes = series.axes
         except ImageReadError:
@@ -217,13 +213,13 @@ def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndar
         try:
             img = Image.open(io.BytesIO(data))
         except Exception:
-            raise ImageReadError(
+            raise NotAnImageError(
                 "The upload is not an image Pillow or tifffile can read (expected PNG, JPEG, "
                 "TIFF, BMP or WebP)."
             ) from None
         with img:
             if max_pixels and img.width * img.height > max_pixels:
-                raise ImageReadError(
+                raise ImageTooLargeError(
                     f"Image of {img.width}x{img.height} pixels is over the limit of {max_pixels} "
                     "pixels; downscale it, or tile it client-side."
                 )
@@ -245,7 +241,7 @@ def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndar
     if image.ndim != 3 or min(image.shape[:2]) == 0:
         raise ImageReadError(f"Decoded an array of shape {image.shape}; expected H x W x C.")
     if max_pixels and image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             f"Image of {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels}."
         )
     return image

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-__all__ = ["SegmentationMetrics", "scores_from_confusion"]
+__all__ = ["SegmentationMetrics", "hd95", "scores_from_confusion"]
 
 
 class SegmentationMetrics(MulticlassConfusionMatrix):
@@ -85,3 +86,23 @@ def scores_from_confusion(
         },
         "confusion_matrix": confusion.long().tolist(),
     }
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """95th-percentile symmetric Hausdorff distance between two binary masks (in ``spacing``
+    units). NaN when either mask is empty."""
+    from scipy import ndimage
+
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    if not pred.any() or not truth.any():
+        return float("nan")
+    spacing = tuple(spacing) if spacing is not None else (1.0,) * pred.ndim
+
+    def surface(mask: np.ndarray) -> np.ndarray:
+        return mask & ~ndimage.binary_erosion(mask)
+
+    sp, st = surface(pred), surface(truth)
+    to_truth = ndimage.distance_transform_edt(~st, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
+    distances = np.concatenate([to_truth[sp], to_pred[st]])
+    return float(np.percentile(distances, 95))

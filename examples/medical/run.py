@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from unet_resnet.cli import run_steps
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/_steps.py
+from _steps import run_steps
 
 HERE = Path(__file__).resolve().parent
 CLASSES = {

@@ -13,7 +13,8 @@ from tests.data.fixtures import make_geotiff
 from unet_resnet import Segmenter
 from unet_resnet.cli import main
 from unet_resnet.errors import InputShapeError
-from unet_resnet.inference.segmenter import fold_batchnorm, labels_from_probs
+from unet_resnet.inference.fastpath import fold_batchnorm
+from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.io import to_float_image
 from unet_resnet.models import UNetWithResnet50Encoder
 
@@ -225,13 +226,13 @@ def test_raster_streaming_never_holds_the_scene(checkpoint, tmp_path, monkeypatc
     scene = make_geotiff(tmp_path / "big.tif", data)
     seg = Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64)
     seen = []
-    original = Segmenter._proba_tensor
+    original = Segmenter.image_probabilities
 
-    def spy(self, image):
+    def spy(self, image, **kwargs):
         seen.append(image.shape[:2])
-        return original(self, image)
+        return original(self, image, **kwargs)
 
-    monkeypatch.setattr(Segmenter, "_proba_tensor", spy)
+    monkeypatch.setattr(Segmenter, "image_probabilities", spy)
     seg.predict_file(scene, tmp_path / "out.tif", chunk_size=100)
     assert len(seen) == 9
     assert max(h * w for h, w in seen) <= (100 + 2 * 64) ** 2
@@ -299,3 +300,39 @@ def test_evaluate_cli_json_and_confusion_png(checkpoint, demo_data, tmp_path, ca
         )
         == 0
     )
+
+
+def test_per_call_options_equal_a_segmenter_built_with_them(checkpoint):
+    """``tta``/``tile_size`` per call (what the service uses per request) change nothing else."""
+    plain = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    with_tta = Segmenter.from_checkpoint(checkpoint, precision="fp32", tta=True)
+    tiled = Segmenter.from_checkpoint(checkpoint, precision="fp32", tile_size=64)
+    image = _image(80, 96)
+    np.testing.assert_allclose(
+        plain.predict_proba(image, tta=True), with_tta.predict_proba(image), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        plain.predict_proba(image, tile_size=64), tiled.predict_proba(image), atol=1e-6
+    )
+    assert plain.tta is False and plain.tile_size == 1024  # nothing was mutated
+    assert not np.allclose(plain.predict_proba(image), plain.predict_proba(image, tta=True))
+
+
+def test_probabilities_is_the_public_batch_method(segmenter):
+    batch = torch.randn(2, 3, 32, 32)
+    probs = segmenter.probabilities(batch)
+    assert probs.shape == (2, segmenter.classes.num_classes, 32, 32)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 32, 32))
+
+
+def test_the_users_model_is_never_modified(checkpoint):
+    from unet_resnet.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for kwargs in ({}, {"fold_bn": False}, {"pack_weights": False}):
+        Segmenter(model, precision="bf16", **kwargs)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert next(model.parameters()).is_contiguous()

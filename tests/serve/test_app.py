@@ -117,3 +117,21 @@ def test_page_served_without_external_resources(client):
     js = client.get("/static/app.js")
     assert js.status_code == 200 and 'fetch("/predict' in js.text
     assert client.get("/static/../app.py").status_code == 404
+
+
+def test_error_types_map_to_statuses_in_one_table():
+    from unet_resnet.errors import (
+        ImageReadError,
+        ImageTooLargeError,
+        InputShapeError,
+        NotAnImageError,
+        UnetResnetError,
+    )
+    from unet_resnet.serve.app import status_for
+
+    # The message text plays no part: only the type decides.
+    assert status_for(ImageTooLargeError("not an image")) == 413
+    assert status_for(NotAnImageError("over the limit")) == 415
+    assert status_for(ImageReadError("too large")) == 400
+    assert status_for(InputShapeError("x")) == 422
+    assert status_for(UnetResnetError("x")) == 400

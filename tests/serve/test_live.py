@@ -61,9 +61,9 @@ def test_full_queue_answers_503_with_retry_after(checkpoint):
     seg = Segmenter.from_checkpoint(checkpoint, precision="fp32")
     original = seg.predict
 
-    def slow_predict(image):
+    def slow_predict(image, **options):
         time.sleep(0.5)
-        return original(image)
+        return original(image, **options)
 
     seg.predict = slow_predict
     app = create_app(seg, workers=1, queue_size=1)  # capacity 2

@@ -275,3 +275,29 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     # 4 validation images of 32x32, split 2 + 2 across ranks, all counted on each rank.
     assert ranks[0]["val_pixels"] == ranks[1]["val_pixels"] == 4 * 32 * 32
+
+
+def test_one_precision_vocabulary_and_config_errors():
+    from unet_resnet.errors import ConfigError
+    from unet_resnet.hardware import resolve_train_precision
+
+    assert TrainConfig(precision="bf16-mixed").precision == "bf16"  # older spelling accepted
+    assert TrainConfig(precision="32").precision == "fp32"
+    assert resolve_train_precision("fp32") == "32"
+    assert resolve_train_precision("bf16") == "bf16-mixed"
+    with pytest.raises(ConfigError, match="Invalid precision 'fp8'"):
+        TrainConfig(precision="fp8")
+
+
+def test_config_groups_are_the_constructor_parameters():
+    import inspect
+
+    from unet_resnet.training.datamodule import SegmentationDataModule
+    from unet_resnet.training.module import SegmentationModule
+
+    config = TrainConfig(data="d")
+    data_params = set(inspect.signature(SegmentationDataModule).parameters)
+    assert set(config.group("data")) == data_params - {"pretrained"}
+    module_params = set(inspect.signature(SegmentationModule).parameters)
+    assert set(config.group("optim")) <= module_params
+    assert set(config.group("model")) == {"encoder", "encoder_weights", "upsampling_method"}

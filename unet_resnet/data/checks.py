@@ -20,7 +20,7 @@ from unet_resnet.data.classes import ClassInfo, resolve_classes
 from unet_resnet.data.datasets import PairedSegmentationDataset, folder_pairs
 from unet_resnet.errors import UnetResnetError
 
-__all__ = ["DataReport", "Problem", "check_dataset"]
+__all__ = ["DataReport", "Problem", "check_dataset", "check_rasters", "check_volumes"]
 
 SPLITS = ("train", "val", "test")
 
@@ -211,23 +211,64 @@ def _check_samples(report, stats, split, dataset, describe, progress: bool) -> N
         stats.ignored_pixels += int(mask.size - valid.size)
 
 
-def check_scenes(
+def check_volumes(
     root: str | os.PathLike,
-    dataset: Literal["nifti", "raster"],
     *,
     num_classes: int | None = None,
-    window: int = 512,
     slice_axis: int = 2,
     progress: bool = True,
 ) -> DataReport:
-    """The same checks for volume (NIfTI slices) and large-raster (GeoTIFF windows) layouts.
+    """The same checks for NIfTI volumes: ``DATA/{split}/images/CASE.nii.gz`` +
+    ``labels/CASE.nii.gz``; every slice is read."""
+    from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
 
-    NIfTI: ``DATA/{split}/images/CASE.nii.gz`` + ``labels/CASE.nii.gz``; every slice is read.
-    Raster: ``DATA/{split}/images/SCENE.tif`` + ``masks/SCENE.tif``; scenes are read in a grid
-    of ``window`` windows, so every pixel is checked without loading a scene at once.
-    """
+    def open_split(root: Path, split: str, report: DataReport):
+        pairs = find_nifti_pairs(root, split)
+        for image, label in pairs:
+            if label is None:
+                report.error(
+                    f"Volume without labels: {image} (expected "
+                    f"{root / split / 'labels'}/{image.name})."
+                )
+        ds = NiftiSliceDataset(pairs, report.classes, axis=slice_axis)
+
+        def describe(i: int) -> str:
+            v, k = ds.index[i]
+            return f"{ds.pairs[v][1]} (slice {k})"
+
+        return pairs, ds, describe
+
+    return _check_scene_splits(root, num_classes, open_split, progress)
+
+
+def check_rasters(
+    root: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    window: int = 512,
+    progress: bool = True,
+) -> DataReport:
+    """The same checks for large rasters: ``DATA/{split}/images/SCENE.tif`` +
+    ``masks/SCENE.tif``, read in a grid of ``window`` windows, so every pixel is checked
+    without loading a scene at once."""
     from unet_resnet.data.datasets import RasterWindowDataset
 
+    def open_split(root: Path, split: str, report: DataReport):
+        pairs, orphans = folder_pairs(root, split)
+        for mask in orphans:
+            report.error(f"Label raster without scene: {mask}.")
+        ds = RasterWindowDataset(pairs, window=window, mode="grid", classes=report.classes)
+
+        def describe(i: int) -> str:
+            scene, top, left = ds.window_at(i)
+            return f"{ds.scenes[scene][1]} (window at row {top}, col {left})"
+
+        return pairs, ds, describe
+
+    return _check_scene_splits(root, num_classes, open_split, progress)
+
+
+def _check_scene_splits(root, num_classes, open_split, progress: bool) -> DataReport:
     root = Path(root)
     report = DataReport(root=root, classes=None)
     try:
@@ -239,30 +280,7 @@ def check_scenes(
     for split in [s for s in SPLITS if (root / s).is_dir()]:
         stats = report.splits[split] = SplitStats()
         try:
-            if dataset == "nifti":
-                from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
-
-                pairs = find_nifti_pairs(root, split)
-                for image, label in pairs:
-                    if label is None:
-                        report.error(
-                            f"Volume without labels: {image} (expected "
-                            f"{root / split / 'labels'}/{image.name})."
-                        )
-                ds = NiftiSliceDataset(pairs, report.classes, axis=slice_axis)
-
-                def describe(i, ds=ds):
-                    v, k = ds.index[i]
-                    return f"{ds.pairs[v][1]} (slice {k})"
-            else:
-                pairs, orphans = folder_pairs(root, split)
-                for mask in orphans:
-                    report.error(f"Label raster without scene: {mask}.")
-                ds = RasterWindowDataset(pairs, window=window, mode="grid", classes=report.classes)
-
-                def describe(i, ds=ds):
-                    scene, top, left = ds.window_at(i)
-                    return f"{ds.scenes[scene][1]} (window at row {top}, col {left})"
+            pairs, ds, describe = open_split(root, split, report)
         except UnetResnetError as exc:
             report.error(str(exc))
             continue

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from unet_resnet.data.classes import ClassInfo, DataError, resolve_classes
-from unet_resnet.inference.tiling import tile_starts
+from unet_resnet.grid import tile_starts
 from unet_resnet.io import IMAGE_SUFFIXES, read_image, read_mask_raw, to_float_image
 
 __all__ = [

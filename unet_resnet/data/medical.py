@@ -18,14 +18,22 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from unet_resnet.data.classes import ClassInfo, DataError
-from unet_resnet.io import atomic_path
 
-__all__ = ["NiftiSliceDataset", "find_nifti_pairs", "hd95", "predict_nifti", "slice_weights"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "NiftiSliceDataset",
+    "case_name",
+    "find_nifti_pairs",
+    "is_nifti",
+    "load_nibabel",
+    "slice_weights",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def _nib():
+def load_nibabel():
+    """nibabel, or an error saying which extra installs it."""
     try:
         import nibabel
     except ImportError:
@@ -35,16 +43,22 @@ def _nib():
     return nibabel
 
 
-def _case(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".nii")
+def is_nifti(path: str | os.PathLike) -> bool:
+    """True for a ``.nii`` or ``.nii.gz`` file name."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case name of a volume: its file name without ``.nii``/``.nii.gz``."""
+    return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 
 
 def find_nifti_pairs(root: str | os.PathLike, split: str) -> list[tuple[Path, Path | None]]:
     """``(image, label)`` volume pairs of a split, matched by case name."""
     root = Path(root)
     images = sorted(p for p in (root / split / "images").glob("*.nii*"))
-    labels = {_case(p): p for p in (root / split / "labels").glob("*.nii*")}
-    return [(p, labels.get(_case(p))) for p in images]
+    labels = {case_name(p): p for p in (root / split / "labels").glob("*.nii*")}
+    return [(p, labels.get(case_name(p))) for p in images]
 
 
 class NiftiSliceDataset(Dataset):
@@ -65,7 +79,7 @@ class NiftiSliceDataset(Dataset):
         axis: int = 2,
         transform=None,
     ) -> None:
-        nib = _nib()
+        nib = load_nibabel()
         self.pairs = [(Path(i), None if m is None else Path(m)) for i, m in pairs]
         self.classes = classes
         self.axis = axis
@@ -95,7 +109,7 @@ class NiftiSliceDataset(Dataset):
     def _volume(self, v: int):
         # One decoded volume per worker at a time: slices of the same case come together.
         if v not in self._cache:
-            nib = _nib()
+            nib = load_nibabel()
             image, label = self.pairs[v]
             data = np.asarray(nib.load(str(image)).dataobj)
             lab = None if label is None else np.asarray(nib.load(str(label)).dataobj)
@@ -140,43 +154,3 @@ def slice_weights(dataset: NiftiSliceDataset, foreground: float) -> list[float]:
         return [1.0] * n
     w_fg, w_bg = foreground / n_fg, (1 - foreground) / (n - n_fg)
     return [w_fg if f else w_bg for f in has_fg]
-
-
-def predict_nifti(segmenter, path_in, path_out, *, axis: int = 2) -> Path:
-    """Predict a volume slice by slice and write a NIfTI label volume with the input's affine."""
-    nib = _nib()
-    path_in, path_out = Path(path_in), Path(path_out)
-    img = nib.load(str(path_in))
-    data = np.asarray(img.dataobj)
-    labels = np.zeros(data.shape[:3], dtype=np.uint8)
-    for k in range(data.shape[axis]):
-        labels_k = segmenter.predict(np.take(data, k, axis=axis))
-        index = [slice(None)] * 3
-        index[axis] = k
-        labels[tuple(index)] = labels_k
-    out = nib.Nifti1Image(labels, img.affine)
-    out.header.set_zooms(img.header.get_zooms()[:3])
-    out.header.set_xyzt_units(*img.header.get_xyzt_units())
-    with atomic_path(path_out) as tmp:
-        nib.save(out, str(tmp))
-    return path_out
-
-
-def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """95th-percentile symmetric Hausdorff distance between two binary masks (in ``spacing``
-    units). NaN when either mask is empty."""
-    from scipy import ndimage
-
-    pred, truth = pred.astype(bool), truth.astype(bool)
-    if not pred.any() or not truth.any():
-        return float("nan")
-    spacing = tuple(spacing) if spacing is not None else (1.0,) * pred.ndim
-
-    def surface(mask: np.ndarray) -> np.ndarray:
-        return mask & ~ndimage.binary_erosion(mask)
-
-    sp, st = surface(pred), surface(truth)
-    to_truth = ndimage.distance_transform_edt(~st, sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
-    distances = np.concatenate([to_truth[sp], to_pred[st]])
-    return float(np.percentile(distances, 95))

@@ -1,6 +1,8 @@
-"""Inference: the Segmenter facade, sliding-window tiling, file prediction, evaluation."""
+"""Inference: the Segmenter (arrays in, arrays out), the fast path, tiling, file formats,
+evaluation."""
 
-from unet_resnet.inference.segmenter import Segmenter, fold_batchnorm
+from unet_resnet.inference.fastpath import fold_batchnorm
+from unet_resnet.inference.segmenter import Segmenter
 from unet_resnet.inference.tiling import sliding_window_inference
 
 __all__ = ["Segmenter", "fold_batchnorm", "sliding_window_inference"]

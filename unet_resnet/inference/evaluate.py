@@ -61,7 +61,7 @@ def evaluate(
 
 
 def _add_hd95(scores: dict[str, Any], volumes, dataset) -> None:
-    from unet_resnet.data.medical import hd95 as hausdorff95
+    from unet_resnet.metrics import hd95 as hausdorff95
 
     names = list(scores["per_class"])
     per_class: dict[str, list[float]] = {name: [] for name in names[1:]}

@@ -1,4 +1,9 @@
-"""Predicting files: ordinary images in memory, GeoTIFF scenes window by window.
+"""Predicting files: every input format, output naming, and a whole list of inputs.
+
+- ordinary images (PNG, JPEG, TIFF, ...) are predicted in memory (tiled when large) and written
+  as palette PNG;
+- GeoTIFF scenes are streamed chunk by chunk and written as georeferenced GeoTIFF;
+- NIfTI volumes are predicted slice by slice and written as NIfTI with the input's affine.
 
 Every output is written to a temporary name beside its destination and renamed when complete,
 so an interrupted run never leaves a file that looks finished but is not.
@@ -7,39 +12,64 @@ so an interrupted run never leaves a file that looks finished but is not.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from unet_resnet.data.classes import ClassInfo
+from unet_resnet.data.medical import case_name, is_nifti
 from unet_resnet.errors import InputShapeError, UnetResnetError
-from unet_resnet.inference.segmenter import labels_from_probs
-from unet_resnet.io import atomic_path, read_image, write_mask_png
+from unet_resnet.grid import chunk_margin, chunk_windows
+from unet_resnet.inference.labels import labels_from_probs
+from unet_resnet.io import IMAGE_SUFFIXES, atomic_path, is_geotiff, read_image, write_mask_png
 from unet_resnet.visualize import overlay_with_legend
 
-if TYPE_CHECKING:
-    from unet_resnet.inference.segmenter import Segmenter
-
-__all__ = ["predict_image_file", "predict_raster_file"]
+__all__ = [
+    "MAX_OVERLAY_PIXELS",
+    "OutputPaths",
+    "PredictReport",
+    "expand_inputs",
+    "plan_outputs",
+    "predict_file",
+    "predict_files",
+    "predict_image_file",
+    "predict_nifti",
+    "predict_raster_file",
+]
 
 #: Overlays of scenes larger than this are skipped (they would need the whole scene in memory).
 MAX_OVERLAY_PIXELS = 64_000_000
 
 
-def _save_overlay(segmenter: Segmenter, image: np.ndarray, labels: np.ndarray, path) -> None:
-    path = Path(path)
-    classes = segmenter.classes
+class ImagePredictor(Protocol):
+    """What file prediction needs of a :class:`~unet_resnet.inference.Segmenter`."""
+
+    classes: ClassInfo
+    in_channels: int
+    tile_size: int
+    overlap: float
+
+    def image_probabilities(self, image: np.ndarray) -> torch.Tensor: ...
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
+def _save_overlay(classes: ClassInfo, image: np.ndarray, labels: np.ndarray, path) -> None:
     picture = overlay_with_legend(
         image, labels, classes.names, classes.colors, ignore_index=classes.ignore_index
     )
-    with atomic_path(path) as tmp:
+    with atomic_path(Path(path)) as tmp:
         picture.save(tmp, format="PNG")
 
 
 def predict_image_file(
-    segmenter: Segmenter,
+    segmenter: ImagePredictor,
     path_in: str | os.PathLike,
     path_out: str | os.PathLike,
     *,
@@ -50,7 +80,7 @@ def predict_image_file(
     path_in, path_out = Path(path_in), Path(path_out)
     image = read_image(path_in)
     try:
-        probs = segmenter._proba_tensor(image)
+        probs = segmenter.image_probabilities(image)
     except InputShapeError as exc:
         raise InputShapeError(f"{path_in}: {exc}") from None
     labels = labels_from_probs(probs)
@@ -61,21 +91,15 @@ def predict_image_file(
         with atomic_path(path_out.with_suffix(".npy")) as tmp:
             np.save(tmp, labels)
     if overlay is not None:
-        _save_overlay(segmenter, image, labels, overlay)
+        _save_overlay(segmenter.classes, image, labels, overlay)
     if probabilities is not None:
         with atomic_path(probabilities) as tmp, open(tmp, "wb") as f:
             np.save(f, probs.half().cpu().numpy())
     return path_out
 
 
-def _chunks(h: int, w: int, size: int):
-    for top in range(0, h, size):
-        for left in range(0, w, size):
-            yield top, left, min(size, h - top), min(size, w - left)
-
-
 def predict_raster_file(
-    segmenter: Segmenter,
+    segmenter: ImagePredictor,
     path_in: str | os.PathLike,
     path_out: str | os.PathLike,
     *,
@@ -85,11 +109,11 @@ def predict_raster_file(
 ) -> Path:
     """Stream a GeoTIFF through the model chunk by chunk and write a georeferenced mask.
 
-    Each chunk is read with a margin of context (the tile overlap, at least 64 px) so chunk
-    borders get the same context as any other pixel, predicted with tiling, cropped back and
-    written into its window. Peak memory depends on ``chunk_size`` and the tile batch, not on
-    the scene. Pixels where every band equals the input's nodata value get nodata (255) in the
-    output; the output keeps the input's CRS and geotransform. Probabilities, if asked for,
+    Each chunk is read with a margin of context (:func:`unet_resnet.grid.chunk_margin`) so
+    chunk borders get the same context as any other pixel, predicted with tiling, cropped back
+    and written into its window. Peak memory depends on ``chunk_size`` and the tile batch, not
+    on the scene. Pixels where every band equals the input's nodata value get nodata (255) in
+    the output; the output keeps the input's CRS and geotransform. Probabilities, if asked for,
     are written as a uint8 GeoTIFF (probability x 255), one band per class.
     """
     try:
@@ -102,12 +126,7 @@ def predict_raster_file(
     path_in, path_out = Path(path_in), Path(path_out)
     classes = segmenter.classes
     nodata_out = classes.ignore_index if 0 <= classes.ignore_index <= 255 else 255
-    margin = max(
-        64,
-        int(segmenter.overlap * segmenter.tile_size)
-        if segmenter.overlap < 1
-        else int(segmenter.overlap),
-    )
+    margin = chunk_margin(segmenter.tile_size, segmenter.overlap)
     # GDAL's block cache defaults to 5% of RAM and fills with written blocks; a fixed cap
     # keeps memory independent of the scene. Block (de)compression uses every core.
     with (
@@ -147,16 +166,16 @@ def predict_raster_file(
             if tmp_prob
             else contextlib.nullcontext() as pdst,
         ):
-            for top, left, h, w in _chunks(src.height, src.width, chunk_size):
-                t0, l0 = max(0, top - margin), max(0, left - margin)
-                t1 = min(src.height, top + h + margin)
-                l1 = min(src.width, left + w + margin)
-                data = src.read(window=Window(l0, t0, l1 - l0, t1 - t0))
-                probs = segmenter._proba_tensor(np.moveaxis(data, 0, -1))
-                probs = probs[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
+            for chunk in chunk_windows(src.height, src.width, chunk_size, margin):
+                top, left, h, w = chunk.core
+                t0, l0, rh, rw = chunk.read
+                dy, dx = chunk.offset
+                data = src.read(window=Window(l0, t0, rw, rh))
+                probs = segmenter.image_probabilities(np.moveaxis(data, 0, -1))
+                probs = probs[:, dy : dy + h, dx : dx + w]
                 labels = labels_from_probs(probs)
                 if src.nodata is not None:
-                    core = data[:, top - t0 : top - t0 + h, left - l0 : left - l0 + w]
+                    core = data[:, dy : dy + h, dx : dx + w]
                     labels[np.all(core == src.nodata, axis=0)] = nodata_out
                 window = Window(left, top, w, h)
                 dst.write(labels, 1, window=window)
@@ -166,5 +185,187 @@ def predict_raster_file(
     if overlay is not None:
         with rasterio.open(path_in) as src, rasterio.open(path_out) as out:
             if src.width * src.height <= MAX_OVERLAY_PIXELS:
-                _save_overlay(segmenter, np.moveaxis(src.read(), 0, -1), out.read(1), overlay)
+                image = np.moveaxis(src.read(), 0, -1)
+                _save_overlay(segmenter.classes, image, out.read(1), overlay)
     return path_out
+
+
+def predict_nifti(
+    segmenter: ImagePredictor,
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    *,
+    axis: int = 2,
+) -> Path:
+    """Predict a volume slice by slice and write a NIfTI label volume with the input's affine."""
+    from unet_resnet.data.medical import load_nibabel
+
+    nib = load_nibabel()
+    path_in, path_out = Path(path_in), Path(path_out)
+    img = nib.load(str(path_in))
+    data = np.asarray(img.dataobj)
+    labels = np.zeros(data.shape[:3], dtype=np.uint8)
+    for k in range(data.shape[axis]):
+        labels_k = segmenter.predict(np.take(data, k, axis=axis))
+        index = [slice(None)] * 3
+        index[axis] = k
+        labels[tuple(index)] = labels_k
+    out = nib.Nifti1Image(labels, img.affine)
+    out.header.set_zooms(img.header.get_zooms()[:3])
+    out.header.set_xyzt_units(*img.header.get_xyzt_units())
+    with atomic_path(path_out) as tmp:
+        nib.save(out, str(tmp))
+    return path_out
+
+
+def predict_file(
+    segmenter: ImagePredictor,
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    *,
+    overlay: str | os.PathLike | None = None,
+    probabilities: str | os.PathLike | None = None,
+    chunk_size: int = 4096,
+    slice_axis: int = 2,
+) -> Path:
+    """Predict one file, in the format its name and content call for.
+
+    NIfTI volumes are written as NIfTI; GeoTIFFs with a ``.tif`` output are streamed window by
+    window (memory bounded by ``chunk_size``) and written as GeoTIFF with the input's CRS and
+    transform; other images are written as palette PNG.
+    """
+    if is_nifti(path_in):
+        return predict_nifti(segmenter, path_in, path_out, axis=slice_axis)
+    if is_geotiff(path_in) and Path(path_out).suffix.lower() in (".tif", ".tiff"):
+        return predict_raster_file(
+            segmenter,
+            path_in,
+            path_out,
+            probabilities=probabilities,
+            chunk_size=chunk_size,
+            overlay=overlay,
+        )
+    return predict_image_file(
+        segmenter, path_in, path_out, overlay=overlay, probabilities=probabilities
+    )
+
+
+# Many inputs ------------------------------------------------------------------------------------
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images and volumes) and globs to a list without repeats; also the
+    inputs that matched nothing."""
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)
+            )
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            matches = [p for p in matches if p.is_file()]
+        if not matches:
+            missing.append(item)
+        found.extend(m for m in matches if m not in found)
+    return found, missing
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where one input's predictions go."""
+
+    mask: Path
+    overlay: Path | None = None
+    probabilities: Path | None = None
+    vectors: Path | None = None
+
+
+def plan_outputs(
+    files: Sequence[Path],
+    out: Path,
+    *,
+    overlay: bool = False,
+    probabilities: bool = False,
+    vectorize: bool = False,
+) -> list[OutputPaths]:
+    """Output names for each input: ``NAME.png`` (``.tif`` for GeoTIFF, ``.nii.gz`` for NIfTI),
+    ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson``. An input whose name
+    was already taken gets its folder's name as a prefix (``FOLDER_NAME.png``)."""
+    used: set[str] = set()
+    plans = []
+    for path in files:
+        nifti, geo = is_nifti(path), not is_nifti(path) and is_geotiff(path)
+        name = case_name(path) if nifti else path.stem
+        stem = name if name not in used else f"{path.parent.name}_{name}"
+        used.add(stem)
+        if nifti:
+            plans.append(OutputPaths(out / f"{stem}.nii.gz"))
+            continue
+        plans.append(
+            OutputPaths(
+                mask=out / f"{stem}{'.tif' if geo else '.png'}",
+                overlay=out / f"{stem}_overlay.png" if overlay else None,
+                probabilities=out / f"{stem}_proba{'.tif' if geo else '.npy'}"
+                if probabilities
+                else None,
+                vectors=out / f"{stem}.geojson" if geo and vectorize else None,
+            )
+        )
+    return plans
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` wrote and which inputs failed (with the reason)."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def predict_files(
+    segmenter: ImagePredictor,
+    inputs: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    overlay: bool = False,
+    probabilities: bool = False,
+    vectorize: bool = False,
+    slice_axis: int = 2,
+    progress: bool = False,
+) -> PredictReport:
+    """Predict every file that ``inputs`` (files, folders, globs) name into the folder ``out``.
+
+    A file that fails (unreadable, wrong channel count, ...) is listed in the report with its
+    reason and the others go on; inputs that match nothing are listed too.
+    """
+    from tqdm.auto import tqdm
+
+    files, missing = expand_inputs(inputs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = PredictReport(failed=[(m, "no such file, folder or matching glob") for m in missing])
+    plans = plan_outputs(
+        files, out, overlay=overlay, probabilities=probabilities, vectorize=vectorize
+    )
+    bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)
+    for path, plan in zip(bar, plans, strict=True):
+        try:
+            predict_file(
+                segmenter,
+                path,
+                plan.mask,
+                overlay=plan.overlay,
+                probabilities=plan.probabilities,
+                slice_axis=slice_axis,
+            )
+            if plan.vectors is not None:
+                from unet_resnet.inference.vectorize import vectorize_mask
+
+                vectorize_mask(plan.mask, plan.vectors, segmenter.classes)
+            report.written.append(plan.mask)
+        except UnetResnetError as exc:
+            report.failed.append((str(path), str(exc)))
+    return report

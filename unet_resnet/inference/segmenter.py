@@ -1,122 +1,46 @@
-"""``Segmenter``: one object that turns images (arrays or files, any size) into masks.
+"""``Segmenter``: arrays in, arrays out, for a trained model on any image size.
 
 It carries what the checkpoint says about the data (classes, normalisation, channel count),
-picks the fast path for the hardware (bf16 weights and activations on CPUs with AMX/AVX-512
-BF16 and on GPUs, channels_last, Conv+BN folding, on CPUs oneDNN-packed convolutions with
-fused ReLU/residual add, inference mode), tiles images larger than ``tile_size`` and can
-average test-time augmentations.
+runs the model through the fast path for the hardware (:mod:`unet_resnet.inference.fastpath`),
+tiles images larger than ``tile_size`` and can average test-time augmentations. Reading and
+writing files is :mod:`unet_resnet.inference.files`' job; :meth:`Segmenter.predict_file` is a
+shortcut to it.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-from unet_resnet.checkpoint import load_checkpoint
+from unet_resnet.checkpoint import load_checkpoint, read_export_metadata
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from unet_resnet.errors import InputShapeError
-from unet_resnet.hardware import auto_precision, resolve_device
-from unet_resnet.inference.tiling import Blend, overlap_pixels, sliding_window_inference
+from unet_resnet.errors import ConfigError, InputShapeError
+from unet_resnet.grid import overlap_pixels
+from unet_resnet.hardware import PRECISIONS, Precision, auto_precision, resolve_device
+from unet_resnet.inference.fastpath import DTYPES, prepare_model
+from unet_resnet.inference.labels import labels_from_probs
+from unet_resnet.inference.onnx import OnnxModel
+from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
 
-__all__ = ["OnnxModel", "Precision", "Segmenter", "fold_batchnorm", "labels_from_probs"]
-
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+__all__ = ["Segmenter"]
 # numpy dtypes torch cannot hold (or compute with), and the lossless type they are read as.
 _TORCH_STORAGE = {"b1": np.uint8, "u2": np.int32, "u4": np.int64, "u8": np.float64}
-
-
-def labels_from_probs(probs: torch.Tensor) -> np.ndarray:
-    """Arg-max over classes of ``K x H x W`` probabilities: uint8 for up to 256 classes."""
-    # One vectorised pass per class: torch's argmax over the leading dimension of a large
-    # tensor runs element by element and costs a third of the model's time on a big scene.
-    # Strict ">" keeps the first of equal maxima, as argmax does.
-    labels = torch.zeros(
-        probs.shape[1:],
-        dtype=torch.uint8 if probs.shape[0] <= 256 else torch.int32,
-        device=probs.device,
-    )
-    best = probs[0].clone()
-    for k in range(1, probs.shape[0]):
-        labels.masked_fill_(probs[k] > best, k)
-        torch.maximum(best, probs[k], out=best)
-    return labels.cpu().numpy()
-
-
-class OnnxModel(nn.Module):
-    """An exported ONNX file run by ONNX Runtime, callable like the PyTorch model.
-
-    Takes and returns torch tensors so the Segmenter's tiling and TTA apply unchanged. Inputs
-    are padded to a multiple of 32 here, by the same rule as the eager model (the graph's
-    own reflect padding needs sides of at least 32), so both backends see the same pixels.
-    """
-
-    def __init__(self, path: str | os.PathLike, metadata: dict, providers: list[str] | None = None):
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        self.session = ort.InferenceSession(
-            str(path), options, providers=providers or ["CPUExecutionProvider"]
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.in_channels = int(metadata["model_config"]["in_channels"])
-        self.n_classes = int(metadata["model_config"]["n_classes"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        pad_h, pad_w = -h % 32, -w % 32
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        out = torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-        return out[..., :h, :w]
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into it.
-
-    Covers the guide's ConvBlocks, the ResNet stem, bottleneck/basic blocks and their
-    downsample branches; the folded BatchNorm becomes an Identity. Saves a full pass over
-    every activation at inference; outputs are unchanged up to float rounding.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    def fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
-        conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
-            setattr(parent, bn_name, nn.Identity())
-
-    for module in list(model.modules()):
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in itertools.pairwise(names):
-                fold(module, a, b)
-        for conv_name in [n for n, m in module.named_children() if isinstance(m, nn.Conv2d)]:
-            for bn_name in (conv_name.replace("conv", "bn"), "bn"):
-                if bn_name != conv_name and hasattr(module, bn_name):
-                    fold(module, conv_name, bn_name)
-                    break
-    return model
 
 
 class Segmenter:
     """Predict masks with a trained model.
 
     Args:
-        model: the network (an ``nn.Module`` returning logits).
+        model: the network (an ``nn.Module`` returning logits). It is never modified; the
+            segmenter keeps its own prepared copy.
         classes: class names/colours; default generic names.
         mean, std: per-channel normalisation of images scaled to [0, 1] (integer images by
             their dtype's range); default ImageNet for 3 channels, none otherwise.
@@ -134,6 +58,7 @@ class Segmenter:
         compile: wrap the model in ``torch.compile`` with Inductor freezing (slow first call;
             on CPUs no faster than the packed default, see docs/performance.md).
         image_dtype: the dtype the model was trained on, for a warning on mismatches.
+        progress: a progress bar over the tiles of large images.
     """
 
     def __init__(
@@ -158,9 +83,9 @@ class Segmenter:
         image_dtype: str | None = None,
         progress: bool = False,
     ) -> None:
-        if precision not in get_args(Precision):
-            raise ValueError(
-                f"Unknown precision {precision!r}. Choose one of: {', '.join(get_args(Precision))}."
+        if precision not in PRECISIONS:
+            raise ConfigError(
+                f"Unknown precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}."
             )
         overlap_pixels(tile_size, overlap)  # validates
         self.device = resolve_device(device)
@@ -177,28 +102,23 @@ class Segmenter:
         self.tta, self.tta_rotations = tta, tta_rotations
         self.image_dtype = image_dtype
         self.progress = progress
-        self.channels_last = channels_last
+        self.channels_last = channels_last and not isinstance(model, OnnxModel)
+        self.config = getattr(model, "config", None)
 
-        model = model.eval()
-        if fold_bn:
-            import copy
-
-            model = fold_batchnorm(copy.deepcopy(model))
-        # Reduced precision as weights, not autocast: autocast re-casts every weight on every
-        # call, which costs a quarter of the time of this model on a CPU (see README,
-        # Performance). The softmax and everything after it stay in fp32.
-        self.dtype = _DTYPES[self.precision] if not isinstance(model, OnnxModel) else torch.float32
-        model = model.to(self.device, self.dtype)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.packed = False
-        if pack_weights and fold_bn and channels_last and not compile:
-            from unet_resnet.inference.onednn import pack_checked
-
-            generator = torch.Generator().manual_seed(0)
-            example = torch.randn(1, self.in_channels, 64, 64, generator=generator)
-            example = example.to(self.device, self.dtype, memory_format=torch.channels_last)
-            model, self.packed = pack_checked(model, example)
+        if isinstance(model, OnnxModel):
+            self.dtype = torch.float32
+            self.packed = False
+        else:
+            self.dtype = DTYPES[self.precision]
+            model, self.packed = prepare_model(
+                model,
+                device=self.device,
+                dtype=self.dtype,
+                in_channels=self.in_channels,
+                channels_last=self.channels_last,
+                fold_bn=fold_bn,
+                pack_weights=pack_weights and not compile,
+            )
         self.model = model
         if compile:
             # Freezing lets Inductor pack weights and fuse like the oneDNN path; without it the
@@ -239,8 +159,6 @@ class Segmenter:
         Classes and normalisation come from the export's metadata; tiling and TTA work as with
         the PyTorch backend.
         """
-        from unet_resnet.export import read_export_metadata
-
         meta = read_export_metadata(path)
         kwargs.setdefault("device", "cpu")
         return cls(
@@ -259,16 +177,21 @@ class Segmenter:
         if precision == "auto":
             return auto_precision(self.device.type)
         if precision == "fp16" and self.device.type == "cpu":
-            raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU.")
+            raise ConfigError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU.")
         return precision
 
-    # Core --------------------------------------------------------------------------------------
-    def _probs(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities (fp32) for a normalised ``N x C x H x W`` batch, with TTA."""
+    # Arrays in, arrays out ------------------------------------------------------------------
+    def probabilities(self, batch: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
+        """Softmax probabilities (fp32) for a normalised ``N x C x H x W`` batch.
+
+        The model's own forward pass on already-normalised input (no tiling), with test-time
+        augmentation when ``tta`` (default: the segmenter's setting).
+        """
+        tta = self.tta if tta is None else tta
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        batch = batch.to(self.dtype, memory_format=fmt)
+        batch = batch.to(self.device, self.dtype, memory_format=fmt)
         views: list[tuple] = [((), 0)]
-        if self.tta:
+        if tta:
             views += [((-1,), 0), ((-2,), 0)]
             if self.tta_rotations:
                 views += [((), 1), ((), 2), ((), 3)]
@@ -310,7 +233,7 @@ class Segmenter:
             warnings.warn(
                 f"The model was trained on {self.image_dtype} images, got {image.dtype}; values "
                 "are scaled by their dtype's range, so results may be off.",
-                stacklevel=3,
+                stacklevel=4,
             )
         # (x - offset) / span, then (x - mean) / std, as one multiply-add per value.
         offset, span = dtype_range(image.dtype)
@@ -331,35 +254,56 @@ class Segmenter:
             x = torch.from_numpy(image).permute(2, 0, 1)
         return x.to(self.device), scale.to(self.device), shift.to(self.device)
 
-    def _proba_tensor(self, image: np.ndarray) -> torch.Tensor:
-        """Probabilities ``K x H x W`` (float32, on the segmenter's device) for one image."""
+    def image_probabilities(
+        self, image: np.ndarray, *, tta: bool | None = None, tile_size: int | None = None
+    ) -> torch.Tensor:
+        """Probabilities ``K x H x W`` (float32 tensor, on the segmenter's device) for one raw
+        ``H x W x C`` image: normalised, tiled when larger than the tile size, blended.
+
+        ``tta`` and ``tile_size`` override the segmenter's settings for this call only.
+        """
         x, scale, shift = self._prepare(image)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
-            return self._probs(torch.addcmul(shift, batch.float(), scale))
+            return self.probabilities(torch.addcmul(shift, batch.float(), scale), tta=tta)
 
         return sliding_window_inference(
             x,
             forward,
-            tile_size=self.tile_size,
+            tile_size=tile_size or self.tile_size,
             overlap=self.overlap,
             batch_size=self.batch_size,
             blend=self.blend,
             progress=self.progress,
         )
 
-    # Public API -------------------------------------------------------------------------------
-    def predict_proba(self, image: np.ndarray | Sequence[np.ndarray]):
+    def predict_proba(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        *,
+        tta: bool | None = None,
+        tile_size: int | None = None,
+    ):
         """Class probabilities ``C x H x W`` (float32) for an image, or a list for a list."""
         if isinstance(image, list | tuple):
-            return [self.predict_proba(i) for i in image]
-        return self._proba_tensor(image).cpu().numpy()
+            return [self.predict_proba(i, tta=tta, tile_size=tile_size) for i in image]
+        return self.image_probabilities(image, tta=tta, tile_size=tile_size).cpu().numpy()
 
-    def predict(self, image: np.ndarray | Sequence[np.ndarray]):
-        """Class indices ``H x W`` (uint8 for up to 256 classes) for an image, or a list."""
+    def predict(
+        self,
+        image: np.ndarray | Sequence[np.ndarray],
+        *,
+        tta: bool | None = None,
+        tile_size: int | None = None,
+    ):
+        """Class indices ``H x W`` (uint8 for up to 256 classes) for an image, or a list.
+
+        ``tta`` and ``tile_size`` override the segmenter's settings for this call only (the
+        HTTP service uses them per request).
+        """
         if isinstance(image, list | tuple):
-            return [self.predict(i) for i in image]
-        return labels_from_probs(self._proba_tensor(image))
+            return [self.predict(i, tta=tta, tile_size=tile_size) for i in image]
+        return labels_from_probs(self.image_probabilities(image, tta=tta, tile_size=tile_size))
 
     def predict_file(
         self,
@@ -370,26 +314,16 @@ class Segmenter:
         probabilities: str | os.PathLike | None = None,
         chunk_size: int = 4096,
     ) -> Path:
-        """Predict one file and write the mask (and optional overlay/probabilities).
+        """Predict one file and write the mask (see :func:`inference.files.predict_file`)."""
+        from unet_resnet.inference.files import predict_file
 
-        GeoTIFFs are streamed window by window (memory bounded by ``chunk_size``), written as
-        GeoTIFF with the input's CRS and transform; other images are written as palette PNG.
-        Outputs appear atomically: a crash never leaves a half-written file.
-        """
-        from unet_resnet.inference.files import predict_image_file, predict_raster_file
-        from unet_resnet.io import is_geotiff
-
-        if is_geotiff(path_in) and Path(path_out).suffix.lower() in (".tif", ".tiff"):
-            return predict_raster_file(
-                self,
-                path_in,
-                path_out,
-                probabilities=probabilities,
-                chunk_size=chunk_size,
-                overlay=overlay,
-            )
-        return predict_image_file(
-            self, path_in, path_out, overlay=overlay, probabilities=probabilities
+        return predict_file(
+            self,
+            path_in,
+            path_out,
+            overlay=overlay,
+            probabilities=probabilities,
+            chunk_size=chunk_size,
         )
 
     def __repr__(self) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
+from unet_resnet.grid import count_tiles, overlap_pixels, tile_starts
+
 __all__ = [
+    "BLENDS",
     "Blend",
     "count_tiles",
     "overlap_pixels",
@@ -27,24 +30,7 @@ __all__ = [
 ]
 
 Blend = Literal["gaussian", "linear", "constant"]
-
-
-def overlap_pixels(tile_size: int, overlap: float) -> int:
-    """``overlap`` below 1 is a fraction of the tile, otherwise a number of pixels."""
-    pixels = round(overlap * tile_size) if overlap < 1 else int(overlap)
-    if not 0 <= pixels < tile_size:
-        raise ValueError(
-            f"overlap must be smaller than the tile ({tile_size} px), got {overlap} ({pixels} px)."
-        )
-    return pixels
-
-
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Starts of tiles covering ``length``; the last tile is flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
+BLENDS: tuple[str, ...] = get_args(Blend)
 
 
 @functools.lru_cache(maxsize=32)
@@ -137,12 +123,3 @@ def sliding_window_inference(
     bar.close()
     assert out is not None
     return out.div_(norm)
-
-
-def count_tiles(h: int, w: int, tile_size: int, overlap: float) -> int:
-    """How many tiles :func:`sliding_window_inference` runs for an ``h x w`` image."""
-    if h <= tile_size and w <= tile_size:
-        return 1
-    stride = tile_size - overlap_pixels(tile_size, overlap)
-    th, tw = min(tile_size, h), min(tile_size, w)
-    return len(tile_starts(h, th, stride)) * len(tile_starts(w, tw, stride))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import io
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -22,15 +21,35 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
-from unet_resnet import __version__
-from unet_resnet.errors import InputShapeError
+from unet_resnet._version import __version__
+from unet_resnet.errors import (
+    ImageReadError,
+    ImageTooLargeError,
+    InputShapeError,
+    NotAnImageError,
+    UnetResnetError,
+)
 from unet_resnet.inference import Segmenter
-from unet_resnet.io import ImageReadError, decode_image_bytes
+from unet_resnet.io import decode_image_bytes
 from unet_resnet.visualize import colorize, overlay
 
 __all__ = ["create_app"]
 
 FORMATS = ("png", "json", "overlay")
+
+#: The one place an error type becomes an HTTP status (most specific type first).
+STATUS_FOR_ERROR: tuple[tuple[type[UnetResnetError], int], ...] = (
+    (ImageTooLargeError, 413),
+    (NotAnImageError, 415),
+    (ImageReadError, 400),
+    (InputShapeError, 422),
+    (UnetResnetError, 400),
+)
+
+
+def status_for(exc: UnetResnetError) -> int:
+    """The HTTP status of a user-fixable error, by its type."""
+    return next(status for kind, status in STATUS_FOR_ERROR if isinstance(exc, kind))
 
 
 class HTTPProblem(Exception):
@@ -78,7 +97,6 @@ def create_app(
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        model = segmenter.model
         return {
             "version": __version__,
             "classes": [
@@ -87,7 +105,7 @@ def create_app(
             ],
             "ignore_index": classes.ignore_index,
             "in_channels": segmenter.in_channels,
-            "model_config": getattr(model, "config", None),
+            "model_config": segmenter.config,
             "device": str(segmenter.device),
             "precision": segmenter.precision,
             "limits": {
@@ -135,9 +153,9 @@ def create_app(
             )
         return data
 
-    def run(data: bytes, view: Segmenter) -> tuple[np.ndarray, np.ndarray]:
+    def run(data: bytes, tta: bool, tile_size: int | None) -> tuple[np.ndarray, np.ndarray]:
         image = decode_image_bytes(data, max_pixels=max_pixels)
-        return image, view.predict(image)
+        return image, segmenter.predict(image, tta=tta, tile_size=tile_size)
 
     @app.post("/predict")
     async def predict(
@@ -159,21 +177,13 @@ def create_app(
         state["in_flight"] += 1
         try:
             data = await read_upload(request)
-            view = segmenter
-            if tta or tile_size:
-                view = copy.copy(segmenter)  # shares the model; per-request options only
-                view.tta = tta
-                view.tile_size = tile_size or segmenter.tile_size
             loop = asyncio.get_running_loop()
             try:
-                image, labels = await loop.run_in_executor(executor, run, data, view)
-            except ImageReadError as exc:
-                status = 413 if "over the limit" in str(exc) or "too large" in str(exc) else 400
-                if "not an image" in str(exc):
-                    status = 415
-                raise HTTPProblem(status, str(exc)) from None
-            except InputShapeError as exc:
-                raise HTTPProblem(422, str(exc)) from None
+                image, labels = await loop.run_in_executor(
+                    executor, run, data, tta or segmenter.tta, tile_size
+                )
+            except UnetResnetError as exc:
+                raise HTTPProblem(status_for(exc), str(exc)) from None
         finally:
             state["in_flight"] -= 1
         return _respond(image, labels, format, alpha, mask)

@@ -12,15 +12,22 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from unet_resnet.data.classes import DataError
+from unet_resnet.data.registry import layout_names
+from unet_resnet.data.transforms import AugmentPreset
+from unet_resnet.errors import ConfigError
+from unet_resnet.hardware import PRECISION_ALIASES, Precision
+from unet_resnet.losses import LossName
+from unet_resnet.models.unet import UpsamplingMethod
 
 __all__ = [
+    "GROUPS",
     "TrainConfig",
     "add_config_arguments",
     "config_from_args",
@@ -30,19 +37,33 @@ __all__ = [
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
-Loss = Literal["ce", "dice", "ce_dice", "focal", "lovasz", "tversky"]
-Augment = Literal["none", "light", "default", "strong"]
-Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
-DatasetFormat = Literal["folder", "voc", "pet", "cityscapes", "nifti", "raster"]
 Normalization = Literal["auto", "imagenet", "dataset"]
-Upsampling = Literal["conv_transpose", "bilinear"]
+
+#: What each group of options builds: its names are that constructor's parameters.
+GROUPS = {
+    "data": "SegmentationDataModule",
+    "model": "the model config (and the encoder's initial weights)",
+    "optim": "SegmentationModule: loss, optimiser, schedule",
+    "trainer": "the Lightning Trainer",
+    "run": "the run: folder, seed, resume, limits",
+}
 
 
-def opt(default: Any, help: str = "") -> Any:
-    """A config field with its help text (shown by --help and in the config reference)."""
+def opt(
+    default: Any,
+    help: str = "",
+    *,
+    group: str,
+    choices: Callable[[], tuple[str, ...]] | None = None,
+) -> Any:
+    """A config field: its help text (shown by --help and in the config reference), the group
+    it belongs to (see :data:`GROUPS`), and its allowed values when they come from a registry
+    rather than a ``Literal`` annotation (a function, read when used, so that entries
+    registered later count)."""
+    metadata = {"help": help, "group": group, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -50,69 +71,107 @@ class TrainConfig:
     """Every option of ``unet-resnet train``; the defaults are the guide's recipe."""
 
     # Data
-    data: str | None = opt(None, "dataset root")
-    dataset: DatasetFormat = opt("folder", "layout of DATA")
-    num_classes: int | None = opt(None, "needed when DATA has no classes.json")
-    out: str = opt("runs/train", "run folder")
-    image_size: int | str = opt(256, 'training crop: side, or "H,W" for wide crops')
-    augment: Augment = opt("default", "augmentation preset")
-    normalization: Normalization = opt("auto", "imagenet for 8-bit RGB with imagenet weights")
-    ignore_index: int | None = opt(None, "default: classes.json's, else 255")
-    check_data: bool = opt(True, "run check-data before the first epoch")
-    workers: int = opt(2, "DataLoader worker processes")
-    slice_axis: int = opt(2, "nifti: axis the 2D slices are taken along")
-    foreground_oversampling: float = opt(
-        0.0, "nifti: share of slices drawn that contain foreground (0 = no oversampling)"
+    data: str | None = opt(None, "dataset root", group="data")
+    dataset: str = opt("folder", "layout of DATA", group="data", choices=layout_names)
+    num_classes: int | None = opt(None, "needed when DATA has no classes.json", group="data")
+    out: str = opt("runs/train", "run folder", group="run")
+    image_size: int | str = opt(256, 'training crop: side, or "H,W" for wide crops', group="data")
+    augment: AugmentPreset = opt("default", "augmentation preset", group="data")
+    normalization: Normalization = opt(
+        "auto", "imagenet for 8-bit RGB with imagenet weights", group="data"
     )
-    samples_per_epoch: int = opt(1000, "raster: random windows per training epoch")
+    ignore_index: int | None = opt(None, "default: classes.json's, else 255", group="data")
+    check_data: bool = opt(True, "run check-data before the first epoch", group="data")
+    workers: int = opt(2, "DataLoader worker processes", group="data")
+    slice_axis: int = opt(2, "nifti: axis the 2D slices are taken along", group="data")
+    foreground_oversampling: float = opt(
+        0.0,
+        "nifti: share of slices drawn that contain foreground (0 = no oversampling)",
+        group="data",
+    )
+    samples_per_epoch: int = opt(1000, "raster: random windows per training epoch", group="data")
     # Model
     encoder: str = opt(
         "resnet50",
         "torchvision ResNet: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, ...",
+        group="model",
     )
-    encoder_weights: str | None = opt("imagenet", "imagenet | none | torchvision name | PATH")
-    upsampling_method: Upsampling = opt(
-        "conv_transpose", "decoder upsampling: learned transposed conv (the guide's) or bilinear"
+    encoder_weights: str | None = opt(
+        "imagenet", "imagenet | none | torchvision name | PATH", group="model"
     )
-    freeze_encoder_epochs: int = opt(0, "train the decoder only for this many epochs first")
+    upsampling_method: UpsamplingMethod = opt(
+        "conv_transpose",
+        "decoder upsampling: learned transposed conv (the guide's) or bilinear",
+        group="model",
+    )
+    freeze_encoder_epochs: int = opt(
+        0, "train the decoder only for this many epochs first", group="optim"
+    )
     # Optimisation
-    epochs: int = opt(50, "passes over the training set")
-    batch_size: int = opt(8, "images per step (per device)")
-    lr: float = opt(1e-3, "peak learning rate (the guide's 1e-3)")
-    optimizer: Optimizer = opt("adam", "adam (the guide's), adamw or sgd (with Nesterov momentum)")
-    weight_decay: float = opt(0.0, "L2 penalty (decoupled for adamw)")
-    momentum: float = opt(0.9, "sgd only")
-    scheduler: Scheduler = opt("cosine", "cosine decay after a linear warmup")
-    warmup_epochs: float = opt(1.0, "linear warmup length for the cosine schedule")
-    loss: Loss = opt("ce", "ce (the guide's), dice, ce_dice, focal, lovasz or tversky")
-    class_weights: list[float] | str | None = opt(None, 'list, or "balanced" (median frequency)')
-    accumulate_grad_batches: int = opt(1, "sum gradients over this many batches per optimiser step")
-    gradient_clip: float | None = opt(None, "clip the gradient norm to this value; None = off")
-    early_stopping_patience: int | None = opt(None, "epochs without val mIoU gain; None = off")
-    # Hardware
-    precision: Precision = opt("auto", "bf16-mixed where supported, else 32")
-    channels_last: bool = opt(
-        True, "NHWC memory format (faster convolutions on CPU and tensor cores)"
+    epochs: int = opt(50, "passes over the training set", group="trainer")
+    batch_size: int = opt(8, "images per step (per device)", group="data")
+    lr: float = opt(1e-3, "peak learning rate (the guide's 1e-3)", group="optim")
+    optimizer: Optimizer = opt(
+        "adam", "adam (the guide's), adamw or sgd (with Nesterov momentum)", group="optim"
     )
-    accelerator: str = opt("auto", "cpu | gpu | auto")
-    devices: str = opt("auto", "number of devices, or auto")
-    strategy: str = opt("auto", "auto | ddp | ddp_spawn | ...")
-    num_nodes: int = opt(1, "machines for multi-node DDP (launch with torchrun or SLURM)")
+    weight_decay: float = opt(0.0, "L2 penalty (decoupled for adamw)", group="optim")
+    momentum: float = opt(0.9, "sgd only", group="optim")
+    scheduler: Scheduler = opt("cosine", "cosine decay after a linear warmup", group="optim")
+    warmup_epochs: float = opt(1.0, "linear warmup length for the cosine schedule", group="optim")
+    loss: LossName = opt(
+        "ce", "ce (the guide's), dice, ce_dice, focal, lovasz or tversky", group="optim"
+    )
+    class_weights: list[float] | str | None = opt(
+        None, 'list, or "balanced" (median frequency)', group="optim"
+    )
+    accumulate_grad_batches: int = opt(
+        1, "sum gradients over this many batches per optimiser step", group="trainer"
+    )
+    gradient_clip: float | None = opt(
+        None, "clip the gradient norm to this value; None = off", group="trainer"
+    )
+    early_stopping_patience: int | None = opt(
+        None, "epochs without val mIoU gain; None = off", group="trainer"
+    )
+    # Hardware
+    precision: Precision = opt(
+        "auto",
+        "mixed precision: bf16 where the hardware runs it natively, else fp32",
+        group="trainer",
+    )
+    channels_last: bool = opt(
+        True, "NHWC memory format (faster convolutions on CPU and tensor cores)", group="optim"
+    )
+    accelerator: str = opt("auto", "cpu | gpu | auto", group="trainer")
+    devices: str = opt("auto", "number of devices, or auto", group="trainer")
+    strategy: str = opt("auto", "auto | ddp | ddp_spawn | ...", group="trainer")
+    num_nodes: int = opt(
+        1, "machines for multi-node DDP (launch with torchrun or SLURM)", group="trainer"
+    )
     # Run
-    seed: int = opt(0, "seed for weights, shuffling and augmentation")
-    resume: str | None = opt(None, 'path to a .ckpt, or "last" for OUT/checkpoints/last.ckpt')
-    max_minutes: float | None = opt(None, "stop training after this long")
-    limit_train_batches: float = opt(1.0, "fraction (<= 1) or number of batches per epoch")
-    limit_val_batches: float = opt(1.0, "fraction (<= 1) or number of validation batches")
-    log_images_every: int = opt(5, "epochs between validation image grids in TensorBoard")
-    progress: bool = opt(True, "progress bars and the model summary")
+    seed: int = opt(0, "seed for weights, shuffling and augmentation", group="run")
+    resume: str | None = opt(
+        None, 'path to a .ckpt, or "last" for OUT/checkpoints/last.ckpt', group="run"
+    )
+    max_minutes: float | None = opt(None, "stop training after this long", group="trainer")
+    limit_train_batches: float = opt(
+        1.0, "fraction (<= 1) or number of batches per epoch", group="trainer"
+    )
+    limit_val_batches: float = opt(
+        1.0, "fraction (<= 1) or number of validation batches", group="trainer"
+    )
+    log_images_every: int = opt(
+        5, "epochs between validation image grids in TensorBoard", group="optim"
+    )
+    progress: bool = opt(True, "progress bars and the model summary", group="trainer")
 
     def __post_init__(self) -> None:
+        self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
         for f in dataclasses.fields(self):
-            choices = _literal_choices(_TYPE_HINTS[f.name])
+            choices = field_choices(f)
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise DataError(
+                raise ConfigError(
                     f"Invalid {f.name} {value!r}. Choose one of: {', '.join(map(str, choices))}."
                 )
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == "none":
@@ -128,6 +187,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def group(self, name: str) -> dict[str, Any]:
+        """The options of one group (see :data:`GROUPS`) as keyword arguments."""
+        if name not in GROUPS:
+            raise ConfigError(f"Unknown option group {name!r}: {', '.join(GROUPS)}.")
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata["group"] == name
+        }
+
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
@@ -135,7 +204,11 @@ class TrainConfig:
 _TYPE_HINTS = typing.get_type_hints(TrainConfig)
 
 
-def _literal_choices(annotation: Any) -> tuple | None:
+def field_choices(f: dataclasses.Field) -> tuple | None:
+    """A field's allowed values: from the registry named in its metadata, or its ``Literal``."""
+    if f.metadata.get("choices"):
+        return tuple(f.metadata["choices"]())
+    annotation = _TYPE_HINTS[f.name]
     if get_origin(annotation) is Literal:
         return get_args(annotation)
     return None
@@ -170,7 +243,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
         flag = "--" + f.name.replace("_", "-")
         annotation = _field_type(f.name)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        choices = _literal_choices(annotation)
+        choices = field_choices(f)
+        if f.name == "precision":  # the older Lightning spellings are accepted too
+            choices = (*choices, *PRECISION_ALIASES)
         help_text = f.metadata.get("help", "")
         default = f"{help_text} (default: {f.default})".strip()
         if choices:
@@ -197,13 +272,13 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"Could not read config {path}: {exc}") from None
+        raise ConfigError(f"Could not read config {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise DataError(f"Config {path} must be a mapping of option: value.")
+        raise ConfigError(f"Config {path} must be a mapping of option: value.")
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise DataError(
+        raise ConfigError(
             f"Unknown option(s) {unknown} in {path}. Valid keys: {', '.join(sorted(valid))}."
         )
     return data
@@ -220,7 +295,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except TypeError as exc:
-        raise DataError(f"Invalid configuration: {exc}") from None
+        raise ConfigError(f"Invalid configuration: {exc}") from None
 
 
 def config_reference() -> str:
@@ -231,7 +306,7 @@ def config_reference() -> str:
     ]
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = _literal_choices(_TYPE_HINTS[f.name])
+        choices = field_choices(f)
         help_text = f.metadata.get("help", "")
         if choices:
             help_text = f"{help_text}; one of {', '.join(map(str, choices))}".lstrip("; ")

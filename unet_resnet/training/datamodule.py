@@ -11,21 +11,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from unet_resnet.data import (
-    Cityscapes,
     ClassInfo,
     DataError,
-    OxfordIIITPet,
-    RasterWindowDataset,
-    SegmentationFolder,
-    VOCSegmentation,
     build_eval_transform,
     build_train_transform,
     channel_stats,
     pad_collate,
 )
-from unet_resnet.data.checks import check_dataset, check_scenes
-from unet_resnet.data.classes import resolve_classes
-from unet_resnet.data.datasets import folder_pairs
+from unet_resnet.data.registry import SplitOptions, check_layout, get_layout, open_split
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["SegmentationDataModule"]
@@ -36,8 +29,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     Args:
         data: dataset root.
-        dataset: ``folder`` (DATA/{train,val,test}/{images,masks}), ``voc``, ``pet`` or
-            ``cityscapes``.
+        dataset: a layout of :data:`unet_resnet.data.registry.LAYOUTS` (``folder``:
+            DATA/{train,val,test}/{images,masks}, ``voc``, ``pet``, ``cityscapes``, ``nifti``,
+            ``raster``).
         num_classes: for the folder layout without classes.json.
         image_size: side of the training crops.
         batch_size, workers: DataLoader settings.
@@ -46,7 +40,9 @@ class SegmentationDataModule(L.LightningDataModule):
             ``auto``: ImageNet for 8-bit 3-channel images with ImageNet weights, else dataset.
         pretrained: whether the encoder starts from ImageNet weights (for ``auto``).
         ignore_index: overrides the classes' ignore index.
-        check: run :func:`check_dataset` in :meth:`setup` and stop on errors (folder layout).
+        check_data: run the layout's data check in :meth:`setup` and stop on errors.
+        slice_axis, foreground_oversampling: volume layouts (see the config reference).
+        samples_per_epoch: raster layouts: random windows per training epoch.
     """
 
     def __init__(
@@ -62,13 +58,14 @@ class SegmentationDataModule(L.LightningDataModule):
         normalization: str = "auto",
         pretrained: bool = True,
         ignore_index: int | None = None,
-        check: bool = True,
+        check_data: bool = True,
         slice_axis: int = 2,
         foreground_oversampling: float = 0.0,
         samples_per_epoch: int = 1000,
     ) -> None:
         super().__init__()
         self.root = Path(data)
+        get_layout(dataset)  # an unknown layout fails here, naming the valid ones
         self.dataset_format = dataset
         self.num_classes = num_classes
         self.image_size = image_size
@@ -78,7 +75,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.normalization = normalization
         self.pretrained = pretrained
         self.ignore_index = ignore_index
-        self.check = check
+        self.check_data = check_data
         self.slice_axis = slice_axis
         self.foreground_oversampling = foreground_oversampling
         self.samples_per_epoch = samples_per_epoch
@@ -90,61 +87,23 @@ class SegmentationDataModule(L.LightningDataModule):
         self.image_dtype: str | None = None
         self.train_set = self.val_set = self.test_set = None
 
-    def _make(self, split: str):
-        match self.dataset_format:
-            case "folder":
-                if not (self.root / split / "images").is_dir():
-                    return None
-                return SegmentationFolder(self.root, split, num_classes=self.num_classes)
-            case "voc":
-                return VOCSegmentation(self.root, "train" if split == "train" else "val")
-            case "pet":
-                return OxfordIIITPet(self.root, "train" if split == "train" else "test")
-            case "cityscapes":
-                if not (self.root / "leftImg8bit" / split).is_dir():
-                    return None
-                return Cityscapes(self.root, split)
-            case "nifti":
-                from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
+    def _options(self) -> SplitOptions:
+        return SplitOptions(
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            slice_axis=self.slice_axis,
+            samples_per_epoch=self.samples_per_epoch,
+        )
 
-                pairs = find_nifti_pairs(self.root, split) if (self.root / split).is_dir() else []
-                if not pairs:
-                    return None
-                classes = resolve_classes(self.root, self.num_classes)
-                return NiftiSliceDataset(pairs, classes, axis=self.slice_axis)
-            case "raster":
-                if not (self.root / split / "images").is_dir():
-                    return None
-                pairs, _ = folder_pairs(self.root, split)
-                return RasterWindowDataset(
-                    pairs,
-                    window=self.image_size,
-                    mode="random" if split == "train" else "grid",
-                    samples_per_epoch=self.samples_per_epoch,
-                    classes=resolve_classes(self.root, self.num_classes),
-                )
-            case _:
-                raise DataError(
-                    f"Unknown dataset layout {self.dataset_format!r}: folder, voc, pet, "
-                    "cityscapes, nifti, raster."
-                )
+    def _make(self, split: str):
+        return open_split(self.root, split, self.dataset_format, self._options())
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         report = None
-        if self.check and self.dataset_format == "folder":
-            report = check_dataset(self.root, num_classes=self.num_classes, progress=False)
-        elif self.check and self.dataset_format in ("nifti", "raster"):
-            side = self.image_size if isinstance(self.image_size, int) else max(self.image_size)
-            report = check_scenes(
-                self.root,
-                self.dataset_format,
-                num_classes=self.num_classes,
-                window=side,
-                slice_axis=self.slice_axis,
-                progress=False,
-            )
+        if self.check_data:
+            report = check_layout(self.root, self.dataset_format, self._options(), progress=False)
         if report is not None and not report.ok:
             raise DataError(
                 "The dataset has problems; fix them before training:\n" + report.summary()

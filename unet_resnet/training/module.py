@@ -101,7 +101,7 @@ class SegmentationModule(L.LightningModule):
             raise TrainingDivergedError(
                 f"Loss became {loss.item()} at epoch {self.current_epoch}, global step "
                 f"{self.global_step} (batch {batch_idx}). The run was stopped so no garbage "
-                "model is saved. Try a lower --lr, --precision 32, --gradient-clip 1.0, or run "
+                "model is saved. Try a lower --lr, --precision fp32, --gradient-clip 1.0, or run "
                 "`unet-resnet check-data` on the dataset."
             )
         self.log(

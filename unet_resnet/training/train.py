@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from unet_resnet.checkpoint import CheckpointMeta
-from unet_resnet.data.classes import DataError
+from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import resolve_train_precision
 from unet_resnet.training.callbacks import (
     AtomicCheckpointIO,
@@ -119,7 +119,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     ``callbacks`` are added to the Trainer's own (checkpointing, metrics history, images).
     """
     if not config.data:
-        raise DataError("No dataset given: pass --data DATA (or data: in the --config file).")
+        raise ConfigError("No dataset given: pass --data DATA (or data: in the --config file).")
     run_dir = Path(config.out)
     resume_path = None
     if config.resume:
@@ -129,26 +129,13 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
             else Path(config.resume)
         )
         if not resume_path.is_file():
-            raise DataError(
+            raise ConfigError(
                 f"Cannot resume: {resume_path} does not exist. Resume needs the "
                 "checkpoints/last.ckpt of an earlier run with the same --out."
             )
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = SegmentationDataModule(
-        config.data,
-        dataset=config.dataset,
-        num_classes=config.num_classes,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        augment=config.augment,
-        normalization=config.normalization,
-        pretrained=config.encoder_weights is not None,
-        ignore_index=config.ignore_index,
-        check=config.check_data,
-        slice_axis=config.slice_axis,
-        foreground_oversampling=config.foreground_oversampling,
-        samples_per_epoch=config.samples_per_epoch,
+        **config.group("data"), pretrained=config.encoder_weights is not None
     )
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
     classes = data.classes
@@ -156,16 +143,17 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     if class_weights == "balanced":
         class_weights = balanced_class_weights(data.class_pixel_counts())
     if class_weights is not None and len(class_weights) != classes.num_classes:
-        raise DataError(
+        raise ConfigError(
             f"class_weights has {len(class_weights)} values but there are "
             f"{classes.num_classes} classes ({', '.join(classes.names)})."
         )
+    model = config.group("model")
+    encoder_weights = model.pop("encoder_weights")
     meta = CheckpointMeta(
         model_config={
             "n_classes": classes.num_classes,
             "in_channels": data.in_channels,
-            "encoder": config.encoder,
-            "upsampling_method": config.upsampling_method,
+            **model,
         },
         classes=classes,
         mean=data.mean,
@@ -175,18 +163,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     )
     module = SegmentationModule(
         meta.to_dict(),
-        encoder_weights=config.encoder_weights,
-        loss=config.loss,
-        class_weights=class_weights,
-        optimizer=config.optimizer,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        momentum=config.momentum,
-        scheduler=config.scheduler,
-        warmup_epochs=config.warmup_epochs,
-        freeze_encoder_epochs=config.freeze_encoder_epochs,
-        channels_last=config.channels_last,
-        log_images_every=config.log_images_every,
+        encoder_weights=encoder_weights,
+        **{**config.group("optim"), "class_weights": class_weights},
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     config.save(run_dir / "config.yaml")

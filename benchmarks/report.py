@@ -1,0 +1,91 @@
+"""The benchmark's table and JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = []
+    if "machine" in results:
+        cpu = results["machine"]["cpu"]
+        isa = cpu.get("onednn_max_cpu_isa")
+        lines.append(
+            f"CPU: {cpu['model']} ({results['machine']['threads']} threads); flags: "
+            f"{' '.join(cpu['flags']) or 'none of avx2/avx512/amx'}"
+            + (f"; ONEDNN_MAX_CPU_ISA={isa}" if isa else "")
+        )
+    if "peak" in results:
+        p = results["peak"]
+        lines.append("Peak: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items()))
+    if "inference" in results:
+        lines += [
+            "",
+            "Inference, guide's model (U-Net ResNet-50)",
+            f"{'variant':<20}{'size':>6}{'batch':>6}{'img/s':>8}{'p50 s':>8}{'p95 s':>8}"
+            f"{'GFLOP/s':>9}{'of peak':>9}{'vs eager':>9}",
+        ]
+        for r in results["inference"]:
+            lines.append(
+                f"{r['variant']:<20}{r['size']:>6}{r['batch']:>6}{r['images_per_s']:>8.2f}"
+                f"{r['latency_p50_s']:>8.3f}{r['latency_p95_s']:>8.3f}{r['gflops']:>9.0f}"
+                f"{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
+                f"{r['speedup_vs_eager_fp32']:>8.2f}x"
+            )
+        first = next((r["first_call_s"] for r in results["inference"] if "first_call_s" in r), None)
+        if first is not None:
+            lines.append(f"compiled: first call (compilation) {first:.1f} s, not in the rows above")
+    if "training" in results:
+        lines += [
+            "",
+            "Training step (fwd+bwd+Adam), guide's model",
+            f"{'variant':<28}{'size':>6}{'batch':>6}{'img/s':>8}{'vs guide':>10}{'peak MB':>9}",
+        ]
+        for r in results["training"]:
+            lines.append(
+                f"{r['variant']:<28}{r['size']:>6}{r['batch']:>6}{r['images_per_s']:>8.2f}"
+                f"{r['speedup_vs_guide_loop']:>9.2f}x{r['peak_rss_mb']:>9.0f}"
+            )
+    if "data" in results:
+        d = results["data"]
+        lines += [
+            "",
+            f"Data loader: {d['images_per_s']:.1f} images/s ({d['preset']} preset, "
+            f"{d['size']}x{d['size']}, {d['workers']} workers)",
+        ]
+    if "tiling" in results:
+        lines += [
+            "",
+            "Tiled GeoTIFF prediction (U-Net ResNet-18, tile 512, batch 4)",
+            f"{'scene':<14}{'tiles':>7}{'seconds':>9}{'tiles x batch':>15}{'overhead':>10}"
+            f"{'peak MB':>9}",
+        ]
+        for r in results["tiling"]:
+            lines.append(
+                f"{r['scene']:<14}{r['tiles']:>7}{r['seconds']:>9.1f}"
+                f"{r['tiles_x_batch_time_s']:>15.1f}{100 * r['overhead']:>9.1f}%"
+                f"{r['peak_rss_mb']:>9.0f}"
+            )
+    if "serve" in results:
+        lines += [
+            "",
+            "HTTP service under load (guide's model, 2 inference threads, queue 4)",
+            f"{'load':<18}{'clients':>8}{'ok':>5}{'503':>5}{'errors':>7}{'req/s':>7}"
+            f"{'p50 s':>7}{'p95 s':>7}{'p99 s':>7}",
+        ]
+        for r in results["serve"]:
+            lines.append(
+                f"{r['load']:<18}{r['concurrency']:>8}{r['ok']:>5}{r['shed_503']:>5}"
+                f"{r['errors']:>7}{r['throughput_per_s']:>7.2f}{r['latency_p50_s']:>7.2f}"
+                f"{r['latency_p95_s']:>7.2f}{r['latency_p99_s']:>7.2f}"
+            )
+    return "\n".join(lines)
+
+
+def save_results(results: dict[str, Any], path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")

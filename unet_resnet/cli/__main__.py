@@ -1,0 +1,3 @@
+from unet_resnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Flags shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from unet_resnet.hardware import PRECISIONS
+from unet_resnet.inference.tiling import BLENDS
+
+__all__ = ["build_segmenter", "segmenter_arguments", "weights_arg"]
+
+
+def weights_arg(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images")
+    parser.add_argument("--overlap", type=float, default=0.25, help="fraction (<1) or pixels")
+    parser.add_argument("--blend", default="gaussian", choices=BLENDS)
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--tta", action="store_true", help="average over flips")
+    parser.add_argument("--tta-rotations", action="store_true", help="also 90-degree turns")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (Inductor with freezing; slow first call, "
+        "no faster than the default packed path on CPU)",
+    )
+
+
+def build_segmenter(args: argparse.Namespace, progress: bool = False):
+    from unet_resnet.inference import Segmenter
+
+    return Segmenter.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        tta=args.tta or args.tta_rotations,
+        tta_rotations=args.tta_rotations,
+        compile=args.compile,
+        progress=progress,
+    )

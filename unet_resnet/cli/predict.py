@@ -1,0 +1,128 @@
+"""``predict``, ``evaluate`` and ``export``: using a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from unet_resnet.cli.common import build_segmenter, segmenter_arguments
+from unet_resnet.cli.registry import command
+from unet_resnet.data.registry import layout_names
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    segmenter_arguments(parser)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    parser.add_argument(
+        "--probabilities", action="store_true", help="also write class probabilities"
+    )
+    parser.add_argument(
+        "--vectorize", action="store_true", help="GeoTIFF input: also write NAME.geojson polygons"
+    )
+    parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI input: slice axis")
+
+
+@command(
+    "predict",
+    "predict masks for images, folders or GeoTIFF scenes of any size",
+    _predict_arguments,
+)
+def predict_command(args: argparse.Namespace) -> int:
+    from unet_resnet.inference.files import expand_inputs, predict_files
+
+    files, _ = expand_inputs(args.inputs)
+    segmenter = build_segmenter(args, progress=len(files) == 1)
+    report = predict_files(
+        segmenter,
+        args.inputs,
+        args.out,
+        overlay=args.overlay,
+        probabilities=args.probabilities,
+        vectorize=args.vectorize,
+        slice_axis=args.slice_axis,
+        progress=True,
+    )
+    print(f"wrote {len(report.written)} prediction(s) to {args.out}")
+    if report.failed:
+        print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
+        for name, reason in report.failed:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    segmenter_arguments(parser)
+    parser.add_argument("--data", required=True, help="dataset root")
+    parser.add_argument("--split", default="val", help="val | test | train")
+    parser.add_argument("--dataset", default="folder", choices=layout_names())
+    parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
+    parser.add_argument(
+        "--hd95", action="store_true", help="nifti: 95th-percentile Hausdorff distance (mm)"
+    )
+    parser.add_argument("--json", dest="json_out", default=None, help="write the scores here")
+    parser.add_argument(
+        "--out", default="evaluation", help="folder for scores.json and confusion_matrix.png"
+    )
+
+
+@command(
+    "evaluate",
+    "score a checkpoint on a labelled split (mIoU, Dice, per-class table)",
+    _evaluate_arguments,
+)
+def evaluate_command(args: argparse.Namespace) -> int:
+    from unet_resnet.data import DataError
+    from unet_resnet.data.registry import SplitOptions, open_split
+    from unet_resnet.inference.evaluate import (
+        evaluate,
+        format_scores,
+        plot_confusion_matrix,
+        write_scores_json,
+    )
+
+    segmenter = build_segmenter(args)
+    options = SplitOptions(classes=segmenter.classes, slice_axis=args.slice_axis)
+    dataset = open_split(args.data, args.split, args.dataset, options)
+    if dataset is None:
+        raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")
+    scores = evaluate(segmenter, dataset, hd95=args.hd95)
+    print(format_scores(scores))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_scores_json(scores, out / "scores.json")
+    plot_confusion_matrix(scores, out / "confusion_matrix.png")
+    if args.json_out:
+        write_scores_json(scores, args.json_out)
+    print(f"scores and confusion matrix in {out}")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    from unet_resnet.export import EXPORT_FORMATS
+
+    parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
+    parser.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
+    parser.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="parity check limit")
+
+
+@command(
+    "export", "export a checkpoint to ONNX or TorchScript, with a parity check", _export_arguments
+)
+def export_command(args: argparse.Namespace) -> int:
+    from unet_resnet.export import export_model
+
+    report = export_model(
+        args.checkpoint, args.out, format=args.format, opset=args.opset, tolerance=args.tolerance
+    )
+    print(f"wrote {report.path} ({report.format}) and {report.metadata_path}")
+    print(
+        f"parity check on {report.check_shape}: max abs difference {report.max_abs_diff:.2e} "
+        f"(tolerance {report.tolerance:g})"
+    )
+    return 0

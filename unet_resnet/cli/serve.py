@@ -1,0 +1,44 @@
+"""``serve``: the HTTP service and web page for a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from unet_resnet.cli.common import build_segmenter, segmenter_arguments
+from unet_resnet.cli.registry import command
+from unet_resnet.errors import UnetResnetError
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    segmenter_arguments(parser)  # the server's defaults for every request
+    parser.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="inference threads")
+    parser.add_argument("--queue-size", type=int, default=8, help="waiting requests before 503")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0)
+    parser.add_argument("--max-pixels", type=int, default=40_000_000)
+
+
+@command(
+    "serve", "HTTP service and web page for a checkpoint (FastAPI + uvicorn)", _serve_arguments
+)
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from unet_resnet.serve import create_app
+    except ImportError:
+        raise UnetResnetError(
+            "Serving needs the serve extra: pip install 'unet-resnet[serve]'."
+        ) from None
+    segmenter = build_segmenter(args)
+    app = create_app(
+        segmenter,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+        queue_size=args.queue_size,
+    )
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

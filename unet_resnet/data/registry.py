@@ -1,0 +1,211 @@
+"""Dataset layouts: one table from a layout name to how a split is opened and checked.
+
+The training data module, ``evaluate``, ``check-data``, the config's allowed values and the
+command-line choices all read :data:`LAYOUTS`; adding a layout is one :func:`register_layout`
+call here (or in a module imported here).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unet_resnet.data.classes import ClassInfo, DataError, resolve_classes
+from unet_resnet.data.datasets import (
+    Cityscapes,
+    OxfordIIITPet,
+    RasterWindowDataset,
+    SegmentationFolder,
+    VOCSegmentation,
+    folder_pairs,
+)
+
+__all__ = [
+    "LAYOUTS",
+    "Layout",
+    "SplitOptions",
+    "check_layout",
+    "checkable_layouts",
+    "get_layout",
+    "layout_names",
+    "open_split",
+    "register_layout",
+]
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Everything a layout may need to open a split; each layout reads what applies to it.
+
+    Args:
+        num_classes: for layouts whose root may lack a classes file.
+        classes: use these classes instead of the root's (e.g. a checkpoint's).
+        image_size: raster layouts: window side (or ``(h, w)``).
+        slice_axis: volume layouts: the axis 2D slices are taken along.
+        samples_per_epoch: raster layouts: random windows per training epoch.
+    """
+
+    num_classes: int | None = None
+    classes: ClassInfo | None = None
+    image_size: int | tuple[int, int] | list[int] = 512
+    slice_axis: int = 2
+    samples_per_epoch: int = 1000
+
+    def resolve_classes(self, root: Path) -> ClassInfo:
+        return self.classes or resolve_classes(root, self.num_classes)
+
+
+# open(root, split, options) -> a dataset with .load(i) and .classes, or None when the split
+# is absent; check(root, options, progress) -> a DataReport.
+Opener = Callable[[Path, str, SplitOptions], Any]
+Checker = Callable[[Path, SplitOptions, bool], Any]
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    description: str
+    open: Opener
+    check: Checker | None = None
+
+
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(
+    name: str, description: str, *, check: Checker | None = None
+) -> Callable[[Opener], Opener]:
+    """Register ``open`` as the opener of layout ``name`` (and ``check`` as its checker)."""
+
+    def register(opener: Opener) -> Opener:
+        LAYOUTS[name] = Layout(name, description, opener, check)
+        return opener
+
+    return register
+
+
+def layout_names() -> tuple[str, ...]:
+    return tuple(LAYOUTS)
+
+
+def checkable_layouts() -> tuple[str, ...]:
+    """Layouts that ``check-data`` can check."""
+    return tuple(name for name, layout in LAYOUTS.items() if layout.check is not None)
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise DataError(
+            f"Unknown dataset layout {name!r}. Choose one of: {', '.join(LAYOUTS)}."
+        ) from None
+
+
+def open_split(
+    root: str | os.PathLike, split: str, layout: str, options: SplitOptions | None = None
+):
+    """The labelled dataset of ``split`` in ``layout``, or None when the root has no such
+    split."""
+    return get_layout(layout).open(Path(root), split, options or SplitOptions())
+
+
+def check_layout(
+    root: str | os.PathLike,
+    layout: str,
+    options: SplitOptions | None = None,
+    *,
+    progress: bool = True,
+):
+    """Check a dataset for every problem that would break training; None when the layout has
+    no checker (the public datasets' adapters validate while opening)."""
+    entry = get_layout(layout)
+    if entry.check is None:
+        return None
+    return entry.check(Path(root), options or SplitOptions(), progress)
+
+
+# The layouts ----------------------------------------------------------------------------------
+def _check_folder(root: Path, options: SplitOptions, progress: bool):
+    from unet_resnet.data.checks import check_dataset
+
+    return check_dataset(
+        root, num_classes=options.num_classes, classes=options.classes, progress=progress
+    )
+
+
+def _check_nifti(root: Path, options: SplitOptions, progress: bool):
+    from unet_resnet.data.checks import check_volumes
+
+    return check_volumes(
+        root, num_classes=options.num_classes, slice_axis=options.slice_axis, progress=progress
+    )
+
+
+def _check_raster(root: Path, options: SplitOptions, progress: bool):
+    from unet_resnet.data.checks import check_rasters
+
+    size = options.image_size
+    side = size if isinstance(size, int) else max(size)
+    return check_rasters(root, num_classes=options.num_classes, window=side, progress=progress)
+
+
+@register_layout(
+    "folder", "DATA/{train,val,test}/{images,masks} (+ classes.json)", check=_check_folder
+)
+def _open_folder(root: Path, split: str, options: SplitOptions):
+    if not (root / split / "images").is_dir():
+        return None
+    return SegmentationFolder(root, split, num_classes=options.num_classes, classes=options.classes)
+
+
+@register_layout("voc", "Pascal VOC 2012 (train, and val for every other split)")
+def _open_voc(root: Path, split: str, options: SplitOptions):
+    return VOCSegmentation(root, "train" if split == "train" else "val")
+
+
+@register_layout("pet", "Oxford-IIIT Pet (trainval, and test for every other split)")
+def _open_pet(root: Path, split: str, options: SplitOptions):
+    return OxfordIIITPet(root, "train" if split == "train" else "test")
+
+
+@register_layout("cityscapes", "Cityscapes leftImg8bit/ + gtFine/ (labelIds)")
+def _open_cityscapes(root: Path, split: str, options: SplitOptions):
+    if not (root / "leftImg8bit" / split).is_dir():
+        return None
+    return Cityscapes(root, split)
+
+
+@register_layout(
+    "nifti",
+    "DATA/{split}/{images,labels}/CASE.nii.gz volumes, read as 2D slices",
+    check=_check_nifti,
+)
+def _open_nifti(root: Path, split: str, options: SplitOptions):
+    from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
+
+    pairs = find_nifti_pairs(root, split) if (root / split).is_dir() else []
+    if not pairs:
+        return None
+    return NiftiSliceDataset(pairs, options.resolve_classes(root), axis=options.slice_axis)
+
+
+@register_layout(
+    "raster",
+    "DATA/{split}/{images,masks}/SCENE.tif large rasters, read in windows",
+    check=_check_raster,
+)
+def _open_raster(root: Path, split: str, options: SplitOptions):
+    if not (root / split / "images").is_dir():
+        return None
+    pairs, _ = folder_pairs(root, split)
+    return RasterWindowDataset(
+        pairs,
+        window=options.image_size,
+        mode="random" if split == "train" else "grid",
+        samples_per_epoch=options.samples_per_epoch,
+        classes=options.resolve_classes(root),
+    )
