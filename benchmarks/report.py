@@ -24,16 +24,18 @@ def format_results(results: dict[str, Any]) -> str:
     if "inference" in results:
         lines += [
             "",
-            "Inference, guide's model (U-Net ResNet-50)",
-            f"{'variant':<20}{'size':>6}{'batch':>6}{'img/s':>8}{'p50 s':>8}{'p95 s':>8}"
-            f"{'GFLOP/s':>9}{'of peak':>9}{'vs eager':>9}",
+            "Inference: default Segmenter path vs plain PyTorch (U-Net ResNet-50; light = "
+            "decoder 256..16)",
+            f"{'model':<14}{'variant':<20}{'size':>5}{'batch':>6}{'img/s':>8}{'p50 s':>8}"
+            f"{'GFLOP/s':>9}{'of peak':>9}{'vs eager':>9}{'vs plain':>9}  chosen",
         ]
         for r in results["inference"]:
             lines.append(
-                f"{r['variant']:<20}{r['size']:>6}{r['batch']:>6}{r['images_per_s']:>8.2f}"
-                f"{r['latency_p50_s']:>8.3f}{r['latency_p95_s']:>8.3f}{r['gflops']:>9.0f}"
+                f"{r.get('model', 'guide'):<14}{r['variant']:<20}{r['size']:>5}{r['batch']:>6}"
+                f"{r['images_per_s']:>8.2f}{r['latency_p50_s']:>8.3f}{r['gflops']:>9.0f}"
                 f"{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
-                f"{r['speedup_vs_eager_fp32']:>8.2f}x"
+                f"{r['speedup_vs_eager_fp32']:>8.2f}x{r['speedup_vs_best_plain']:>8.2f}x"
+                f"  {r.get('chosen', '')}"
             )
         first = next((r["first_call_s"] for r in results["inference"] if "first_call_s" in r), None)
         if first is not None:

@@ -74,3 +74,13 @@ def checkpoint(demo_data, tmp_path_factory):
         log_images_every=0,
     )
     return train(config).best_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_fastpath_cache(tmp_path_factory):
+    """Fast-path measurements go to a per-session folder, never the user's cache."""
+    folder = tmp_path_factory.mktemp("unet_resnet_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("UNET_RESNET_CACHE", str(folder))
+    yield folder
+    patch.undo()

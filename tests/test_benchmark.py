@@ -32,9 +32,14 @@ def test_quick_benchmark_run(tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["peak"]["bf16_matmul_tflops"] > 0
     variants = {r["variant"] for r in results["inference"]}
-    assert "eager_fp32" in variants and any(v.startswith("fast_") for v in variants)
+    assert {"eager_fp32", "autocast_bf16_cl", "default"} <= variants
+    assert {r["model"] for r in results["inference"]} == {"guide", "light_decoder"}
     for row in results["inference"]:
         assert row["images_per_s"] > 0 and row["speedup_vs_eager_fp32"] > 0
+        assert row["speedup_vs_best_plain"] > 0
+    default = [r for r in results["inference"] if r["variant"] == "default"]
+    assert all(r["chosen"] in ("bf16", "fp32", "bf16+packed", "fp32+packed") for r in default)
+    assert results["machine"]["cpu"]["model"]
     assert results["data"]["images_per_s"] > 0
     assert results["tiling"][0]["tiles"] >= 1 and results["tiling"][0]["peak_rss_mb"] > 0
     within, over = results["serve"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -13,7 +14,9 @@ __all__ = [
     "PRECISION_ALIASES",
     "Precision",
     "auto_precision",
+    "cache_dir",
     "cpu_has_fast_bf16",
+    "cpu_signature",
     "resolve_device",
     "resolve_train_precision",
 ]
@@ -42,6 +45,37 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_signature() -> dict[str, object]:
+    """The CPU model, its matrix-unit flags, the oneDNN ISA cap and the thread count: what
+    decides which inference path is fastest, and so what a measured choice is cached under."""
+    model, flags = "", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="ignore").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {
+        "model": model or "unknown",
+        "flags": [f for f in wanted if f in flags],
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def cache_dir() -> Path:
+    """Where the toolkit keeps machine-specific measurements: ``$UNET_RESNET_CACHE``, else
+    ``$XDG_CACHE_HOME/unet-resnet``, else ``~/.cache/unet-resnet``."""
+    if os.environ.get("UNET_RESNET_CACHE"):
+        return Path(os.environ["UNET_RESNET_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "unet-resnet"
 
 
 def resolve_device(device: str = "auto") -> torch.device:

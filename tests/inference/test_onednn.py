@@ -67,7 +67,7 @@ def _model_and_image(h: int, w: int):
 @needs_onednn
 def test_segmenter_packs_on_cpu_and_agrees_with_unpacked():
     model, image = _model_and_image(80, 100)
-    fast = Segmenter(model, device="cpu", precision="fp32")
+    fast = Segmenter(model, device="cpu", precision="fp32", pack_weights=True)
     plain = Segmenter(model, device="cpu", precision="fp32", pack_weights=False)
     assert fast.packed and not plain.packed
     np.testing.assert_allclose(fast.predict_proba(image), plain.predict_proba(image), atol=1e-4)
@@ -91,7 +91,7 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
     monkeypatch.setattr(onednn, "pack_for_cpu", Wrong)
     model = UNetWithResnet50Encoder(3, encoder="resnet18", encoder_weights=None).eval()
     with pytest.warns(UserWarning, match="differs from plain convolutions"):
-        seg = Segmenter(model, device="cpu", precision="fp32")
+        seg = Segmenter(model, device="cpu", precision="fp32", pack_weights=True)
     assert not seg.packed and not isinstance(seg.model, Wrong)
 
     def broken(_):
@@ -99,7 +99,7 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(onednn, "pack_for_cpu", broken)
     with pytest.warns(UserWarning, match="not available with this PyTorch"):
-        seg = Segmenter(model, device="cpu", precision="fp32")
+        seg = Segmenter(model, device="cpu", precision="fp32", pack_weights=True)
     assert not seg.packed
     assert seg.predict(np.zeros((40, 40, 3), np.uint8)).shape == (40, 40)
 
@@ -108,7 +108,7 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
 def test_compiled_segmenter_agrees_with_the_packed_one():
     """``--compile`` (Inductor with freezing) is the other fast path; same predictions."""
     model, image = _model_and_image(64, 64)
-    packed = Segmenter(model, device="cpu", precision="fp32")
+    packed = Segmenter(model, device="cpu", precision="fp32", pack_weights=True)
     compiled = Segmenter(model, device="cpu", precision="fp32", compile=True)
     assert not compiled.packed
     np.testing.assert_allclose(

@@ -1,5 +1,14 @@
-"""Model surgery for fast inference: Conv+BN folding, reduced-precision weights,
-channels_last, and oneDNN weight packing on CPUs (:mod:`unet_resnet.inference.onednn`).
+"""Model surgery for fast inference, chosen by measurement on the machine it runs on.
+
+The inference copy of a model is Conv+BN folded, cast to reduced-precision weights, laid out
+channels_last and, on CPUs, optionally oneDNN-packed (:mod:`unet_resnet.inference.onednn`).
+Which combination is fastest depends on the CPU: packed bf16 kernels win on Intel CPUs with
+AMX and lose to plain convolutions on CPUs without it (AVX-512 BF16 only); bf16 loses to fp32
+where oneDNN has no native bf16 units. So where a choice is left open (``precision="auto"``,
+``pack_weights="auto"``) every candidate is built and timed once on a small input, the fastest
+kept, and the choice cached per model architecture and CPU (:func:`~unet_resnet.hardware.
+cache_dir`), so later builds on the same machine are instant. :class:`FastPathChoice` says
+what was chosen and why.
 
 Everything here works on a copy; the caller's model is never modified.
 """
@@ -7,14 +16,56 @@ Everything here works on a copy; the caller's model is never modified.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["DTYPES", "fold_batchnorm", "prepare_model"]
+from unet_resnet.hardware import auto_precision, cache_dir, cpu_has_fast_bf16, cpu_signature
+from unet_resnet.io import atomic_path
+
+__all__ = ["DTYPES", "FastPathChoice", "PackMode", "fold_batchnorm", "prepare_model"]
+
+logger = logging.getLogger("unet_resnet.fastpath")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PackMode = bool | Literal["auto"]
+#: Side of the random input the candidates are timed on (batch 1): big enough for the
+#: convolutions to dominate, small enough to keep a first build within seconds.
+CALIBRATION_SIZE = 256
+CACHE_FILE = "fastpath.json"
+
+
+@dataclass
+class FastPathChoice:
+    """What :func:`prepare_model` chose: ``precision`` and ``packed``, the seconds per forward
+    of each candidate (``timings``; empty when there was nothing to choose), whether they were
+    ``"measured"`` now, read from the ``"cache"``, or ``"fixed"`` by the caller, and why."""
+
+    precision: str
+    packed: bool
+    source: Literal["measured", "cache", "fixed"]
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def explain(self) -> str:
+        lines = [
+            f"fast path: {self.precision} weights, "
+            f"{'oneDNN-packed' if self.packed else 'plain'} convolutions ({self.source})",
+        ]
+        if self.reason:
+            lines.append(f"  why: {self.reason}")
+        for name, seconds in sorted(self.timings.items(), key=lambda kv: kv[1]):
+            lines.append(f"  {name:<12} {1000 * seconds:8.1f} ms per {CALIBRATION_SIZE}px image")
+        return "\n".join(lines)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -45,35 +96,180 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _build(
+    base: nn.Module,
+    *,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    pack: bool,
+    example: torch.Tensor,
+) -> tuple[nn.Module, bool]:
+    model = copy.deepcopy(base).to(device, DTYPES[precision])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not pack:
+        return model, False
+    from unet_resnet.inference.onednn import pack_checked
+
+    return pack_checked(model, example.to(DTYPES[precision]))
+
+
+def _seconds(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
+    with torch.inference_mode():
+        model(x)  # warm-up: oneDNN primitive creation, weight reorders
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _architecture_key(model: nn.Module, candidates: Sequence[tuple[str, bool]], device) -> str:
+    """Cache key: the model's layer types and parameter shapes (not its values), the
+    candidates, the device and the CPU signature."""
+    layers = [(name, type(m).__name__) for name, m in model.named_modules()]
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    blob = json.dumps(
+        [layers, shapes, list(candidates), str(device), cpu_signature(), CALIBRATION_SIZE],
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cache_read(key: str) -> dict | None:
+    try:
+        return json.loads((cache_dir() / CACHE_FILE).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None  # no cache yet, or a damaged one: measure again
+
+
+def _cache_write(key: str, entry: dict) -> None:
+    path = cache_dir() / CACHE_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = entry
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as exc:  # a read-only home is no reason to fail a prediction
+        logger.warning("could not cache the fast-path choice in %s: %s", path, exc)
+
+
+def _candidates(
+    device: torch.device, precision: str, can_pack: bool, pack_weights: PackMode
+) -> tuple[list[tuple[str, bool]], str]:
+    if precision != "auto":
+        precisions = [precision]
+    elif device.type != "cpu":
+        precisions = [auto_precision(device.type)]
+    elif cpu_has_fast_bf16():
+        precisions = ["bf16", "fp32"]
+    else:
+        precisions = ["fp32"]
+    packs = [True, False] if pack_weights == "auto" else [bool(pack_weights)]
+    if not can_pack:
+        packs = [False]
+    why = []
+    if len(precisions) == 1:
+        why.append(f"precision {precisions[0]} was asked for or is the only sensible one")
+    if len(packs) == 1:
+        why.append(
+            "packing "
+            + (
+                "forced"
+                if packs[0]
+                else "off or not possible (needs CPU, BN folding "
+                "and channels_last, and this PyTorch's oneDNN operators)"
+            )
+        )
+    return [(p, k) for p in precisions for k in packs], "; ".join(why)
+
+
 def prepare_model(
     model: nn.Module,
     *,
     device: torch.device,
-    dtype: torch.dtype,
+    precision: str = "auto",
     in_channels: int,
     channels_last: bool = True,
     fold_bn: bool = True,
-    pack_weights: bool = True,
-) -> tuple[nn.Module, bool]:
-    """The inference copy of ``model``: folded, cast, laid out and (on CPU) packed.
+    pack_weights: PackMode = "auto",
+) -> tuple[nn.Module, FastPathChoice]:
+    """The inference copy of ``model``: folded, cast, laid out and possibly packed.
 
     Reduced precision is applied to the weights, not through autocast: autocast re-casts
     every weight on every call, which costs a quarter of this model's time on a CPU.
-    Returns ``(model, packed)``; ``packed`` says whether oneDNN packing was kept (it is checked
-    against the unpacked model on a random input, see :func:`onednn.pack_checked`).
+    ``precision="auto"`` and ``pack_weights="auto"`` are decided by timing the candidates
+    (see the module docstring); fixed values are used as given. Packing is always checked
+    against the unpacked model on a random input (:func:`onednn.pack_checked`) and dropped with
+    a warning if they differ.
     """
-    model = copy.deepcopy(model).eval()
-    if fold_bn:
-        model = fold_batchnorm(model)
-    model = model.to(device, dtype)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    packed = False
-    if pack_weights and fold_bn and channels_last:
-        from unet_resnet.inference.onednn import pack_checked
+    from unet_resnet.inference import onednn
 
-        generator = torch.Generator().manual_seed(0)
-        example = torch.randn(1, in_channels, 64, 64, generator=generator)
-        example = example.to(device, dtype, memory_format=torch.channels_last)
-        model, packed = pack_checked(model, example)
-    return model, packed
+    base = copy.deepcopy(model).eval()
+    if fold_bn:
+        base = fold_batchnorm(base)
+    can_pack = device.type == "cpu" and fold_bn and channels_last and onednn.available()
+    candidates, why_fixed = _candidates(device, precision, can_pack, pack_weights)
+    generator = torch.Generator().manual_seed(0)
+    size = CALIBRATION_SIZE
+    example = torch.randn(1, in_channels, size, size, generator=generator).to(device)
+    if channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+
+    def build(precision: str, pack: bool) -> tuple[nn.Module, bool]:
+        return _build(
+            base,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            pack=pack,
+            example=example[..., :64, :64],
+        )
+
+    if len(candidates) == 1:
+        chosen, packed = build(*candidates[0])
+        choice = FastPathChoice(candidates[0][0], packed, "fixed", reason=why_fixed)
+        return chosen, choice
+
+    key = _architecture_key(base, candidates, device)
+    cached = _cache_read(key)
+    if cached is not None and (cached.get("precision"), cached.get("packed")) in candidates:
+        chosen, packed = build(cached["precision"], cached["packed"])
+        if packed == cached["packed"]:
+            choice = FastPathChoice(
+                cached["precision"],
+                packed,
+                "cache",
+                dict(cached.get("timings", {})),
+                "measured earlier on this CPU for this architecture (cache "
+                f"{cache_dir() / CACHE_FILE})",
+            )
+            return chosen, choice
+
+    timings: dict[str, float] = {}
+    best: tuple[float, nn.Module, str, bool] | None = None
+    for prec, pack in candidates:
+        built, packed = build(prec, pack)
+        if pack and not packed:
+            continue  # packing was refused (checked against plain): not a candidate
+        seconds = _seconds(built, example.to(DTYPES[prec]))
+        timings[f"{prec}{'+packed' if packed else ''}"] = seconds
+        if best is None or seconds < best[0]:
+            best = (seconds, built, prec, packed)
+    assert best is not None
+    _, chosen, prec, packed = best
+    reason = (
+        f"fastest of {len(timings)} candidates timed on a {size}x{size} input on this CPU "
+        f"({cpu_signature()['model']})"
+    )
+    choice = FastPathChoice(prec, packed, "measured", timings, reason)
+    _cache_write(key, asdict(choice))
+    logger.info("%s", choice.explain())
+    return chosen, choice

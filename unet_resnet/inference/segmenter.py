@@ -23,8 +23,8 @@ from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import ConfigError, InputShapeError
 from unet_resnet.grid import overlap_pixels
-from unet_resnet.hardware import PRECISIONS, Precision, auto_precision, resolve_device
-from unet_resnet.inference.fastpath import DTYPES, prepare_model
+from unet_resnet.hardware import PRECISIONS, Precision, resolve_device
+from unet_resnet.inference.fastpath import DTYPES, FastPathChoice, PackMode, prepare_model
 from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.inference.onnx import OnnxModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
@@ -54,11 +54,17 @@ class Segmenter:
         tta: average predictions over flips (and 90-degree rotations with ``tta_rotations``).
         channels_last, fold_bn, pack_weights: fast-path switches (on by default);
             ``pack_weights`` packs convolution weights for oneDNN once and fuses ReLUs and
-            residual adds on CPUs (see :mod:`unet_resnet.inference.onednn`).
+            residual adds on CPUs (see :mod:`unet_resnet.inference.onednn`): ``"auto"``
+            (default) keeps it only where it is faster on this CPU, ``True`` forces it.
+            ``precision="auto"`` and ``pack_weights="auto"`` are decided by timing the
+            candidates once per model architecture and CPU (cached; see
+            :mod:`unet_resnet.inference.fastpath`); ``fastpath`` holds the choice.
         compile: wrap the model in ``torch.compile`` with Inductor freezing (slow first call;
             on CPUs no faster than the packed default, see docs/performance.md).
         image_dtype: the dtype the model was trained on, for a warning on mismatches.
         progress: a progress bar over the tiles of large images.
+        explain: print what the fast path chose and why (also logged at INFO level to
+            ``unet_resnet.fastpath``).
     """
 
     def __init__(
@@ -78,10 +84,11 @@ class Segmenter:
         tta_rotations: bool = False,
         channels_last: bool = True,
         fold_bn: bool = True,
-        pack_weights: bool = True,
+        pack_weights: PackMode = "auto",
         compile: bool = False,
         image_dtype: str | None = None,
         progress: bool = False,
+        explain: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(
@@ -89,7 +96,8 @@ class Segmenter:
             )
         overlap_pixels(tile_size, overlap)  # validates
         self.device = resolve_device(device)
-        self.precision = self._resolve_precision(precision)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ConfigError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU.")
         self.in_channels = int(getattr(model, "in_channels", 3))
         self.num_classes = int(getattr(model, "n_classes", 0)) or None
         self.classes = classes or ClassInfo.generic(self.num_classes or 2)
@@ -106,19 +114,22 @@ class Segmenter:
         self.config = getattr(model, "config", None)
 
         if isinstance(model, OnnxModel):
-            self.dtype = torch.float32
-            self.packed = False
+            self.fastpath = FastPathChoice("fp32", False, "fixed", reason="ONNX Runtime backend")
         else:
-            self.dtype = DTYPES[self.precision]
-            model, self.packed = prepare_model(
+            model, self.fastpath = prepare_model(
                 model,
                 device=self.device,
-                dtype=self.dtype,
+                precision=precision,
                 in_channels=self.in_channels,
                 channels_last=self.channels_last,
                 fold_bn=fold_bn,
-                pack_weights=pack_weights and not compile,
+                pack_weights=False if compile else pack_weights,
             )
+        self.precision = self.fastpath.precision
+        self.packed = self.fastpath.packed
+        self.dtype = DTYPES[self.precision]
+        if explain:
+            print(self.fastpath.explain())
         self.model = model
         if compile:
             # Freezing lets Inductor pack weights and fuse like the oneDNN path; without it the
@@ -172,13 +183,6 @@ class Segmenter:
             channels_last=False,
             **kwargs,
         )
-
-    def _resolve_precision(self, precision: str) -> str:
-        if precision == "auto":
-            return auto_precision(self.device.type)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise ConfigError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU.")
-        return precision
 
     # Arrays in, arrays out ------------------------------------------------------------------
     def probabilities(self, batch: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""The fast path is chosen by measurement, once per architecture and CPU, and cached."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unet_resnet import Segmenter
+from unet_resnet.inference import fastpath, onednn
+from unet_resnet.models import UNetWithResnet50Encoder
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="no oneDNN operators")
+
+
+def _model(classes: int = 3):
+    torch.manual_seed(0)
+    return UNetWithResnet50Encoder(classes, encoder="resnet18", encoder_weights=None).eval()
+
+
+def _fake_timer(monkeypatch, seconds: dict[str, float]) -> list[str]:
+    """Replace the timing with fixed seconds per candidate; returns the candidates timed."""
+    timed: list[str] = []
+
+    def fake(model, x):
+        name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[x.dtype]
+        if any(isinstance(m, onednn.PackedConv2d) for m in model.modules()):
+            name += "+packed"
+        timed.append(name)
+        return seconds[name]
+
+    monkeypatch.setattr(fastpath, "_seconds", fake)
+    return timed
+
+
+@needs_onednn
+@pytest.mark.parametrize("fastest", ["fp32", "fp32+packed"])
+def test_the_fastest_candidate_is_chosen_and_cached(tmp_path, monkeypatch, fastest):
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    times = {"fp32": 2.0, "fp32+packed": 3.0}
+    times[fastest] = 1.0
+    timed = _fake_timer(monkeypatch, times)
+    seg = Segmenter(_model(), device="cpu", precision="fp32")
+    assert sorted(timed) == ["fp32", "fp32+packed"]
+    assert seg.fastpath.source == "measured"
+    assert seg.packed == fastest.endswith("packed") and seg.precision == "fp32"
+    assert seg.fastpath.timings == times
+    # Same architecture (other weights): the cached choice, nothing timed again.
+    timed.clear()
+    again = Segmenter(_model().apply(lambda m: None), device="cpu", precision="fp32")
+    assert timed == [] and again.fastpath.source == "cache"
+    assert again.packed == seg.packed
+    # Another architecture is measured on its own.
+    Segmenter(_model(classes=5), device="cpu", precision="fp32")
+    assert len(timed) == 2
+    assert len(json.loads((tmp_path / "fastpath.json").read_text())) == 2
+
+
+@needs_onednn
+def test_the_choice_is_per_cpu(tmp_path, monkeypatch):
+    """A different CPU (here: oneDNN capped to AVX2) does not reuse another CPU's choice."""
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    timed = _fake_timer(monkeypatch, {"fp32": 1.0, "fp32+packed": 2.0})
+    Segmenter(_model(), device="cpu", precision="fp32")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    Segmenter(_model(), device="cpu", precision="fp32")
+    assert len(timed) == 4
+
+
+def test_auto_precision_compares_bf16_and_fp32_where_bf16_is_native(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(fastpath, "cpu_has_fast_bf16", lambda: True)
+    timed = _fake_timer(monkeypatch, {"bf16": 2.0, "fp32": 1.0})
+    seg = Segmenter(_model(), device="cpu", pack_weights=False)
+    assert sorted(timed) == ["bf16", "fp32"]
+    assert seg.precision == "fp32" and seg.dtype == torch.float32  # fp32 measured faster
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    assert seg.predict(image).shape == (40, 40)
+    monkeypatch.setattr(fastpath, "cpu_has_fast_bf16", lambda: False)
+    timed.clear()
+    assert Segmenter(_model(), device="cpu", pack_weights=False).precision == "fp32"
+    assert timed == []  # emulated bf16 is never a candidate
+
+
+def test_fixed_choices_are_not_timed_and_explain_says_why(monkeypatch, capsys):
+    timed = _fake_timer(monkeypatch, {})
+    seg = Segmenter(_model(), device="cpu", precision="fp32", pack_weights=False, explain=True)
+    assert timed == [] and seg.fastpath.source == "fixed" and not seg.packed
+    out = capsys.readouterr().out
+    assert "fast path: fp32 weights, plain convolutions (fixed)" in out
+    assert "packing off" in out
+
+
+def test_a_damaged_cache_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    (tmp_path / "fastpath.json").write_text("{not json")
+    timed = _fake_timer(monkeypatch, {"fp32": 1.0, "fp32+packed": 2.0})
+    seg = Segmenter(_model(), device="cpu", precision="fp32")
+    assert seg.fastpath.source == "measured" and len(timed) == (2 if onednn.available() else 0)
+
+
+def test_real_measurement_explains_the_timings(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    seg = Segmenter(_model(), device="cpu", explain=True)
+    out = capsys.readouterr().out
+    assert out.startswith("fast path:")
+    if seg.fastpath.source == "measured":
+        assert min(seg.fastpath.timings, key=seg.fastpath.timings.get) == (
+            f"{seg.precision}{'+packed' if seg.packed else ''}"
+        )
+        assert "ms per 256px image" in out
