@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "read_export_metadata",
     "save_checkpoint",
+    "save_state_dict_checkpoint",
 ]
 
 FORMAT = "unet-resnet/1"
@@ -88,7 +89,14 @@ def save_checkpoint(
     path: str | os.PathLike, model: UNetWithResnet50Encoder, meta: CheckpointMeta
 ) -> None:
     """Write weights + metadata in the ``unet-resnet/1`` format, atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_state_dict_checkpoint(path, model.state_dict(), meta)
+
+
+def save_state_dict_checkpoint(
+    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: CheckpointMeta
+) -> None:
+    """:func:`save_checkpoint` for weights already taken out of the model."""
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     atomic_torch_save({"format": FORMAT, "state_dict": state, **meta.to_dict()}, path)
 
 

@@ -72,7 +72,6 @@ def run_demo(
         image_size=image_size,
         batch_size=batch_size,
         epochs=epochs,
-        augment="light",
         workers=workers,
         seed=seed,
         max_minutes=max_minutes,

@@ -297,7 +297,100 @@ def test_config_groups_are_the_constructor_parameters():
 
     config = TrainConfig(data="d")
     data_params = set(inspect.signature(SegmentationDataModule).parameters)
-    assert set(config.group("data")) == data_params - {"pretrained"}
+    assert set(config.group("data")) == data_params - {"pretrained", "epochs"}
     module_params = set(inspect.signature(SegmentationModule).parameters)
     assert set(config.group("optim")) <= module_params
     assert set(config.group("model")) == {"encoder", "encoder_weights", "upsampling_method"}
+
+
+def test_auto_augment_rule():
+    from unet_resnet.data.transforms import AUTO_MIN_IMAGES, AUTO_MIN_STEPS, choose_augment
+
+    assert choose_augment(100, 10_000)[0] == "light"  # small dataset
+    assert choose_augment(5000, 500)[0] == "light"  # short schedule
+    preset, why = choose_augment(AUTO_MIN_IMAGES, AUTO_MIN_STEPS)
+    assert preset == "default" and str(AUTO_MIN_STEPS) in why
+    assert "images" in choose_augment(10, 10**6)[1]
+
+
+def test_photometric_jitter_only_for_camera_images():
+    from unet_resnet.data.transforms import RandomBrightnessContrast, build_train_transform
+
+    def has_jitter(t) -> bool:
+        return any(isinstance(s, RandomBrightnessContrast) for s in t.transforms)
+
+    assert has_jitter(build_train_transform("default", size=32))
+    assert not has_jitter(build_train_transform("default", size=32, photometric=False))
+    assert not has_jitter(build_train_transform("strong", size=32, photometric=False))
+
+
+def test_auto_augment_is_saved_and_kept_on_resume(data, tmp_path, monkeypatch):
+    from unet_resnet.data import transforms
+
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1))
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["augment"] == "light"
+    assert "augment: auto -> light" in (out / "config.yaml").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["augment"]["asked"] == "auto" and summary["augment"]["chosen"] == "light"
+    # Thresholds that would now pick "default": the resumed run keeps its preset.
+    monkeypatch.setattr(transforms, "AUTO_MIN_STEPS", 0)
+    monkeypatch.setattr(transforms, "AUTO_MIN_IMAGES", 0)
+    train(tiny_config(data, out, epochs=2, resume="last"))
+    assert yaml.safe_load((out / "config.yaml").read_text())["augment"] == "light"
+    fresh = tmp_path / "fresh"
+    train(tiny_config(data, fresh, epochs=1))
+    assert yaml.safe_load((fresh / "config.yaml").read_text())["augment"] == "default"
+
+
+def test_validation_interval_rule():
+    from unet_resnet.training.train import validation_interval
+
+    small = dict(n_train=100, train_pixels=256**2, val_pixels=256**2, epochs=30)
+    assert validation_interval(n_val=25, **small) == 1  # 8% of training: every epoch
+    every = validation_interval(n_val=200, **small)  # 67%: every 7 -> 10 (divides 30)
+    assert every == 10 and 30 % every == 0
+    big_val_images = dict(small, val_pixels=1024 * 2048)
+    assert validation_interval(n_val=25, **big_val_images) > 1
+    assert validation_interval(n_val=0, **small) == 1
+
+
+def test_checkpoint_cadence_keeps_best_and_last_consistent(data, tmp_path):
+    import torch
+
+    out = tmp_path / "run"
+    result = train(tiny_config(data, out, epochs=3, checkpoint_every=2))
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 2  # written after the last epoch (3rd), not only every 2nd
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["extra"]["epoch"] == result.best_epoch
+    assert best["extra"]["val"]["miou"] == pytest.approx(result.best_miou)
+
+
+def test_resume_checkpoint_auto_cadence_bounds_the_overhead(monkeypatch):
+    from unet_resnet.training import callbacks
+
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+
+    class FakeTrainer:
+        current_epoch, max_epochs, should_stop = 0, 100, False
+
+    cb = callbacks.ResumeCheckpoint("x", "auto")
+    trainer = FakeTrainer()
+    assert cb._due(trainer)  # first epoch: always (measures the write)
+    cb._last_end, cb._last_duration = 0.0, 2.0  # a 2 s write
+    clock[0] = 39.0
+    assert not cb._due(trainer)  # 39 s < 20 x 2 s
+    clock[0] = 40.0
+    assert cb._due(trainer)
+    clock[0] = 41.0
+    trainer.current_epoch = 99  # the last epoch is always written
+    cb._last_end = 40.0
+    assert cb._due(trainer)
+    fixed = callbacks.ResumeCheckpoint("x", 3)
+    trainer.current_epoch = 4
+    assert not fixed._due(trainer)
+    trainer.current_epoch = 5
+    assert fixed._due(trainer)

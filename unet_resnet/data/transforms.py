@@ -17,15 +17,24 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "AUTO_MIN_IMAGES",
+    "AUTO_MIN_STEPS",
     "AugmentPreset",
     "RandomBrightnessContrast",
     "RandomRot90",
     "RandomScaleCrop",
     "build_eval_transform",
     "build_train_transform",
+    "choose_augment",
 ]
 
-AugmentPreset = Literal["none", "light", "default", "strong"]
+AugmentPreset = Literal["auto", "none", "light", "default", "strong"]
+
+#: ``auto`` picks ``light`` below either threshold and ``default`` above both: scale and
+#: rotation augmentation pays off only when the schedule is long enough to learn through it
+#: and there are enough images for it to matter (measured: docs/training.md).
+AUTO_MIN_STEPS = 3000
+AUTO_MIN_IMAGES = 500
 
 #: ImageNet statistics for 3-channel images scaled to [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -139,6 +148,30 @@ def _normalize(mean: Sequence[float] | None, std: Sequence[float] | None) -> lis
     return [v2.Normalize(mean=list(mean), std=list(std))]
 
 
+def choose_augment(n_images: int, steps: int) -> tuple[str, str]:
+    """The preset ``augment="auto"`` stands for, and why.
+
+    Args:
+        n_images: training images (or samples per epoch).
+        steps: optimiser steps the schedule will run (epochs x batches per epoch).
+
+    Short schedules and small datasets get ``light`` (crops and flips): the plain loop's
+    recipe, which the stronger presets lose to when the model has too few steps to learn
+    through scale and rotation changes. Long schedules on larger datasets get ``default``.
+    """
+    if steps < AUTO_MIN_STEPS or n_images < AUTO_MIN_IMAGES:
+        why = (
+            f"{steps} optimiser steps < {AUTO_MIN_STEPS}"
+            if steps < AUTO_MIN_STEPS
+            else f"{n_images} training images < {AUTO_MIN_IMAGES}"
+        )
+        return "light", f"{why}: crops and flips only"
+    return "default", (
+        f"{steps} optimiser steps and {n_images} images: long enough for scale/rotation "
+        "augmentation to pay off"
+    )
+
+
 def build_train_transform(
     preset: AugmentPreset = "default",
     *,
@@ -146,8 +179,13 @@ def build_train_transform(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     ignore_index: int = 255,
+    photometric: bool = True,
 ) -> v2.Compose:
     """The augmentation for training, ending in a ``size`` crop and normalisation.
+
+    ``photometric=False`` leaves out brightness, contrast and noise: for data whose values
+    are measurements (CT in Hounsfield units, reflectance, 16-bit microscopy) rather than a
+    camera's exposure. ``auto`` must be resolved first (:func:`choose_augment`).
 
     Presets (the guide's recipe is ``default``):
 
@@ -171,7 +209,7 @@ def build_train_transform(
                 RandomScaleCrop(size, (0.5, 2.0), ignore_index),
                 v2.RandomHorizontalFlip(),
                 v2.RandomApply([v2.RandomRotation(15, fill=fill)], p=0.5),
-                RandomBrightnessContrast(0.2, 0.2),
+                *([RandomBrightnessContrast(0.2, 0.2)] if photometric else []),
             ]
         case "strong":
             steps = [
@@ -180,9 +218,17 @@ def build_train_transform(
                 v2.RandomVerticalFlip(),
                 RandomRot90(),
                 v2.RandomApply([v2.RandomRotation(30, fill=fill)], p=0.5),
-                RandomBrightnessContrast(0.3, 0.3),
-                v2.RandomApply([v2.GaussianNoise(sigma=0.03, clip=False)], p=0.3),
+                *(
+                    [
+                        RandomBrightnessContrast(0.3, 0.3),
+                        v2.RandomApply([v2.GaussianNoise(sigma=0.03, clip=False)], p=0.3),
+                    ]
+                    if photometric
+                    else []
+                ),
             ]
+        case "auto":
+            raise ValueError("augment='auto' is resolved by choose_augment() before this.")
         case _:
             raise ValueError(
                 f"Unknown augmentation preset {preset!r}. "

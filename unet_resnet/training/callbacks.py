@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from unet_resnet.checkpoint import save_checkpoint
+from unet_resnet.checkpoint import save_checkpoint, save_state_dict_checkpoint
 from unet_resnet.io import atomic_path
 from unet_resnet.visualize import colorize, display_rgb
 
@@ -45,26 +46,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
-class ResumeCheckpoint(L.Callback):
-    """``checkpoints/last.ckpt`` after every epoch: weights, optimiser, scheduler, loops,
-    callback states and random streams, everything ``--resume`` needs. Written through the
-    Trainer's CheckpointIO, so atomically with :class:`AtomicCheckpointIO`. Keep it last in
-    the callback list so the states it saves include this epoch's updates."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)
+#: ``checkpoint_every="auto"`` writes ``last.ckpt`` when the time since the last write is at
+#: least this many times what the last write took: checkpointing then costs at most about
+#: 1/20 = 5% of training, and a crash loses at most that much work.
+CHECKPOINT_OVERHEAD_FACTOR = 20
 
 
 class ExportCheckpoints(L.Callback):
-    """Keep ``best.pt`` (highest validation mIoU) and ``last.pt`` in the prediction format."""
+    """Keep ``best.pt`` (highest validation mIoU) and ``last.pt`` in the prediction format.
+
+    An improvement is kept in memory and written when :class:`ResumeCheckpoint` writes
+    ``last.ckpt`` (just before it, so the two files always agree about the best epoch) and at
+    the end of training, not at every improvement.
+    """
 
     def __init__(self, dirpath: str | os.PathLike) -> None:
         self.dirpath = Path(dirpath)
         self.best_score = -math.inf
         self.best_epoch: int | None = None
+        self._pending: tuple[dict[str, torch.Tensor], Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch}
@@ -73,10 +73,8 @@ class ExportCheckpoints(L.Callback):
         self.best_score = state_dict["best_score"]
         self.best_epoch = state_dict["best_epoch"]
 
-    def _save(self, trainer: L.Trainer, module, name: str, scores: dict | None) -> None:
-        if not trainer.is_global_zero:
-            return
-        meta = module.meta
+    def _meta(self, trainer: L.Trainer, module, scores: dict | None):
+        meta = copy.deepcopy(module.meta)
         meta.extra = {
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
@@ -84,7 +82,11 @@ class ExportCheckpoints(L.Callback):
             if scores is None
             else {k: v for k, v in scores.items() if k != "confusion_matrix"},
         }
-        save_checkpoint(self.dirpath / name, module.model, meta)
+        return meta
+
+    def _save(self, trainer: L.Trainer, module, name: str, scores: dict | None) -> None:
+        if trainer.is_global_zero:
+            save_checkpoint(self.dirpath / name, module.model, self._meta(trainer, module, scores))
 
     def on_validation_end(self, trainer: L.Trainer, module) -> None:
         scores = module.last_val_scores
@@ -93,12 +95,71 @@ class ExportCheckpoints(L.Callback):
         if scores["miou"] > self.best_score:
             self.best_score = scores["miou"]
             self.best_epoch = trainer.current_epoch
-            self._save(trainer, module, "best.pt", scores)
+            if trainer.is_global_zero:
+                state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()
+                }
+                self._pending = (state, self._meta(trainer, module, scores))
+
+    def flush(self) -> None:
+        """Write a best model kept in memory to ``best.pt``."""
+        if self._pending is not None:
+            state, meta = self._pending
+            save_state_dict_checkpoint(self.dirpath / "best.pt", state, meta)
+            self._pending = None
 
     def on_train_end(self, trainer: L.Trainer, module) -> None:
+        self.flush()
         self._save(trainer, module, "last.pt", module.last_val_scores)
         if self.best_epoch is None:  # no validation set: the last weights are the best we have
             self._save(trainer, module, "best.pt", module.last_val_scores)
+
+
+class ResumeCheckpoint(L.Callback):
+    """``checkpoints/last.ckpt``: weights, optimiser, scheduler, loops, callback states and
+    random streams, everything ``--resume`` needs, written at the end of an epoch through the
+    Trainer's CheckpointIO (atomically with :class:`AtomicCheckpointIO`).
+
+    ``every``: an epoch count, or ``"auto"``: after the first epoch, whenever at least
+    :data:`CHECKPOINT_OVERHEAD_FACTOR` times the last write's duration has passed since it, and
+    always after the last epoch (or when training is stopping). Resume stays exact: it
+    continues from the epoch the checkpoint was written at. Keep this callback last in the
+    list so the states it saves include this epoch's updates.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        every: int | str = "auto",
+        export: ExportCheckpoints | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.every = every
+        self.export = export
+        self._last_end: float | None = None
+        self._last_duration: float | None = None
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        if trainer.should_stop or (trainer.max_epochs and epoch >= trainer.max_epochs):
+            return True
+        if self.every != "auto":
+            return epoch % int(self.every) == 0
+        if self._last_end is None or self._last_duration is None:
+            return True
+        since = time.monotonic() - self._last_end
+        return since >= CHECKPOINT_OVERHEAD_FACTOR * self._last_duration
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        # Ranks must agree (saving is collective under DDP): rank 0's clock decides.
+        if not trainer.strategy.broadcast(self._due(trainer), src=0):
+            return
+        start = time.monotonic()
+        if self.export is not None and trainer.is_global_zero:
+            self.export.flush()
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._last_end = time.monotonic()
+        self._last_duration = self._last_end - start
 
 
 class MetricsHistory(L.Callback):

@@ -76,7 +76,12 @@ class TrainConfig:
     num_classes: int | None = opt(None, "needed when DATA has no classes.json", group="data")
     out: str = opt("runs/train", "run folder", group="run")
     image_size: int | str = opt(256, 'training crop: side, or "H,W" for wide crops', group="data")
-    augment: AugmentPreset = opt("default", "augmentation preset", group="data")
+    augment: AugmentPreset = opt(
+        "auto",
+        "augmentation preset; auto = light (crops, flips) for short schedules or small "
+        "datasets, default (+ scale, rotation, brightness/contrast) for long ones",
+        group="data",
+    )
     normalization: Normalization = opt(
         "auto", "imagenet for 8-bit RGB with imagenet weights", group="data"
     )
@@ -160,6 +165,18 @@ class TrainConfig:
     limit_val_batches: float = opt(
         1.0, "fraction (<= 1) or number of validation batches", group="trainer"
     )
+    val_every: int | str = opt(
+        "auto",
+        "validate every N epochs; auto = every epoch unless validating costs over 10% of "
+        "training, and always the last epoch",
+        group="trainer",
+    )
+    checkpoint_every: int | str = opt(
+        "auto",
+        "write last.ckpt every N epochs; auto = when it costs at most 5% of training time, "
+        "and always the last epoch",
+        group="trainer",
+    )
     log_images_every: int = opt(
         5, "epochs between validation image grids in TensorBoard", group="optim"
     )
@@ -181,6 +198,18 @@ class TrainConfig:
             self.image_size = sides[0] if len(sides) == 1 else sides
         if isinstance(self.image_size, tuple):
             self.image_size = list(self.image_size)
+        for name in ("val_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value != "auto":
+                try:
+                    value = int(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(
+                        f"Invalid {name} {value!r}: a number of epochs (>= 1) or auto."
+                    ) from None
+                if value < 1:
+                    raise ConfigError(f"Invalid {name} {value}: at least 1 epoch, or auto.")
+                setattr(self, name, value)
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             self.class_weights = [float(v) for v in self.class_weights.split(",")]
 
@@ -197,8 +226,10 @@ class TrainConfig:
             if f.metadata["group"] == name
         }
 
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def save(self, path: str | os.PathLike, *, comment: str = "") -> None:
+        """Write the options as YAML (usable as ``--config``), with an optional comment."""
+        header = "".join(f"# {line}\n" for line in comment.splitlines())
+        Path(path).write_text(header + yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 _TYPE_HINTS = typing.get_type_hints(TrainConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ from unet_resnet.data import (
     pad_collate,
 )
 from unet_resnet.data.registry import SplitOptions, check_layout, get_layout, open_split
-from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_augment
 
 __all__ = ["SegmentationDataModule"]
 
@@ -35,7 +36,10 @@ class SegmentationDataModule(L.LightningDataModule):
         num_classes: for the folder layout without classes.json.
         image_size: side of the training crops.
         batch_size, workers: DataLoader settings.
-        augment: augmentation preset (``none``, ``light``, ``default``, ``strong``).
+        augment: augmentation preset (``auto``, ``none``, ``light``, ``default``,
+            ``strong``); ``auto`` is resolved in :meth:`setup` by
+            :func:`~unet_resnet.data.transforms.choose_augment` from the training set's size
+            and the schedule (``epochs``), and the choice kept in ``augment_chosen``.
         normalization: ``imagenet``, ``dataset`` (statistics of the training images), or
             ``auto``: ImageNet for 8-bit 3-channel images with ImageNet weights, else dataset.
         pretrained: whether the encoder starts from ImageNet weights (for ``auto``).
@@ -43,6 +47,7 @@ class SegmentationDataModule(L.LightningDataModule):
         check_data: run the layout's data check in :meth:`setup` and stop on errors.
         slice_axis, foreground_oversampling: volume layouts (see the config reference).
         samples_per_epoch: raster layouts: random windows per training epoch.
+        epochs: the schedule's length, for ``augment="auto"``.
     """
 
     def __init__(
@@ -54,7 +59,7 @@ class SegmentationDataModule(L.LightningDataModule):
         image_size: int = 256,
         batch_size: int = 8,
         workers: int = 2,
-        augment: str = "default",
+        augment: str = "auto",
         normalization: str = "auto",
         pretrained: bool = True,
         ignore_index: int | None = None,
@@ -62,6 +67,7 @@ class SegmentationDataModule(L.LightningDataModule):
         slice_axis: int = 2,
         foreground_oversampling: float = 0.0,
         samples_per_epoch: int = 1000,
+        epochs: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(data)
@@ -79,6 +85,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.slice_axis = slice_axis
         self.foreground_oversampling = foreground_oversampling
         self.samples_per_epoch = samples_per_epoch
+        self.epochs = epochs
+        self.augment_chosen: str | None = None
+        self.augment_reason = ""
         self.sampler = None
         self.classes: ClassInfo | None = None
         self.mean: list[float] | None = None
@@ -134,12 +143,19 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_set = self._make("val")
         self.test_set = self._make("test")
         train.classes = classes
+        self.augment_chosen, self.augment_reason = self.augment, "chosen by the user"
+        if self.augment == "auto":
+            steps = (self.epochs or 0) * math.ceil(len(train) / self.batch_size)
+            self.augment_chosen, self.augment_reason = choose_augment(len(train), steps)
+        # Brightness/contrast jitter models a camera's exposure: only for 8-bit images.
+        photometric = self.image_dtype == "uint8"
         train.transform = build_train_transform(
-            self.augment,
+            self.augment_chosen,
             size=self.image_size,
             mean=self.mean,
             std=self.std,
             ignore_index=classes.ignore_index,
+            photometric=photometric,
         )
         for ds in (self.val_set, self.test_set):
             if ds is not None:

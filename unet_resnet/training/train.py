@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -12,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -56,6 +59,25 @@ def balanced_class_weights(pixel_counts: np.ndarray) -> list[float]:
     return [round(float(w), 4) for w in weights]
 
 
+#: ``val_every="auto"`` keeps validation at most this share of the training time.
+VALIDATION_SHARE = 0.10
+
+
+def validation_interval(
+    *, n_train: int, train_pixels: int, n_val: int, val_pixels: int, epochs: int
+) -> int:
+    """Epochs between validations so that validating costs at most :data:`VALIDATION_SHARE`
+    of training (a forward pass costs about a third of a training step per pixel), rounded up
+    to a divisor of ``epochs`` so that the last epoch is always validated."""
+    if n_val == 0 or epochs <= 1:
+        return 1
+    ratio = (n_val * val_pixels / 3) / max(1, n_train * train_pixels)
+    every = max(1, math.ceil(ratio / VALIDATION_SHARE))
+    while epochs % every:
+        every += 1
+    return every
+
+
 def _devices(value: str) -> int | str:
     return int(value) if str(value).isdigit() else value
 
@@ -66,10 +88,12 @@ def build_trainer(
     *,
     resuming: bool,
     extra_callbacks: Sequence[L.Callback] = (),
+    val_every: int = 1,
 ) -> L.Trainer:
     checkpoints = run_dir / "checkpoints"
+    export = ExportCheckpoints(checkpoints)
     callbacks: list[L.Callback] = [
-        ExportCheckpoints(checkpoints),
+        export,
         MetricsHistory(run_dir),
         ValidationImages(config.log_images_every),
         LearningRateMonitor(logging_interval="epoch"),
@@ -80,7 +104,7 @@ def build_trainer(
         callbacks.append(
             EarlyStopping(monitor="val/miou", mode="max", patience=config.early_stopping_patience)
         )
-    callbacks.append(ResumeCheckpoint(checkpoints / "last.ckpt"))
+    callbacks.append(ResumeCheckpoint(checkpoints / "last.ckpt", config.checkpoint_every, export))
     max_time = None
     if config.max_minutes:
         max_time = {"minutes": config.max_minutes}
@@ -104,9 +128,34 @@ def build_trainer(
         # A sanity check draws from the random streams that resume restores exactly.
         num_sanity_val_steps=0 if resuming else 2,
         log_every_n_steps=10,
+        check_val_every_n_epoch=val_every,
         enable_progress_bar=config.progress,
         enable_model_summary=config.progress,
     )
+
+
+def _auto_val_every(data: SegmentationDataModule, config: TrainConfig) -> int:
+    if data.val_set is None or len(data.val_set) == 0:
+        return 1
+    size = config.image_size
+    crop = size * size if isinstance(size, int) else size[0] * size[1]
+    first = data.val_set.load(0)[0]
+    return validation_interval(
+        n_train=len(data.train_set),
+        train_pixels=crop,
+        n_val=len(data.val_set),
+        val_pixels=first.shape[0] * first.shape[1],
+        epochs=config.epochs,
+    )
+
+
+def _saved_augment(path: Path) -> str | None:
+    """The concrete preset an earlier run of this folder trained with, if it saved one."""
+    try:
+        value = yaml.safe_load(path.read_text()).get("augment")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return value if value not in (None, "auto") else None
 
 
 def _limit(value: float) -> float | int:
@@ -134,8 +183,13 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
                 "checkpoints/last.ckpt of an earlier run with the same --out."
             )
     L.seed_everything(config.seed, workers=True, verbose=False)
+    data_options = config.group("data")
+    if resume_path is not None and config.augment == "auto":
+        # The resumed run keeps the preset auto chose when it started, even if the schedule
+        # is extended now.
+        data_options["augment"] = _saved_augment(run_dir / "config.yaml") or "auto"
     data = SegmentationDataModule(
-        **config.group("data"), pretrained=config.encoder_weights is not None
+        **data_options, pretrained=config.encoder_weights is not None, epochs=config.epochs
     )
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
     classes = data.classes
@@ -167,9 +221,23 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         **{**config.group("optim"), "class_weights": class_weights},
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.yaml")
+    saved = dataclasses.replace(config, augment=data.augment_chosen)
+    saved.save(
+        run_dir / "config.yaml",
+        comment=f"augment: {config.augment} -> {data.augment_chosen} ({data.augment_reason})",
+    )
+    if config.progress:
+        print(f"augmentation: {data.augment_chosen} ({data.augment_reason})")
+    val_every = config.val_every
+    if val_every == "auto":
+        # The plateau schedule steps on each epoch's validation score.
+        val_every = 1 if config.scheduler == "plateau" else _auto_val_every(data, config)
     trainer = build_trainer(
-        config, run_dir, resuming=resume_path is not None, extra_callbacks=callbacks
+        config,
+        run_dir,
+        resuming=resume_path is not None,
+        extra_callbacks=callbacks,
+        val_every=val_every,
     )
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -208,6 +276,11 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
             "precision": result.precision,
             "interrupted": result.interrupted,
             "class_weights": class_weights,
+            "augment": {
+                "asked": config.augment,
+                "chosen": data.augment_chosen,
+                "why": data.augment_reason,
+            },
             "last_val": None
             if result.val_scores is None
             else {k: v for k, v in result.val_scores.items() if k != "confusion_matrix"},
