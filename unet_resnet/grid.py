@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from unet_resnet.errors import ConfigError
+
 __all__ = [
     "MIN_CHUNK_MARGIN",
     "Chunk",
@@ -29,7 +31,7 @@ def overlap_pixels(tile_size: int, overlap: float) -> int:
     """``overlap`` below 1 is a fraction of the tile, otherwise a number of pixels."""
     pixels = round(overlap * tile_size) if overlap < 1 else int(overlap)
     if not 0 <= pixels < tile_size:
-        raise ValueError(
+        raise ConfigError(
             f"overlap must be smaller than the tile ({tile_size} px), got {overlap} ({pixels} px)."
         )
     return pixels

@@ -394,3 +394,49 @@ def test_resume_checkpoint_auto_cadence_bounds_the_overhead(monkeypatch):
     assert not fixed._due(trainer)
     trainer.current_epoch = 5
     assert fixed._due(trainer)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--batch-size", "0", "Invalid --batch-size 0"),
+        ("--image-size", "-5", "Invalid --image-size -5"),
+        ("--image-size", "abc", "Invalid --image-size 'abc'"),
+        ("--epochs", "-1", "Invalid --epochs -1"),
+        ("--lr", "nan", "Invalid --lr nan"),
+        ("--lr", "0", "Invalid --lr 0"),
+        ("--workers", "-1", "Invalid --workers -1"),
+        ("--class-weights", "a,b,c,d", "Invalid --class-weights 'a,b,c,d'"),
+        ("--class-weights", "1,-2", "Invalid --class-weights"),
+        ("--encoder", "resnet9000", "Unknown --encoder 'resnet9000'. Choose one of: resnet18"),
+        ("--limit-train-batches", "0", "Invalid --limit-train-batches 0"),
+        ("--val-every", "x", "Invalid --val-every 'x'"),
+        ("--checkpoint-every", "0", "Invalid --checkpoint-every 0"),
+    ],
+)
+def test_bad_flags_are_one_line_errors_naming_the_flag(
+    data, tmp_path, capsys, flag, value, message
+):
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "r"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overlap": 600, "tile_size": 512}, "overlap must be smaller than the tile"),
+        ({"tile_size": 8}, "Invalid tile size 8"),
+        ({"batch_size": 0}, "Invalid batch size 0"),
+    ],
+)
+def test_bad_segmenter_options_are_config_errors(kwargs, message):
+    from unet_resnet.errors import ConfigError
+    from unet_resnet.inference import Segmenter
+    from unet_resnet.models import UNetWithResnet50Encoder
+
+    model = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None)
+    with pytest.raises(ConfigError, match=message):
+        Segmenter(model, device="cpu", precision="fp32", pack_weights=False, **kwargs)

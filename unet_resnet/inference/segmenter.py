@@ -94,6 +94,10 @@ class Segmenter:
             raise ConfigError(
                 f"Unknown precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}."
             )
+        if not isinstance(tile_size, int) or tile_size < 32:
+            raise ConfigError(f"Invalid tile size {tile_size!r}: at least 32 pixels.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"Invalid batch size {batch_size!r}: at least 1.")
         overlap_pixels(tile_size, overlap)  # validates
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type == "cpu":

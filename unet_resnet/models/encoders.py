@@ -19,9 +19,17 @@ import torch
 import torchvision
 from torch import nn
 
+from unet_resnet.errors import ConfigError
 from unet_resnet.models.weights import load_encoder_state_dict, load_into_resnet
 
-__all__ = ["ENCODERS", "EncoderParts", "EncoderSpec", "adapt_first_conv", "build_encoder"]
+__all__ = [
+    "ENCODERS",
+    "EncoderParts",
+    "EncoderSpec",
+    "adapt_first_conv",
+    "build_encoder",
+    "list_encoders",
+]
 
 _BASIC = (64, 64, 128, 256, 512)
 _BOTTLENECK = (64, 256, 512, 1024, 2048)
@@ -51,12 +59,17 @@ ENCODERS: dict[str, EncoderSpec] = {
 }
 
 
+def list_encoders() -> list[str]:
+    """The encoder names the U-Net accepts."""
+    return list(ENCODERS)
+
+
 def get_encoder_spec(name: str) -> EncoderSpec:
     """Look an encoder up by name; an unknown name raises and lists the valid ones."""
     try:
         return ENCODERS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown encoder {name!r}. Choose one of: {', '.join(ENCODERS)}."
         ) from None
 

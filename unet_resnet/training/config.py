@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -194,10 +195,20 @@ class TrainConfig:
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == "none":
             self.encoder_weights = None
         if isinstance(self.image_size, str):
-            sides = [int(v) for v in self.image_size.replace("x", ",").split(",")]
+            try:
+                sides = [int(v) for v in self.image_size.replace("x", ",").split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"Invalid --image-size {self.image_size!r}: a side in pixels, or H,W."
+                ) from None
             self.image_size = sides[0] if len(sides) == 1 else sides
         if isinstance(self.image_size, tuple):
             self.image_size = list(self.image_size)
+        sides = self.image_size if isinstance(self.image_size, list) else [self.image_size]
+        if len(sides) not in (1, 2) or any(not isinstance(v, int) or v < 16 for v in sides):
+            raise ConfigError(
+                f"Invalid --image-size {self.image_size!r}: one or two sides of at least 16 px."
+            )
         for name in ("val_every", "checkpoint_every"):
             value = getattr(self, name)
             if value != "auto":
@@ -205,13 +216,40 @@ class TrainConfig:
                     value = int(value)
                 except (TypeError, ValueError):
                     raise ConfigError(
-                        f"Invalid {name} {value!r}: a number of epochs (>= 1) or auto."
+                        f"Invalid {_flag(name)} {value!r}: a number of epochs (>= 1) or auto."
                     ) from None
-                if value < 1:
-                    raise ConfigError(f"Invalid {name} {value}: at least 1 epoch, or auto.")
                 setattr(self, name, value)
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
-            self.class_weights = [float(v) for v in self.class_weights.split(",")]
+            try:
+                self.class_weights = [float(v) for v in self.class_weights.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"Invalid --class-weights {self.class_weights!r}: numbers separated by "
+                    'commas (one per class), or "balanced".'
+                ) from None
+        if isinstance(self.class_weights, list) and not all(
+            math.isfinite(w) and w >= 0 for w in self.class_weights
+        ):
+            raise ConfigError(
+                f"Invalid --class-weights {self.class_weights}: finite and >= 0 each."
+            )
+        for name, (low, high, strict) in _RANGES.items():
+            value = getattr(self, name)
+            if value is None or value == "auto":
+                continue
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value) and (value > low if strict else value >= low)
+            ok = ok and (high is None or value <= high)
+            if not ok:
+                bound = f"> {low}" if strict else f">= {low}"
+                bound += f" and <= {high}" if high is not None else ""
+                raise ConfigError(f"Invalid {_flag(name)} {value!r}: must be a number {bound}.")
+        from unet_resnet.models import list_encoders
+
+        if self.encoder not in list_encoders():
+            raise ConfigError(
+                f"Unknown --encoder {self.encoder!r}. Choose one of: {', '.join(list_encoders())}."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,6 +271,37 @@ class TrainConfig:
 
 
 _TYPE_HINTS = typing.get_type_hints(TrainConfig)
+
+#: Numeric options: (lower bound, upper bound or None, lower bound excluded).
+_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "epochs": (1, None, False),
+    "batch_size": (1, None, False),
+    "accumulate_grad_batches": (1, None, False),
+    "num_nodes": (1, None, False),
+    "samples_per_epoch": (1, None, False),
+    "val_every": (1, None, False),
+    "checkpoint_every": (1, None, False),
+    "workers": (0, None, False),
+    "freeze_encoder_epochs": (0, None, False),
+    "log_images_every": (0, None, False),
+    "slice_axis": (0, 2, False),
+    "lr": (0, None, True),
+    "weight_decay": (0, None, False),
+    "momentum": (0, 1, False),
+    "warmup_epochs": (0, None, False),
+    "foreground_oversampling": (0, 1, False),
+    "limit_train_batches": (0, None, True),
+    "limit_val_batches": (0, None, False),
+    "max_minutes": (0, None, True),
+    "gradient_clip": (0, None, True),
+    "early_stopping_patience": (1, None, False),
+    "num_classes": (1, None, False),
+    "ignore_index": (0, None, False),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def field_choices(f: dataclasses.Field) -> tuple | None:

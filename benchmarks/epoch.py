@@ -1,0 +1,88 @@
+"""A whole ``train`` epoch (loading, augmentation, metrics, logging, validation,
+checkpointing) against the isolated training step at the same size and batch."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmarks.common import timeit
+
+
+class _EpochClock(L.Callback):
+    """Wall time from each training epoch's start to the next one's (everything between)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.end = 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer, module) -> None:
+        self.end = time.perf_counter()
+
+
+def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> float:
+    import torch.nn.functional as F
+
+    from unet_resnet.hardware import cpu_has_fast_bf16
+    from unet_resnet.models import UNetWithResnet50Encoder
+
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(classes, encoder_weights=None).train()
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch, size, size))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_fast_bf16()):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+
+    return statistics.median(timeit(step, reps=reps))
+
+
+def bench_epoch(
+    *, size: int = 96, batch: int = 8, n_train: int = 96, n_val: int = 24, epochs: int = 3
+) -> dict[str, Any]:
+    from unet_resnet.data import make_demo_dataset
+    from unet_resnet.training import TrainConfig, train
+
+    work = Path(tempfile.mkdtemp())
+    data = make_demo_dataset(work / "data", n_train, n_val, size, seed=0)
+    clock = _EpochClock()
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(work / "run"),
+            encoder_weights=None,
+            image_size=size,
+            batch_size=batch,
+            epochs=epochs,
+            progress=False,
+        ),
+        callbacks=[clock],
+    )
+    # The first epoch pays for worker start-up and oneDNN primitive creation; the rest are
+    # what a long run is made of.
+    epoch_s = (clock.end - clock.starts[1]) / (epochs - 1)
+    steps = n_train // batch  # drop_last: the loader's full batches
+    step_s = _isolated_step_seconds(size, batch, 4, reps=max(3, steps // 2))
+    return {
+        "size": size,
+        "batch": batch,
+        "steps_per_epoch": steps,
+        "epoch_s": epoch_s,
+        "isolated_step_s": step_s,
+        "epoch_throughput_vs_step": steps * step_s / epoch_s,
+    }
