@@ -21,8 +21,11 @@ from unet_resnet.errors import ImageReadError, ImageTooLargeError, NotAnImageErr
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_DECODED_BYTES",
+    "PIL_FORMATS",
     "ImageReadError",
     "atomic_path",
+    "check_decoded_size",
     "decode_image_bytes",
     "dtype_range",
     "is_geotiff",
@@ -33,6 +36,14 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".webp")
+#: The only Pillow decoders ever run: Pillow otherwise tries every plugin whose signature
+#: matches, including EPS (which hands the file to Ghostscript). TIFF goes through tifffile.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF")
+#: Decoded size limit for image files read from disk (``read_image``): 4 GiB. Larger rasters
+#: are read window by window (GeoTIFF streaming, RasterWindowDataset).
+MAX_DECODED_BYTES = 4 << 30
+# Bytes per band of Pillow's modes (all others: 1).
+_MODE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
 # Pillow refuses images above this many pixels as decompression bombs; whole-slide and
@@ -61,10 +72,39 @@ def is_geotiff(path: str | os.PathLike) -> bool:
         return False
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def check_decoded_size(shape, itemsize: int, max_bytes: int | None, what: str) -> None:
+    """Refuse an image whose decoded array would exceed ``max_bytes``, before decoding it."""
+    if max_bytes is None:
+        return
+    size = int(np.prod([int(v) for v in shape], dtype=np.float64)) * itemsize
+    if size > max_bytes:
+        raise ImageTooLargeError(
+            f"{what} would decode to {size / 2**20:.0f} MiB (shape {tuple(shape)}, "
+            f"{itemsize} byte(s) per value), over the limit of {max_bytes / 2**20:.0f} MiB. "
+            "Downscale or tile it, or read it window by window (GeoTIFF)."
+        )
+
+
+def _pil_decoded_bytes(img: Image.Image) -> tuple[tuple[int, ...], int]:
+    bands = len(img.getbands())
+    return (img.height, img.width, bands), _MODE_BYTES.get(img.mode, 1)
+
+
+def _open_pil(source) -> Image.Image:
+    try:
+        return Image.open(source, formats=PIL_FORMATS)
+    except Image.UnidentifiedImageError:
+        raise NotAnImageError(
+            f"not an image in an accepted format ({', '.join(PIL_FORMATS)}, or .npy)"
+        ) from None
+
+
+def _read_tiff(path: Path, max_bytes: int | None = MAX_DECODED_BYTES) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        check_decoded_size(series.shape, series.dtype.itemsize, max_bytes, str(path))
         if tif.is_geotiff:
             try:
                 import rasterio
@@ -73,7 +113,6 @@ def _read_tiff(path: Path) -> np.ndarray:
             if rasterio is not None:
                 with rasterio.open(path) as src:
                     return np.moveaxis(src.read(), 0, -1)
-        series = tif.series[0]
         array = series.asarray()
         axes = series.axes
     # Put the sample/channel axis last whatever the planar configuration.
@@ -88,7 +127,9 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_pil(path: Path, *, keep_palette: bool) -> np.ndarray:
-    with Image.open(path) as img:
+    with _open_pil(path) as img:
+        shape, itemsize = _pil_decoded_bytes(img)
+        check_decoded_size(shape, itemsize, MAX_DECODED_BYTES, str(path))
         img.load()  # decode now so truncated files fail here, inside the try
         if img.mode == "P" and not keep_palette:
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -114,6 +155,8 @@ def _read_any(path: Path, *, keep_palette: bool) -> np.ndarray:
                 array = np.load(path, allow_pickle=False)
             else:
                 array = _read_pil(path, keep_palette=keep_palette)
+    except NotAnImageError as exc:
+        raise NotAnImageError(f"Could not read {path}: {exc}.") from None
     except ImageReadError:
         raise
     except Exception as exc:  # PIL, tifffile and numpy raise many types for broken files
@@ -182,11 +225,15 @@ def to_float_image(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
+def decode_image_bytes(
+    data: bytes, *, max_pixels: int | None = None, max_bytes: int | None = None
+) -> np.ndarray:
     """Decode an uploaded image (PNG, JPEG, TIFF incl. multi-band, BMP, WebP) to H x W x C.
 
-    Raises :class:`ImageReadError` for empty, truncated or non-image data, and for images over
-    ``max_pixels`` (checked from the header, before decoding: no decompression bombs).
+    Raises :class:`NotAnImageError` for bytes in no accepted format (no other decoder ever
+    runs), :class:`ImageTooLargeError` for images over ``max_pixels`` or whose decoded array
+    would exceed ``max_bytes`` (both checked from the header, before decoding: no
+    decompression bombs), :class:`ImageReadError` for empty or truncated data.
     """
     import io
 
@@ -198,8 +245,13 @@ def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndar
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 series = tif.series[0]
-                if max_pixels and int(np.prod(series.shape[-3:])) > max_pixels * 64:
-                    raise ImageTooLargeError(f"TIFF too large: shape {series.shape}.")
+                check_decoded_size(series.shape, series.dtype.itemsize, max_bytes, "The TIFF")
+                axes = series.axes
+                spatial = [n for n, a in zip(series.shape, axes, strict=False) if a in "YX"]
+                if max_pixels and int(np.prod(spatial or series.shape[-2:])) > max_pixels:
+                    raise ImageTooLargeError(
+                        f"TIFF of shape {series.shape} is over the limit of {max_pixels} pixels."
+                    )
                 array = series.asarray()
                 axes = series.axes
         except ImageReadError:
@@ -211,18 +263,20 @@ def decode_image_bytes(data: bytes, *, max_pixels: int | None = None) -> np.ndar
         image = array
     else:
         try:
-            img = Image.open(io.BytesIO(data))
-        except Exception:
+            img = _open_pil(io.BytesIO(data))
+        except NotAnImageError:
             raise NotAnImageError(
-                "The upload is not an image Pillow or tifffile can read (expected PNG, JPEG, "
-                "TIFF, BMP or WebP)."
+                "The upload is not an image in an accepted format (PNG, JPEG, TIFF, BMP or WebP)."
             ) from None
+        except Exception as exc:
+            raise ImageReadError(f"Could not read the image header: {exc}") from None
         with img:
             if max_pixels and img.width * img.height > max_pixels:
                 raise ImageTooLargeError(
                     f"Image of {img.width}x{img.height} pixels is over the limit of {max_pixels} "
                     "pixels; downscale it, or tile it client-side."
                 )
+            check_decoded_size(*_pil_decoded_bytes(img), max_bytes, "The image")
             try:
                 img.load()
             except Exception as exc:

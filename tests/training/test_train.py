@@ -124,7 +124,8 @@ def test_resume_reaches_the_same_result(data, tmp_path):
             if trainer.current_epoch == 1 and batch_idx == 1:
                 raise KeyboardInterrupt
 
-    common = dict(epochs=3, augment="strong", limit_train_batches=2)
+    # A write after every epoch, so that the interrupted epoch has one to resume from.
+    common = dict(epochs=3, augment="strong", limit_train_batches=2, checkpoint_every=1)
     train(tiny_config(data, tmp_path / "straight", **common))
     stopped = train(tiny_config(data, tmp_path / "resumed", **common), callbacks=[CtrlC()])
     assert stopped.interrupted
@@ -369,6 +370,8 @@ def test_checkpoint_cadence_keeps_best_and_last_consistent(data, tmp_path):
 
 
 def test_resume_checkpoint_auto_cadence_bounds_the_overhead(monkeypatch):
+    import torch
+
     from unet_resnet.training import callbacks
 
     clock = [0.0]
@@ -379,7 +382,12 @@ def test_resume_checkpoint_auto_cadence_bounds_the_overhead(monkeypatch):
 
     cb = callbacks.ResumeCheckpoint("x", "auto")
     trainer = FakeTrainer()
-    assert cb._due(trainer)  # first epoch: always (measures the write)
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights: an estimated write of 48 ms
+    cb.on_train_start(trainer, model)
+    clock[0] = 0.5
+    assert not cb._due(trainer)  # 0.5 s < 20 x 48 ms
+    clock[0] = 1.0
+    assert cb._due(trainer)
     cb._last_end, cb._last_duration = 0.0, 2.0  # a 2 s write
     clock[0] = 39.0
     assert not cb._due(trainer)  # 39 s < 20 x 2 s

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import math
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
@@ -71,8 +72,17 @@ def create_app(
     max_pixels: int = 40_000_000,
     workers: int = 1,
     queue_size: int = 8,
+    max_decoded_mb: float | None = None,
+    body_timeout_s: float = 30.0,
 ) -> FastAPI:
-    """Build the FastAPI app around a loaded :class:`Segmenter`."""
+    """Build the FastAPI app around a loaded :class:`Segmenter`.
+
+    Limits (see the README's "Limits and safety"): ``max_upload_mb`` for the request body,
+    counted while it streams; ``max_pixels`` and ``max_decoded_mb`` (default: 16 bytes per
+    allowed pixel) for the decoded image, both checked from the header before decoding;
+    ``body_timeout_s`` for the whole body to arrive; ``workers + queue_size`` requests
+    predicted or waiting, beyond that 503.
+    """
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
 
     @contextlib.asynccontextmanager
@@ -84,6 +94,10 @@ def create_app(
     capacity = workers + queue_size
     state = {"in_flight": 0}
     max_bytes = int(max_upload_mb * 1024 * 1024)
+    max_body = max_bytes + 64 * 1024  # multipart framing around the file
+    max_decoded_bytes = int(
+        max_decoded_mb * 2**20 if max_decoded_mb is not None else 16 * max_pixels
+    )
     classes = segmenter.classes
     static = resources.files("unet_resnet.serve") / "static"
 
@@ -111,6 +125,8 @@ def create_app(
             "limits": {
                 "max_upload_mb": max_upload_mb,
                 "max_pixels": max_pixels,
+                "max_decoded_mb": max_decoded_bytes / 2**20,
+                "body_timeout_s": body_timeout_s,
                 "workers": workers,
                 "queue_size": queue_size,
             },
@@ -128,11 +144,30 @@ def create_app(
             raise HTTPProblem(404, f"No static file {name!r}.")
         return Response((static / name).read_bytes(), media_type=types[suffix])
 
-    async def read_upload(request: Request) -> bytes:
+    async def read_body(request: Request) -> bytes:
+        """The request body, counted while it streams: cut off at the limit whatever the
+        transfer encoding (Content-Length, chunked) and whether raw or multipart."""
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_bytes + 64 * 1024:
+        if length and length.isdigit() and int(length) > max_body:
             raise HTTPProblem(413, f"Upload of {int(length)} bytes is over {max_upload_mb} MB.")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise HTTPProblem(413, f"Upload is over {max_upload_mb} MB (stopped reading).")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read_upload(request: Request) -> bytes:
+        try:
+            body = await asyncio.wait_for(read_body(request), timeout=body_timeout_s)
+        except TimeoutError:
+            raise HTTPProblem(
+                408, f"The upload did not arrive within {body_timeout_s:g} s; send it faster."
+            ) from None
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            # The form is parsed from the bounded body already read, never from the socket.
+            request._body = body
             try:
                 form = await request.form(max_files=1, max_fields=8)
             except Exception as exc:
@@ -142,7 +177,7 @@ def create_app(
                 raise HTTPProblem(400, "Multipart upload needs the image in the field 'file'.")
             data = await upload.read()
         else:
-            data = await request.body()
+            data = body
         if len(data) > max_bytes:
             raise HTTPProblem(413, f"Upload of {len(data)} bytes is over {max_upload_mb} MB.")
         if not data:
@@ -154,7 +189,7 @@ def create_app(
         return data
 
     def run(data: bytes, tta: bool, tile_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-        image = decode_image_bytes(data, max_pixels=max_pixels)
+        image = decode_image_bytes(data, max_pixels=max_pixels, max_bytes=max_decoded_bytes)
         return image, segmenter.predict(image, tta=tta, tile_size=tile_size)
 
     @app.post("/predict")
@@ -172,11 +207,15 @@ def create_app(
             )
         if tile_size is not None and not 32 <= tile_size <= 8192:
             raise HTTPProblem(400, "tile_size must be between 32 and 8192.")
+        if not (math.isfinite(alpha) and 0 <= alpha <= 1):
+            raise HTTPProblem(400, f"alpha must be a number from 0 to 1, got {alpha}.")
+        # A request takes an inference slot only once its body has arrived: slow uploads
+        # cannot lock the service (they time out on their own, see body_timeout_s).
+        data = await read_upload(request)
         if state["in_flight"] >= capacity:
             raise HTTPProblem(503, "The server is busy; retry shortly.", {"Retry-After": "1"})
         state["in_flight"] += 1
         try:
-            data = await read_upload(request)
             loop = asyncio.get_running_loop()
             try:
                 image, labels = await loop.run_in_executor(

@@ -50,6 +50,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 #: least this many times what the last write took: checkpointing then costs at most about
 #: 1/20 = 5% of training, and a crash loses at most that much work.
 CHECKPOINT_OVERHEAD_FACTOR = 20
+#: Before the first write is timed, its duration is estimated from the checkpoint's size
+#: (weights plus two Adam moments) at this write speed, bytes per second (a conservative disk).
+ASSUMED_WRITE_SPEED = 250e6
 
 
 class ExportCheckpoints(L.Callback):
@@ -120,9 +123,10 @@ class ResumeCheckpoint(L.Callback):
     random streams, everything ``--resume`` needs, written at the end of an epoch through the
     Trainer's CheckpointIO (atomically with :class:`AtomicCheckpointIO`).
 
-    ``every``: an epoch count, or ``"auto"``: after the first epoch, whenever at least
-    :data:`CHECKPOINT_OVERHEAD_FACTOR` times the last write's duration has passed since it, and
-    always after the last epoch (or when training is stopping). Resume stays exact: it
+    ``every``: an epoch count, or ``"auto"``: whenever at least
+    :data:`CHECKPOINT_OVERHEAD_FACTOR` times the last write's duration has passed since it
+    (before the first write: since training started, with the duration estimated from the
+    checkpoint's size), and always after the last epoch (or when training is stopping). Resume stays exact: it
     continues from the epoch the checkpoint was written at. Keep this callback last in the
     list so the states it saves include this epoch's updates.
     """
@@ -138,6 +142,12 @@ class ResumeCheckpoint(L.Callback):
         self.export = export
         self._last_end: float | None = None
         self._last_duration: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        if self._last_end is None:
+            size = sum(p.numel() * p.element_size() for p in module.parameters())
+            self._last_end = time.monotonic()
+            self._last_duration = 3 * size / ASSUMED_WRITE_SPEED
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
