@@ -126,9 +126,9 @@ class ResumeCheckpoint(L.Callback):
     ``every``: an epoch count, or ``"auto"``: whenever at least
     :data:`CHECKPOINT_OVERHEAD_FACTOR` times the last write's duration has passed since it
     (before the first write: since training started, with the duration estimated from the
-    checkpoint's size), and always after the last epoch (or when training is stopping). Resume stays exact: it
-    continues from the epoch the checkpoint was written at. Keep this callback last in the
-    list so the states it saves include this epoch's updates.
+    checkpoint's size), and always after the last epoch (or when training is stopping).
+    Resume stays exact: it continues from the epoch the checkpoint was written at. Keep this
+    callback last in the list so the states it saves include this epoch's updates.
     """
 
     def __init__(
