@@ -31,7 +31,7 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
     """Run the chosen sections; ``quick`` shrinks them (for smoke tests)."""
     results: dict[str, Any] = {"machine": machine_info()}
     peak = None
-    if "peak" in sections or "inference" in sections:
+    if "peak" in sections or "inference" in sections or "training" in sections:
         results["peak"] = (
             bench_peak()
             if not quick
@@ -52,9 +52,25 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
     if "training" in sections:
         from benchmarks.training import bench_training
 
-        results["training"] = bench_training(
-            size=64 if quick else 256, batch=2 if quick else 8, steps=1 if quick else 3
-        )
+        results["training"] = [
+            *bench_training(
+                size=64 if quick else 256,
+                batch=2 if quick else 8,
+                steps=1 if quick else 3,
+                peak=peak,
+            ),
+            *(
+                []
+                if quick
+                else bench_training(
+                    size=512,
+                    batch=4,
+                    steps=2,
+                    peak=peak,
+                    variants=("guide_plain_fp32", "channels_last_bf16_mixed"),
+                )
+            ),
+        ]
     if "epoch" in sections:
         from benchmarks.epoch import bench_epoch
 

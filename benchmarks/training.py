@@ -38,24 +38,39 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
 
     times = timeit(step, reps=steps)
     peak_mb = peak_rss_mb()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # forward + backward, one step
+        step()
     queue.put(
         {
             "variant": variant,
             "size": size,
             "batch": batch,
             "images_per_s": batch / statistics.median(times),
+            "gflop_per_step": counter.get_total_flops() / 1e9,
+            "step_s": statistics.median(times),
             "peak_rss_mb": peak_mb,
         }
     )
 
 
-def bench_training(size: int = 256, batch: int = 8, steps: int = 3) -> list[dict[str, Any]]:
-    """Images/s of fwd+bwd+step: the guide's plain fp32 loop vs our defaults."""
-    rows = [
-        in_subprocess(_train_worker, v, size, batch, steps)
-        for v in ("guide_plain_fp32", "channels_last_fp32", "channels_last_bf16_mixed")
-    ]
+VARIANTS = ("guide_plain_fp32", "channels_last_fp32", "channels_last_bf16_mixed")
+
+
+def bench_training(
+    size: int = 256,
+    batch: int = 8,
+    steps: int = 3,
+    peak: float | None = None,
+    variants: tuple[str, ...] = VARIANTS,
+) -> list[dict[str, Any]]:
+    """Images/s of fwd+bwd+step: the guide's plain fp32 loop vs our defaults; with ``peak``
+    (bf16 matmul TFLOP/s of this run) also the achieved fraction of it."""
+    rows = [in_subprocess(_train_worker, v, size, batch, steps) for v in variants]
     base = rows[0]["images_per_s"]
     for row in rows:
         row["speedup_vs_guide_loop"] = row["images_per_s"] / base
+        if peak:
+            row["fraction_of_bf16_peak"] = row["gflop_per_step"] / row["step_s"] / (peak * 1000)
     return rows

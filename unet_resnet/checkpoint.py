@@ -14,6 +14,7 @@ Besides its own format, :func:`load_checkpoint` reads Lightning ``.ckpt`` files 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from unet_resnet.errors import WeightsFileError
+from unet_resnet.errors import UnetResnetError, WeightsFileError
 from unet_resnet.io import atomic_path
 from unet_resnet.models import UNetWithResnet50Encoder, model_from_config
 
@@ -100,6 +101,46 @@ def save_state_dict_checkpoint(
     atomic_torch_save({"format": FORMAT, "state_dict": state, **meta.to_dict()}, path)
 
 
+def _meta_or_error(path: Path, data: Any) -> CheckpointMeta:
+    """The checkpoint's metadata, checked: anything missing or inconsistent is one clear
+    "damaged or incompatible" error rather than a KeyError or an all-zero mask later."""
+
+    def damaged(why: str) -> WeightsFileError:
+        return WeightsFileError(
+            f"Checkpoint {path} is damaged or incompatible: {why}. Use a checkpoint written by "
+            "`unet-resnet train` (RUN/checkpoints/best.pt), or retrain."
+        )
+
+    if not isinstance(data, dict):
+        raise damaged("no metadata")
+    for key in ("model_config", "classes", "mean", "std"):
+        if key not in data:
+            raise damaged(f"'{key}' is missing")
+    try:
+        meta = CheckpointMeta.from_dict(data)
+    except (UnetResnetError, TypeError, ValueError, KeyError) as exc:
+        raise damaged(str(exc)) from None
+    config = meta.model_config
+    for key in ("n_classes", "in_channels"):
+        if not isinstance(config.get(key), int) or config[key] < 1:
+            raise damaged(f"model_config[{key!r}] is {config.get(key)!r}")
+    if config["n_classes"] != meta.classes.num_classes:
+        raise damaged(
+            f"the model predicts {config['n_classes']} classes but the metadata names "
+            f"{meta.classes.num_classes} ({', '.join(meta.classes.names)})"
+        )
+    for name, values in (("mean", meta.mean), ("std", meta.std)):
+        if len(values) != config["in_channels"]:
+            raise damaged(
+                f"{name} has {len(values)} values for {config['in_channels']} input channel(s)"
+            )
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            raise damaged(f"{name} holds non-finite values {values}")
+    if any(v <= 0 for v in meta.std):
+        raise damaged(f"std must be positive, got {meta.std}")
+    return meta
+
+
 def _strip(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
@@ -135,11 +176,11 @@ def load_checkpoint(
     if not isinstance(obj, dict):
         raise WeightsFileError(f"{path} does not hold a checkpoint dict.")
     if obj.get("format") == FORMAT:
-        meta = CheckpointMeta.from_dict(obj)
-        state_dict = obj["state_dict"]
+        meta = _meta_or_error(path, obj)
+        state_dict = obj.get("state_dict")
     elif "state_dict" in obj and "hyper_parameters" in obj:  # Lightning checkpoint
         hp = obj["hyper_parameters"]
-        meta = CheckpointMeta.from_dict(hp["meta"])
+        meta = _meta_or_error(path, hp.get("meta") if isinstance(hp, dict) else None)
         state_dict = _strip(obj["state_dict"], "model.")
     elif "out.weight" in obj and "input_block.0.weight" in obj:  # the original's state dict
         state_dict = obj
@@ -150,6 +191,8 @@ def load_checkpoint(
             f"{path} is not a unet-resnet checkpoint (no 'format', Lightning state, or "
             "UNetWithResnet50Encoder state dict found)."
         )
+    if not isinstance(state_dict, dict):
+        raise WeightsFileError(f"Checkpoint {path} is damaged: it holds no weights (state_dict).")
     try:
         model = model_from_config(meta.model_config)
         model.load_state_dict(state_dict, strict=True)

@@ -75,6 +75,7 @@ def run_demo(
         workers=workers,
         seed=seed,
         max_minutes=max_minutes,
+        overwrite=True,  # the demo replaces its own earlier run
         log_images_every=2,
         progress=progress,
     )

@@ -14,6 +14,7 @@ __all__ = [
     "ImageTooLargeError",
     "InputShapeError",
     "NotAnImageError",
+    "OutputExistsError",
     "UnetResnetError",
     "WeightsFileError",
     "WeightsUnavailableError",
@@ -26,6 +27,11 @@ class UnetResnetError(Exception):
 
 class ConfigError(UnetResnetError, ValueError):
     """An option, flag or config file value is invalid (names the option and the choices)."""
+
+
+class OutputExistsError(UnetResnetError, FileExistsError):
+    """An output would replace an input or an earlier result that the user did not ask to
+    replace (the message names the path and the flag that allows it)."""
 
 
 class WeightsUnavailableError(UnetResnetError, OSError):

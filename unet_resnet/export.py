@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from unet_resnet.checkpoint import export_metadata, load_checkpoint, read_export_metadata
-from unet_resnet.errors import UnetResnetError
+from unet_resnet.errors import OutputExistsError, UnetResnetError
 from unet_resnet.inference.fastpath import fold_batchnorm
 from unet_resnet.io import atomic_path
 
@@ -61,11 +61,29 @@ def export_model(
     opset: int = 17,
     check_size: tuple[int, int] = (96, 80),
     tolerance: float = 1e-3,
+    overwrite: bool = False,
 ) -> ExportReport:
-    """Export a checkpoint; returns where it went and the parity check's max abs difference."""
+    """Export a checkpoint; returns where it went and the parity check's max abs difference.
+
+    ``out`` (or its ``.json`` side file) may never be the checkpoint itself, and replaces an
+    existing file only with ``overwrite``.
+    """
+    out = Path(out)
+    side = out.with_name(out.name + ".json")
+    source = Path(checkpoint).resolve()
+    if source in (out.resolve(), side.resolve()):
+        raise OutputExistsError(
+            f"--out {out} would replace the checkpoint {checkpoint} it is exported from; "
+            "choose another file name."
+        )
+    existing = [p for p in (out, side) if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{existing[0]} already exists; pass --overwrite to replace it, or choose another "
+            "--out."
+        )
     model, meta = load_checkpoint(checkpoint)
     model = fold_batchnorm(model.eval())
-    out = Path(out)
     c = meta.model_config["in_channels"]
     torch.manual_seed(0)
     example = torch.randn(2, c, 64, 64)
@@ -105,7 +123,6 @@ def export_model(
         raise
     except Exception as exc:
         raise ExportError(f"Export to {format} failed: {type(exc).__name__}: {exc}") from None
-    side = out.with_name(out.name + ".json")
     with atomic_path(side) as tmp:
         tmp.write_text(json.dumps(metadata, indent=2) + "\n")
     return ExportReport(out, side, format, diff, tolerance, tuple(check.shape))

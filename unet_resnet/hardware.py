@@ -30,13 +30,26 @@ PRECISION_ALIASES = {"32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 _LIGHTNING = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32"}
 
 
-@functools.cache
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) under which bf16 still runs natively.
+_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_", "ALL", "DEFAULT")
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), not by emulation.
 
     oneDNN runs bf16 on any AVX-512 CPU, but without these units it is slower than fp32, so
-    "supported" is not enough to make it the default.
+    "supported" is not enough to make it the default. A ``ONEDNN_MAX_CPU_ISA`` cap below
+    AVX512_CORE_BF16 (how an AVX2-only CPU is simulated) counts as no native bf16: oneDNN then
+    falls back to reference kernels, orders of magnitude slower.
     """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and not cap.startswith(_BF16_ISAS):
+        return False
+    return _cpu_flags_have_bf16()
+
+
+@functools.cache
+def _cpu_flags_have_bf16() -> bool:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         flags = cpuinfo.read_text(errors="ignore")

@@ -31,6 +31,7 @@ __all__ = [
     "is_geotiff",
     "read_image",
     "read_mask_raw",
+    "remove_partials",
     "to_float_image",
     "write_mask_png",
 ]
@@ -317,6 +318,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_partials(folder: str | os.PathLike) -> int:
+    """Delete the ``.partial.*`` files a killed run left in ``folder`` (and below); returns how
+    many. :func:`atomic_path` removes its own on any error it sees, but not after a kill."""
+    removed = 0
+    for stale in Path(folder).rglob(".partial.*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_mask_png(

@@ -9,6 +9,7 @@ message with no traceback and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from unet_resnet.cli.registry import COMMANDS
 from unet_resnet.errors import UnetResnetError
 
 __all__ = ["build_parser", "main"]
+
+#: Faults of the machine, not of the program: reported in one line naming the path.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
     except UnetResnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # A full disk or a folder we may not write: the cause and the path, no traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

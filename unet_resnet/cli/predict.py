@@ -23,6 +23,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--vectorize", action="store_true", help="GeoTIFF input: also write NAME.geojson polygons"
     )
     parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI input: slice axis")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace outputs of an earlier run in --out"
+    )
 
 
 @command(
@@ -31,19 +34,25 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _predict_arguments,
 )
 def predict_command(args: argparse.Namespace) -> int:
-    from unet_resnet.inference.files import expand_inputs, predict_files
+    from unet_resnet.inference.files import plan_predictions, predict_files
 
-    files, _ = expand_inputs(args.inputs)
-    segmenter = build_segmenter(args, progress=len(files) == 1)
-    report = predict_files(
-        segmenter,
+    # Outputs are named and checked before the model is loaded: a refusal costs nothing.
+    plan = plan_predictions(
         args.inputs,
         args.out,
         overlay=args.overlay,
         probabilities=args.probabilities,
         vectorize=args.vectorize,
+        overwrite=args.overwrite,
+    )
+    segmenter = build_segmenter(args, progress=len(plan.files) == 1)
+    report = predict_files(
+        segmenter,
+        args.inputs,
+        args.out,
         slice_axis=args.slice_axis,
         progress=True,
+        plan=plan,
     )
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     if report.failed:
@@ -85,6 +94,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
 
     segmenter = build_segmenter(args)
+    try:
+        own = open_split(
+            args.data, args.split, args.dataset, SplitOptions(slice_axis=args.slice_axis)
+        )
+    except DataError:
+        own = None  # no classes file of its own: read with the checkpoint's classes
+    if own is not None:
+        segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
     options = SplitOptions(classes=segmenter.classes, slice_axis=args.slice_axis)
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
@@ -109,6 +126,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output file (.onnx or .pt)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="parity check limit")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 @command(
@@ -118,7 +136,12 @@ def export_command(args: argparse.Namespace) -> int:
     from unet_resnet.export import export_model
 
     report = export_model(
-        args.checkpoint, args.out, format=args.format, opset=args.opset, tolerance=args.tolerance
+        args.checkpoint,
+        args.out,
+        format=args.format,
+        opset=args.opset,
+        tolerance=args.tolerance,
+        overwrite=args.overwrite,
     )
     print(f"wrote {report.path} ({report.format}) and {report.metadata_path}")
     print(

@@ -15,8 +15,20 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="inference threads")
     parser.add_argument("--queue-size", type=int, default=8, help="waiting requests before 503")
-    parser.add_argument("--max-upload-mb", type=float, default=20.0)
-    parser.add_argument("--max-pixels", type=int, default=40_000_000)
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="decoded image limit")
+    parser.add_argument(
+        "--max-decoded-mb",
+        type=float,
+        default=None,
+        help="decoded array limit (default: 16 bytes per allowed pixel)",
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds for a request body to arrive"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=64, help="open connections before 503"
+    )
 
 
 @command(
@@ -38,7 +50,16 @@ def serve_command(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         workers=args.workers,
         queue_size=args.queue_size,
+        max_decoded_mb=args.max_decoded_mb,
+        body_timeout_s=args.body_timeout,
     )
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        limit_concurrency=args.max_connections,  # bounds bodies held in memory at once
+        timeout_keep_alive=5,
+    )
     return 0

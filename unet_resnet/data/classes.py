@@ -55,10 +55,38 @@ class ClassInfo:
     ignore_index: int = DEFAULT_IGNORE_INDEX
 
     def __post_init__(self) -> None:
+        if isinstance(self.names, str) or not isinstance(self.names, list | tuple):
+            raise DataError(
+                f"classes: 'names' must be a list of class names, got {self.names!r}; "
+                'e.g. "names": ["background", "road"].'
+            )
+        if not self.names:
+            raise DataError("classes: 'names' is empty; give one name per class.")
+        if not all(isinstance(n, str | int) and not isinstance(n, bool) for n in self.names):
+            raise DataError(f"classes: 'names' must be strings, got {self.names!r}.")
         self.names = [str(n) for n in self.names]
+        if len(set(self.names)) != len(self.names):
+            raise DataError(f"classes: 'names' has duplicates: {self.names}.")
         if not self.colors:
             self.colors = default_palette(len(self.names))
+        for c in self.colors:
+            valid = isinstance(c, list | tuple) and len(c) == 3
+            if not valid or not all(
+                isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 <= v <= 255
+                for v in c
+            ):
+                raise DataError(
+                    f"classes: colour {c!r} is not three integers 0-255; e.g. [128, 64, 128]."
+                )
         self.colors = [tuple(int(v) for v in c) for c in self.colors]
+        if isinstance(self.ignore_index, bool) or not isinstance(
+            self.ignore_index, int | np.integer
+        ):
+            raise DataError(
+                f"classes: 'ignore_index' must be an integer label value (e.g. 255), got "
+                f"{self.ignore_index!r}."
+            )
+        self.ignore_index = int(self.ignore_index)
         if len(self.colors) != len(self.names):
             raise DataError(
                 f"classes: {len(self.names)} names but {len(self.colors)} colors; give one "
@@ -96,11 +124,17 @@ class ClassInfo:
                 '\'ignore_index\'), e.g. {"names": ["background", "road"], '
                 '"colors": [[0, 0, 0], [128, 64, 128]]}.'
             )
-        return cls(
-            names=list(data["names"]),
-            colors=[tuple(c) for c in data.get("colors") or []],
-            ignore_index=int(data.get("ignore_index", DEFAULT_IGNORE_INDEX)),
-        )
+        colors = data.get("colors") or []
+        if not isinstance(colors, list):
+            raise DataError(f"{source}: 'colors' must be a list of [r, g, b], got {colors!r}.")
+        try:
+            return cls(
+                names=data["names"],
+                colors=list(colors),
+                ignore_index=data.get("ignore_index", DEFAULT_IGNORE_INDEX),
+            )
+        except DataError as exc:
+            raise DataError(f"{source}: {str(exc).removeprefix('classes: ')}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -141,6 +175,24 @@ class ClassInfo:
                 "classes.json 'colors', or save masks as class indices."
             )
         return mask
+
+    def check_compatible(self, other: ClassInfo, *, mine: str, theirs: str) -> None:
+        """Refuse to score ``other``'s labels with these classes when they are not the same
+        classes: a different count, or different names where both name their classes."""
+
+        def generic(info: ClassInfo) -> bool:
+            return info.names == [f"class_{i}" for i in range(info.num_classes)]
+
+        differ = self.num_classes != other.num_classes or (
+            not generic(self) and not generic(other) and self.names != other.names
+        )
+        if differ:
+            raise DataError(
+                f"The {mine} has {self.num_classes} classes ({', '.join(self.names)}) but the "
+                f"{theirs} has {other.num_classes} ({', '.join(other.names)}). Scores would "
+                "count the wrong pixels: use data labelled with the same classes, or a "
+                "checkpoint trained on them."
+            )
 
     def check_values(self, mask: np.ndarray) -> np.ndarray:
         """Values in ``mask`` that are neither a class index nor ``ignore_index``."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unet_resnet.data.classes import DataError
 from unet_resnet.data.datasets import PairedSegmentationDataset
 from unet_resnet.inference.segmenter import Segmenter
 from unet_resnet.io import atomic_path
@@ -46,6 +47,14 @@ def evaluate(
         image, mask = dataset.load(index)
         if mask is None:
             continue
+        bad = classes.check_values(mask)
+        if bad.size:
+            raise DataError(
+                f"Labels of sample {index} hold values {bad[:8].tolist()} outside the "
+                f"checkpoint's {classes.num_classes} classes ({', '.join(classes.names)}; "
+                f"ignore_index {classes.ignore_index}): the dataset and the checkpoint do not "
+                "have the same classes."
+            )
         labels = segmenter.predict(image)
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]

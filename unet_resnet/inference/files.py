@@ -24,18 +24,27 @@ import torch
 
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.medical import case_name, is_nifti
-from unet_resnet.errors import InputShapeError, UnetResnetError
+from unet_resnet.errors import InputShapeError, OutputExistsError, UnetResnetError
 from unet_resnet.grid import chunk_margin, chunk_windows
 from unet_resnet.inference.labels import labels_from_probs
-from unet_resnet.io import IMAGE_SUFFIXES, atomic_path, is_geotiff, read_image, write_mask_png
+from unet_resnet.io import (
+    IMAGE_SUFFIXES,
+    atomic_path,
+    is_geotiff,
+    read_image,
+    remove_partials,
+    write_mask_png,
+)
 from unet_resnet.visualize import overlay_with_legend
 
 __all__ = [
     "MAX_OVERLAY_PIXELS",
     "OutputPaths",
+    "PredictPlan",
     "PredictReport",
     "expand_inputs",
     "plan_outputs",
+    "plan_predictions",
     "predict_file",
     "predict_files",
     "predict_image_file",
@@ -282,6 +291,9 @@ class OutputPaths:
     probabilities: Path | None = None
     vectors: Path | None = None
 
+    def paths(self) -> list[Path]:
+        return [p for p in (self.mask, self.overlay, self.probabilities, self.vectors) if p]
+
 
 def plan_outputs(
     files: Sequence[Path],
@@ -292,28 +304,41 @@ def plan_outputs(
     vectorize: bool = False,
 ) -> list[OutputPaths]:
     """Output names for each input: ``NAME.png`` (``.tif`` for GeoTIFF, ``.nii.gz`` for NIfTI),
-    ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson``. An input whose name
-    was already taken gets its folder's name as a prefix (``FOLDER_NAME.png``)."""
-    used: set[str] = set()
+    ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson``.
+
+    No output is ever an input or another input's output: when any of an input's names is
+    taken (same file name in two folders, ``a.png`` and ``a.jpg``, ``x.png`` beside
+    ``x_overlay.png``, or ``--out`` pointing at the inputs' folder), its name gets the input's
+    folder as a prefix (``FOLDER_NAME``), then its suffix (``NAME_jpg``), then a number
+    (``NAME-2``), whichever is free first.
+    """
+    inputs = {p.resolve() for p in files}
+    claimed: set[Path] = set()
     plans = []
     for path in files:
-        nifti, geo = is_nifti(path), not is_nifti(path) and is_geotiff(path)
+        nifti = is_nifti(path)
+        geo = not nifti and is_geotiff(path)
         name = case_name(path) if nifti else path.stem
-        stem = name if name not in used else f"{path.parent.name}_{name}"
-        used.add(stem)
-        if nifti:
-            plans.append(OutputPaths(out / f"{stem}.nii.gz"))
-            continue
-        plans.append(
-            OutputPaths(
-                mask=out / f"{stem}{'.tif' if geo else '.png'}",
-                overlay=out / f"{stem}_overlay.png" if overlay else None,
-                probabilities=out / f"{stem}_proba{'.tif' if geo else '.npy'}"
-                if probabilities
-                else None,
-                vectors=out / f"{stem}.geojson" if geo and vectorize else None,
-            )
-        )
+        suffix = path.name[len(name) :].lstrip(".").replace(".", "_").lower()
+        candidates = [name, f"{path.parent.name}_{name}", f"{name}_{suffix}"]
+        candidates += [f"{name}-{k}" for k in range(2, len(files) + 3)]
+        for stem in candidates:
+            if nifti:
+                plan = OutputPaths(out / f"{stem}.nii.gz")
+            else:
+                plan = OutputPaths(
+                    mask=out / f"{stem}{'.tif' if geo else '.png'}",
+                    overlay=out / f"{stem}_overlay.png" if overlay else None,
+                    probabilities=out / f"{stem}_proba{'.tif' if geo else '.npy'}"
+                    if probabilities
+                    else None,
+                    vectors=out / f"{stem}.geojson" if geo and vectorize else None,
+                )
+            resolved = {p.resolve() for p in plan.paths()}
+            if not resolved & (claimed | inputs):
+                break
+        claimed |= resolved
+        plans.append(plan)
     return plans
 
 
@@ -323,6 +348,41 @@ class PredictReport:
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class PredictPlan:
+    """The inputs a prediction run found, those that matched nothing, and every output path."""
+
+    files: list[Path]
+    missing: list[str]
+    outputs: list[OutputPaths]
+
+
+def plan_predictions(
+    inputs: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    overlay: bool = False,
+    probabilities: bool = False,
+    vectorize: bool = False,
+    overwrite: bool = False,
+) -> PredictPlan:
+    """Expand ``inputs`` and name every output; an output that already exists is an error
+    (before any work) unless ``overwrite``."""
+    files, missing = expand_inputs(inputs)
+    out = Path(out)
+    plans = plan_outputs(
+        files, out, overlay=overlay, probabilities=probabilities, vectorize=vectorize
+    )
+    existing = [p for plan in plans for p in plan.paths() if p.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise OutputExistsError(
+            f"{len(existing)} output file(s) already exist in {out} ({shown}). Pass "
+            "--overwrite to replace them, or choose another --out."
+        )
+    return PredictPlan(files, missing, plans)
 
 
 def predict_files(
@@ -335,21 +395,33 @@ def predict_files(
     vectorize: bool = False,
     slice_axis: int = 2,
     progress: bool = False,
+    overwrite: bool = False,
+    plan: PredictPlan | None = None,
 ) -> PredictReport:
     """Predict every file that ``inputs`` (files, folders, globs) name into the folder ``out``.
 
     A file that fails (unreadable, wrong channel count, ...) is listed in the report with its
-    reason and the others go on; inputs that match nothing are listed too.
+    reason and the others go on; inputs that match nothing are listed too. Outputs never
+    replace an input (see :func:`plan_outputs`), and files already in ``out`` from an earlier
+    run are replaced only with ``overwrite``: otherwise that is an error before any work.
     """
     from tqdm.auto import tqdm
 
-    files, missing = expand_inputs(inputs)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = PredictReport(failed=[(m, "no such file, folder or matching glob") for m in missing])
-    plans = plan_outputs(
-        files, out, overlay=overlay, probabilities=probabilities, vectorize=vectorize
+    if plan is None:
+        plan = plan_predictions(
+            inputs,
+            out,
+            overlay=overlay,
+            probabilities=probabilities,
+            vectorize=vectorize,
+            overwrite=overwrite,
+        )
+    files, plans, out = plan.files, plan.outputs, Path(out)
+    report = PredictReport(
+        failed=[(m, "no such file, folder or matching glob") for m in plan.missing]
     )
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out)
     bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)
     for path, plan in zip(bar, plans, strict=True):
         try:

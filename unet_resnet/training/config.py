@@ -159,6 +159,11 @@ class TrainConfig:
     resume: str | None = opt(
         None, 'path to a .ckpt, or "last" for OUT/checkpoints/last.ckpt', group="run"
     )
+    overwrite: bool = opt(
+        False,
+        "replace an earlier run in --out (without it, an existing run is an error)",
+        group="run",
+    )
     max_minutes: float | None = opt(None, "stop training after this long", group="trainer")
     limit_train_batches: float = opt(
         1.0, "fraction (<= 1) or number of batches per epoch", group="trainer"

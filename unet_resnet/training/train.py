@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -19,8 +21,9 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from unet_resnet.checkpoint import CheckpointMeta
-from unet_resnet.errors import ConfigError
+from unet_resnet.errors import ConfigError, OutputExistsError
 from unet_resnet.hardware import resolve_train_precision
+from unet_resnet.io import remove_partials
 from unet_resnet.training.callbacks import (
     AtomicCheckpointIO,
     DistributedConsistency,
@@ -149,6 +152,15 @@ def _auto_val_every(data: SegmentationDataModule, config: TrainConfig) -> int:
     )
 
 
+def _launcher_rank() -> int:
+    """This process's rank as set by the launcher (torchrun, SLURM, Lightning's DDP): the
+    other ranks find the run folder the first one has already started."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def _saved_augment(path: Path) -> str | None:
     """The concrete preset an earlier run of this folder trained with, if it saved one."""
     try:
@@ -182,6 +194,22 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
                 f"Cannot resume: {resume_path} does not exist. Resume needs the "
                 "checkpoints/last.ckpt of an earlier run with the same --out."
             )
+    elif (
+        _launcher_rank() == 0
+        and not config.overwrite
+        and ((run_dir / "checkpoints").is_dir() or (run_dir / "config.yaml").is_file())
+    ):
+        raise OutputExistsError(
+            f"{run_dir} already holds a training run. Pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out."
+        )
+    if run_dir.is_dir() and _launcher_rank() == 0:
+        remove_partials(run_dir)
+        if config.overwrite and not config.resume:
+            # Nothing of the replaced run may pass for this one's (best.pt above all).
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            for name in ("summary.json", "metrics.csv", "curves.png"):
+                (run_dir / name).unlink(missing_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data_options = config.group("data")
     if resume_path is not None and config.augment == "auto":
@@ -222,10 +250,11 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = dataclasses.replace(config, augment=data.augment_chosen)
-    saved.save(
-        run_dir / "config.yaml",
-        comment=f"augment: {config.augment} -> {data.augment_chosen} ({data.augment_reason})",
-    )
+    if _launcher_rank() == 0:
+        saved.save(
+            run_dir / "config.yaml",
+            comment=f"augment: {config.augment} -> {data.augment_chosen} ({data.augment_reason})",
+        )
     if config.progress:
         print(f"augmentation: {data.augment_chosen} ({data.augment_reason})")
     val_every = config.val_every
