@@ -178,9 +178,7 @@ class SegmentationModule(L.LightningModule):
             case "none":
                 return optimizer
             case "cosine":
-                # At most 5% of the schedule: a one-epoch warmup is a fifth of a 5-epoch run,
-                # which then ends with a fifth fewer steps at a useful learning rate.
-                warmup = min(int(hp.warmup_epochs * steps_per_epoch), int(WARMUP_SHARE * total))
+                warmup = min(int(hp.warmup_epochs * steps_per_epoch), total // 2)
                 schedule = _warmup_cosine(warmup, total)
                 sched = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
             case "poly":
@@ -230,10 +228,6 @@ class SegmentationModule(L.LightningModule):
         np.random.set_state(
             ("MT19937", states["numpy_keys"].numpy().astype(np.uint32), states["numpy_pos"], 0, 0.0)
         )
-
-
-#: The cosine schedule's linear warmup never takes more than this share of all steps.
-WARMUP_SHARE = 0.05
 
 
 def _warmup_cosine(warmup: int, total: int):
