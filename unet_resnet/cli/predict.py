@@ -46,14 +46,7 @@ def predict_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     segmenter = build_segmenter(args, progress=len(plan.files) == 1)
-    report = predict_files(
-        segmenter,
-        args.inputs,
-        args.out,
-        slice_axis=args.slice_axis,
-        progress=True,
-        plan=plan,
-    )
+    report = predict_files(segmenter, plan, slice_axis=args.slice_axis, progress=True)
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)

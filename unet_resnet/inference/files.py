@@ -354,6 +354,7 @@ class PredictReport:
 class PredictPlan:
     """The inputs a prediction run found, those that matched nothing, and every output path."""
 
+    out: Path
     files: list[Path]
     missing: list[str]
     outputs: list[OutputPaths]
@@ -382,62 +383,46 @@ def plan_predictions(
             f"{len(existing)} output file(s) already exist in {out} ({shown}). Pass "
             "--overwrite to replace them, or choose another --out."
         )
-    return PredictPlan(files, missing, plans)
+    return PredictPlan(out, files, missing, plans)
 
 
 def predict_files(
     segmenter: ImagePredictor,
-    inputs: Sequence[str],
-    out: str | os.PathLike,
+    plan: PredictPlan,
     *,
-    overlay: bool = False,
-    probabilities: bool = False,
-    vectorize: bool = False,
     slice_axis: int = 2,
     progress: bool = False,
-    overwrite: bool = False,
-    plan: PredictPlan | None = None,
 ) -> PredictReport:
-    """Predict every file that ``inputs`` (files, folders, globs) name into the folder ``out``.
+    """Predict every input of ``plan`` (from :func:`plan_predictions`, which names and checks
+    the outputs before any work) into its outputs.
 
     A file that fails (unreadable, wrong channel count, ...) is listed in the report with its
-    reason and the others go on; inputs that match nothing are listed too. Outputs never
-    replace an input (see :func:`plan_outputs`), and files already in ``out`` from an earlier
-    run are replaced only with ``overwrite``: otherwise that is an error before any work.
+    reason and the others go on; inputs that matched nothing are listed too.
     """
     from tqdm.auto import tqdm
 
-    if plan is None:
-        plan = plan_predictions(
-            inputs,
-            out,
-            overlay=overlay,
-            probabilities=probabilities,
-            vectorize=vectorize,
-            overwrite=overwrite,
-        )
-    files, plans, out = plan.files, plan.outputs, Path(out)
+    files, outputs = plan.files, plan.outputs
     report = PredictReport(
         failed=[(m, "no such file, folder or matching glob") for m in plan.missing]
     )
-    out.mkdir(parents=True, exist_ok=True)
-    remove_partials(out)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    remove_partials(plan.out)
     bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)
-    for path, plan in zip(bar, plans, strict=True):
+    for path, paths in zip(bar, outputs, strict=True):
         try:
             predict_file(
                 segmenter,
                 path,
-                plan.mask,
-                overlay=plan.overlay,
-                probabilities=plan.probabilities,
+                paths.mask,
+                overlay=paths.overlay,
+                probabilities=paths.probabilities,
                 slice_axis=slice_axis,
             )
-            if plan.vectors is not None:
+            if paths.vectors is not None:
                 from unet_resnet.inference.vectorize import vectorize_mask
 
-                vectorize_mask(plan.mask, plan.vectors, segmenter.classes)
-            report.written.append(plan.mask)
+                vectorize_mask(paths.mask, paths.vectors, segmenter.classes)
+            report.written.append(paths.mask)
         except UnetResnetError as exc:
             report.failed.append((str(path), str(exc)))
     return report
