@@ -1,8 +1,9 @@
 """Shared fixtures: an isolated, offline torch cache and fake pretrained weight files.
 
-Tests never touch the network: TORCH_HOME points at an empty temporary folder and
-UNET_RESNET_OFFLINE=1 forbids downloads. Tests that need "ImageNet" weights get a file with
-known random values placed where torch's hub cache would keep the real one.
+Tests never touch the network: TORCH_HOME and the Hugging Face Hub cache point at empty
+temporary folders and UNET_RESNET_OFFLINE=1 (and HF_HUB_OFFLINE=1) forbid downloads. Tests
+that need "ImageNet" weights get a file with known random values placed where torch's hub cache
+would keep the real one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from unet_resnet.models.weights import OFFLINE_ENV, cached_weights_path, resolve
 def offline_torch_home(tmp_path_factory, monkeypatch) -> Path:
     home = tmp_path_factory.mktemp("torch_home")
     monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "huggingface"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv(OFFLINE_ENV, "1")
     return home
 

@@ -23,7 +23,7 @@ import torch
 
 from unet_resnet.checkpoint import export_metadata, load_checkpoint, read_export_metadata
 from unet_resnet.errors import OutputExistsError, UnetResnetError
-from unet_resnet.inference.fastpath import fold_batchnorm
+from unet_resnet.inference.fastpath import fold_checked
 from unet_resnet.io import atomic_path
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "read_export_metadata"]
@@ -83,9 +83,9 @@ def export_model(
             "--out."
         )
     model, meta = load_checkpoint(checkpoint)
-    model = fold_batchnorm(model.eval())
     c = meta.model_config["in_channels"]
     torch.manual_seed(0)
+    model, _ = fold_checked(model.eval(), torch.randn(1, c, 64, 64))
     example = torch.randn(2, c, 64, 64)
     check = torch.randn(1, c, *check_size)
     metadata = export_metadata(meta, format)

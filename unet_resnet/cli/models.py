@@ -10,7 +10,9 @@ from unet_resnet.cli.registry import command
 
 
 def _smoke_test_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", default="resnet50", help="torchvision ResNet name")
+    parser.add_argument(
+        "--encoder", default="resnet50", help="torchvision ResNet name or tu-<timm model>"
+    )
     parser.add_argument(
         "--encoder-weights",
         type=weights_arg,
@@ -55,9 +57,17 @@ def smoke_test(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("models", "list the model names create_model accepts")
+@command("models", "list the encoders and model names create_model accepts")
 def models(args: argparse.Namespace) -> int:
     from unet_resnet.models import list_models
 
-    print("\n".join(list_models()))
+    names = list_models()
+    print("torchvision ResNets (--encoder NAME):")
+    print("\n".join(f"  {n}" for n in names if "tu-" not in n))
+    print("timm backbones tested here (--encoder tu-NAME; needs unet-resnet[timm]):")
+    print("\n".join(f"  {n}" for n in names if "tu-" in n))
+    print(
+        "Any timm model with features_only support and stride-32 features works as "
+        "tu-NAME (timm.list_models() lists them); tu-NAME.TAG picks a pretrained tag."
+    )
     return 0

@@ -22,6 +22,7 @@ import json
 import logging
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -32,7 +33,14 @@ from torch import nn
 from unet_resnet.hardware import auto_precision, cache_dir, cpu_has_fast_bf16, cpu_signature
 from unet_resnet.io import atomic_path
 
-__all__ = ["DTYPES", "FastPathChoice", "PackMode", "fold_batchnorm", "prepare_model"]
+__all__ = [
+    "DTYPES",
+    "FastPathChoice",
+    "PackMode",
+    "fold_batchnorm",
+    "fold_checked",
+    "prepare_model",
+]
 
 logger = logging.getLogger("unet_resnet.fastpath")
 
@@ -72,16 +80,30 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a convolution into it.
 
     Covers the guide's ConvBlocks, the ResNet stem, bottleneck/basic blocks and their
-    downsample branches; the folded BatchNorm becomes an Identity. Saves a full pass over
-    every activation at inference; outputs are unchanged up to float rounding.
+    downsample branches, and timm's conv + BatchNormAct pairs; the folded BatchNorm becomes an
+    Identity (or its activation). Saves a full pass over every activation at inference;
+    outputs are unchanged up to float rounding. Pairs are found by position in a Sequential or
+    by name (``convN``/``bnN``, ``conv``/``bn``), which assumes the BatchNorm directly follows
+    the convolution: :func:`prepare_model` checks the folded model against the original and
+    keeps the original if they differ.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     def fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
         conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
-            setattr(parent, bn_name, nn.Identity())
+        if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d):
+            return
+        if not bn.track_running_stats or bn.running_mean is None:
+            return
+        if type(bn) is nn.BatchNorm2d:
+            rest: nn.Module = nn.Identity()
+        elif set(bn._modules) <= {"drop", "act"}:
+            # timm's BatchNormAct2d: BatchNorm, then dropout (a no-op in eval) and activation.
+            rest = bn._modules.get("act") or nn.Identity()
+        else:
+            return  # a BatchNorm subclass that does more than we know how to keep
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
+        setattr(parent, bn_name, rest)
 
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
@@ -94,6 +116,26 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                     fold(module, conv_name, bn_name)
                     break
     return model
+
+
+def fold_checked(
+    model: nn.Module, example: torch.Tensor, *, atol: float = 1e-3
+) -> tuple[nn.Module, bool]:
+    """``(folded model, True)``, or ``(model, False)`` with a warning when folding changed the
+    softmax outputs on ``example`` by more than ``atol`` (a BatchNorm that did not directly
+    follow its convolution)."""
+    folded = fold_batchnorm(copy.deepcopy(model))
+    with torch.inference_mode():
+        expected = model.float()(example.float()).float().softmax(1)
+        error = (folded(example.float()).float().softmax(1) - expected).abs().max().item()
+    if error <= atol:
+        return folded, True
+    warnings.warn(
+        f"Folding BatchNorm into convolutions changed this model's outputs by {error:.3g}; "
+        "predicting without folding (correct, slower).",
+        stacklevel=3,
+    )
+    return model, False
 
 
 def _build(
@@ -213,13 +255,13 @@ def prepare_model(
     from unet_resnet.inference import onednn
 
     base = copy.deepcopy(model).eval()
-    if fold_bn:
-        base = fold_batchnorm(base)
-    can_pack = device.type == "cpu" and fold_bn and channels_last and onednn.available()
-    candidates, why_fixed = _candidates(device, precision, can_pack, pack_weights)
     generator = torch.Generator().manual_seed(0)
     size = CALIBRATION_SIZE
     example = torch.randn(1, in_channels, size, size, generator=generator).to(device)
+    if fold_bn:
+        base, fold_bn = fold_checked(base, example[..., :64, :64])
+    can_pack = device.type == "cpu" and fold_bn and channels_last and onednn.available()
+    candidates, why_fixed = _candidates(device, precision, can_pack, pack_weights)
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unet_resnet.models.encoders import ENCODERS
+from unet_resnet.errors import ConfigError
+from unet_resnet.models.encoders import check_encoder_name, list_encoders
 from unet_resnet.models.unet import UNetWithResnet50Encoder
 
 __all__ = ["create_model", "list_models", "model_from_config"]
@@ -14,8 +15,9 @@ _PREFIX = "unet_"
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`: ``unet_`` + a torchvision ResNet name."""
-    return [_PREFIX + name for name in ENCODERS]
+    """Names accepted by :func:`create_model`: ``unet_`` + an encoder name (torchvision
+    ResNets, then the tested timm backbones; any ``unet_tu-<timm model>`` works too)."""
+    return [_PREFIX + name for name in list_encoders()]
 
 
 def create_model(
@@ -29,14 +31,22 @@ def create_model(
     """Build a U-Net by registry name.
 
     Args:
-        name: one of :func:`list_models`; ``"unet_resnet50"`` is the guide's model.
+        name: ``unet_`` + an encoder name (:func:`list_models`, or ``unet_tu-<timm model>``);
+            ``"unet_resnet50"`` is the guide's model.
         num_classes: output classes.
         in_channels: input channels.
         encoder_weights: see :class:`UNetWithResnet50Encoder`.
         **kwargs: ``upsampling_method``, ``decoder_channels``.
     """
-    if name not in list_models():
-        raise ValueError(f"Unknown model {name!r}. Choose one of: {', '.join(list_models())}.")
+    try:
+        if not name.startswith(_PREFIX):
+            raise ConfigError("model names start with 'unet_'")
+        check_encoder_name(name.removeprefix(_PREFIX))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"Unknown model {name!r} ({exc}). Choose one of: {', '.join(list_models())}, "
+            "or unet_tu-<timm model>."
+        ) from None
     return UNetWithResnet50Encoder(
         num_classes,
         in_channels=in_channels,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_resnet.errors import InputShapeError
+from unet_resnet.errors import ConfigError, InputShapeError
 from unet_resnet.models.encoders import build_encoder
 
 __all__ = [
@@ -113,29 +113,81 @@ class UpBlockForUNetWithResNet50(nn.Module):
         self.conv_block_1 = ConvBlock(in_channels, out_channels)
         self.conv_block_2 = ConvBlock(out_channels, out_channels)
 
-    def forward(self, up_x: torch.Tensor, down_x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.upsample(up_x), down_x], 1)
+    def forward(self, up_x: torch.Tensor, down_x: torch.Tensor | None = None) -> torch.Tensor:
+        """``down_x`` is the skip; ``None`` where the encoder has no feature at this stride
+        (the block was then built with ``in_channels`` equal to the upsampled width)."""
+        x = self.upsample(up_x)
+        if down_x is not None:
+            x = torch.cat([x, down_x], 1)
         return self.conv_block_2(self.conv_block_1(x))
 
 
-def default_decoder_channels(encoder_channels: Sequence[int]) -> tuple[int, ...]:
+#: Strides the five up blocks bring the features to, deepest first.
+_UP_STRIDES = (16, 8, 4, 2, 1)
+_MIN_DEFAULT_WIDTH = 16
+
+
+def skip_indices(reductions: Sequence[int]) -> tuple[int | None, ...]:
+    """For each up block, the index of the encoder feature it concatenates (the last one at
+    its stride), or ``None`` where the encoder has no feature at that stride.
+
+    ``reductions`` are the strides of the encoder's features starting with the input (1);
+    the deepest must be 32, and every stride one the decoder reaches.
+    """
+    reductions = tuple(reductions)
+    if not reductions or reductions[-1] != UNetWithResnet50Encoder.OUTPUT_STRIDE:
+        raise ConfigError(
+            f"The encoder's deepest feature is at stride {reductions[-1] if reductions else '?'}"
+            f"; the U-Net needs it at stride {UNetWithResnet50Encoder.OUTPUT_STRIDE}. Pick "
+            "another encoder (dilated or transformer backbones with a fixed stride do not fit)."
+        )
+    unknown = sorted(set(reductions[:-1]) - set(_UP_STRIDES))
+    if unknown:
+        raise ConfigError(
+            f"The encoder has features at strides {unknown}; the U-Net decoder joins skips only "
+            f"at strides {_UP_STRIDES}. Pick another encoder."
+        )
+    last = {r: i for i, r in enumerate(reductions[:-1])}
+    return tuple(last.get(stride) for stride in _UP_STRIDES)
+
+
+def default_decoder_channels(
+    encoder_channels: Sequence[int], reductions: Sequence[int] = (1, 2, 4, 8, 16, 32)
+) -> tuple[int, ...]:
     """The guide's decoder widths, generalised: for ResNet-50 (1024, 512, 256, 128, 64).
 
-    Each of the first three up blocks matches the skip it meets (layer3, layer2, layer1); the
-    last two halve the layer1 width. For ResNet-18/34 this gives (256, 128, 64, 32, 16).
+    The up blocks at strides 16, 8 and 4 match the skip they meet (layer3, layer2, layer1);
+    the last two halve the stride-4 width. For ResNet-18/34 this gives (256, 128, 64, 32, 16).
+    A stride without a feature takes half the previous width; no width is below 16.
     """
-    _, _, layer1, layer2, layer3, _ = encoder_channels
-    return (layer3, layer2, layer1, layer1 // 2, layer1 // 4)
+    indices = skip_indices(reductions)
+    widths: list[int] = []
+    previous = encoder_channels[-1]
+    for stride, index in zip(_UP_STRIDES, indices, strict=True):
+        if stride >= 4 and index is not None:
+            width = encoder_channels[index]
+        elif stride == 2 and widths:
+            width = widths[2] // 2
+        elif stride == 1 and widths:
+            width = widths[2] // 4
+        else:
+            width = previous // 2
+        width = max(width, _MIN_DEFAULT_WIDTH)
+        widths.append(width)
+        previous = width
+    return tuple(widths)
 
 
 class UNetWithResnet50Encoder(nn.Module):
-    """U-Net with a torchvision ResNet encoder (ResNet-50 by default, as in the guide).
+    """U-Net with a ResNet encoder (torchvision's ResNet-50 by default, as in the guide), or any
+    timm backbone named ``tu-NAME``.
 
     Args:
         n_classes: number of output classes (``num_classes`` is accepted as an alias, as the
             guide's training example spells it).
         in_channels: input channels; the pretrained first convolution is adapted when not 3.
-        encoder: torchvision ResNet name; see :data:`unet_resnet.models.encoders.ENCODERS`.
+        encoder: torchvision ResNet name (see :data:`unet_resnet.models.encoders.ENCODERS`) or
+            ``"tu-<timm model>"`` (needs the ``timm`` extra).
         encoder_weights: ``"imagenet"``, a torchvision weights name, a local file, or ``None``.
         upsampling_method: ``"conv_transpose"`` (the guide's) or ``"bilinear"``.
         decoder_channels: widths of the five up blocks; default derived from the encoder
@@ -177,8 +229,9 @@ class UNetWithResnet50Encoder(nn.Module):
             )
 
         parts = build_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
-        channels = parts.out_channels  # in, stem, layer1..layer4
-        decoder = tuple(decoder_channels or default_decoder_channels(channels))
+        channels = parts.out_channels  # in, then the encoder's features shallow to deep
+        indices = skip_indices(parts.reductions)
+        decoder = tuple(decoder_channels or default_decoder_channels(channels, parts.reductions))
         if len(decoder) != self.DEPTH - 1:
             raise ValueError(
                 f"decoder_channels needs {self.DEPTH - 1} widths (one per up block), "
@@ -186,11 +239,14 @@ class UNetWithResnet50Encoder(nn.Module):
             )
 
         # Attribute names and order are the original's: they are the state_dict keys.
-        self.input_block = parts.stem
-        self.input_pool = parts.pool
-        self.down_blocks = parts.stages
+        if parts.body is None:
+            self.input_block = parts.stem
+            self.input_pool = parts.pool
+            self.down_blocks = parts.stages
+        else:
+            self.encoder = parts.body
         self.bridge = Bridge(channels[-1], channels[-1])
-        skips = channels[-2::-1]  # layer3, layer2, layer1, stem, input
+        skips = [0 if i is None else channels[i] for i in indices]  # stride 16 .. 1
         up_blocks, previous = [], channels[-1]
         for width, skip in zip(decoder, skips, strict=True):
             up_blocks.append(
@@ -211,6 +267,7 @@ class UNetWithResnet50Encoder(nn.Module):
         self.encoder_name = encoder
         self.encoder_channels: tuple[int, ...] = channels
         self.encoder_reductions: tuple[int, ...] = parts.reductions
+        self.skip_indices: tuple[int | None, ...] = indices
         self.decoder_channels: tuple[int, ...] = decoder
         self.upsampling_method = upsampling_method
         self._encoder_frozen = False
@@ -258,10 +315,12 @@ class UNetWithResnet50Encoder(nn.Module):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder contract: feature maps from shallow to deep.
 
-        Returns the input followed by the stem and layer1..layer4 outputs, with channels
-        :attr:`encoder_channels` and strides :attr:`encoder_reductions`. ``x`` must already
-        have sides that are multiples of 32.
+        Returns the input followed by the encoder's features (for a ResNet: stem and
+        layer1..layer4), with channels :attr:`encoder_channels` and strides
+        :attr:`encoder_reductions`. ``x`` must already have sides that are multiples of 32.
         """
+        if "encoder" in self._modules:
+            return [x, *self.encoder(x)]
         features = [x]
         x = self.input_block(x)
         features.append(x)
@@ -278,10 +337,10 @@ class UNetWithResnet50Encoder(nn.Module):
         if not torch.jit.is_tracing():
             self._check_input(x)
         h, w = x.shape[-2:]
-        *skips, x = self.encode(self._pad(x))
-        x = self.bridge(x)
-        for block, skip in zip(self.up_blocks, reversed(skips), strict=True):
-            x = block(x, skip)
+        features = self.encode(self._pad(x))
+        x = self.bridge(features[-1])
+        for block, index in zip(self.up_blocks, self.skip_indices, strict=True):
+            x = block(x, None if index is None else features[index])
         feature_map = x[..., :h, :w]
         logits = self.out(feature_map)
         if with_output_feature_map:
@@ -290,6 +349,8 @@ class UNetWithResnet50Encoder(nn.Module):
 
     # Fine-tuning on small data: keep the ImageNet features, train the decoder.
     def encoder_modules(self) -> list[nn.Module]:
+        if "encoder" in self._modules:
+            return [self.encoder]
         return [self.input_block, self.input_pool, self.down_blocks]
 
     def freeze_encoder(self) -> UNetWithResnet50Encoder:

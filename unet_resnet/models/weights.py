@@ -23,9 +23,11 @@ __all__ = [
     "IMAGENET_ALIAS",
     "OFFLINE_ENV",
     "cached_weights_path",
+    "is_weights_path",
     "load_encoder_state_dict",
     "load_into_resnet",
     "load_state_dict_file",
+    "load_url_state_dict",
     "resolve_torchvision_weights",
 ]
 
@@ -40,7 +42,8 @@ OFFLINE_ENV = "UNET_RESNET_OFFLINE"
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
-def _looks_like_path(value: str | os.PathLike) -> bool:
+def is_weights_path(value: str | os.PathLike) -> bool:
+    """Whether an ``encoder_weights`` value names a file rather than a weights tag."""
     if isinstance(value, os.PathLike):
         return True
     return (
@@ -115,27 +118,36 @@ def _download(url: str, destination: Path) -> None:
     torch.hub.download_url_to_file(url, str(destination), match.group(1) if match else None)
 
 
-def _load_torchvision_weights(encoder: str, name: str) -> dict[str, torch.Tensor]:
-    weights = resolve_torchvision_weights(encoder, name)
-    path = cached_weights_path(weights.url)
+def load_url_state_dict(url: str, *, what: str) -> dict[str, torch.Tensor]:
+    """The state dict at ``url``, from torch's hub cache or downloaded into it.
+
+    Offline (``UNET_RESNET_OFFLINE=1``) or on a failed download, raises
+    :class:`WeightsUnavailableError` naming ``what``, the file expected and how to fix it.
+    """
+    path = cached_weights_path(url)
     if not path.is_file():
         reason = f"{OFFLINE_ENV} is set" if os.environ.get(OFFLINE_ENV) == "1" else None
         if reason is None:
             try:
-                _download(weights.url, path)
+                _download(url, path)
             except Exception as exc:  # URLError, timeouts, hash mismatch, read-only cache ...
                 reason = f"{type(exc).__name__}: {exc}"
         if reason is not None:
             raise WeightsUnavailableError(
-                f"Pretrained weights for {encoder} ({weights}) are not cached and could not "
+                f"Pretrained weights for {what} are not cached and could not "
                 f"be downloaded ({reason}).\n"
                 f"  Expected file: {path}\n"
-                f"  Fix: download {weights.url} on a machine with internet and copy it to that "
+                f"  Fix: download {url} on a machine with internet and copy it to that "
                 "path (set TORCH_HOME to use another cache folder), or pass "
                 "encoder_weights='/path/to/file.pth' to use a local file, or "
                 "encoder_weights=None to start from random weights (works offline)."
             )
     return load_state_dict_file(path)
+
+
+def _load_torchvision_weights(encoder: str, name: str) -> dict[str, torch.Tensor]:
+    weights = resolve_torchvision_weights(encoder, name)
+    return load_url_state_dict(weights.url, what=f"{encoder} ({weights})")
 
 
 def load_encoder_state_dict(
@@ -151,7 +163,7 @@ def load_encoder_state_dict(
     """
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "")):
         return None
-    if _looks_like_path(weights):
+    if is_weights_path(weights):
         return load_state_dict_file(weights)
     return _load_torchvision_weights(encoder, str(weights))
 

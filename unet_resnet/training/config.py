@@ -99,11 +99,14 @@ class TrainConfig:
     # Model
     encoder: str = opt(
         "resnet50",
-        "torchvision ResNet: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, ...",
+        "torchvision ResNet (resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, ...) "
+        "or a timm backbone as tu-NAME (tu-convnext_tiny, tu-efficientnet_b0; timm extra)",
         group="model",
     )
     encoder_weights: str | None = opt(
-        "imagenet", "imagenet | none | torchvision name | PATH", group="model"
+        "imagenet",
+        "imagenet | none | torchvision weights name | PATH (.pth/.safetensors)",
+        group="model",
     )
     upsampling_method: UpsamplingMethod = opt(
         "conv_transpose",
@@ -249,12 +252,12 @@ class TrainConfig:
                 bound = f"> {low}" if strict else f">= {low}"
                 bound += f" and <= {high}" if high is not None else ""
                 raise ConfigError(f"Invalid {_flag(name)} {value!r}: must be a number {bound}.")
-        from unet_resnet.models import list_encoders
+        from unet_resnet.models.encoders import check_encoder_name
 
-        if self.encoder not in list_encoders():
-            raise ConfigError(
-                f"Unknown --encoder {self.encoder!r}. Choose one of: {', '.join(list_encoders())}."
-            )
+        try:
+            check_encoder_name(self.encoder)
+        except ConfigError as exc:
+            raise ConfigError(f"Invalid --encoder: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

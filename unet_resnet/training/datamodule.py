@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class SegmentationDataModule(L.LightningDataModule):
         normalization: ``imagenet``, ``dataset`` (statistics of the training images), or
             ``auto``: ImageNet for 8-bit 3-channel images with ImageNet weights, else dataset.
         pretrained: whether the encoder starts from ImageNet weights (for ``auto``).
+        pretrained_stats: ``(mean, std)`` the pretrained encoder expects, when not
+            torchvision's ImageNet statistics (some timm weights use 0.5/0.5).
         ignore_index: overrides the classes' ignore index.
         check_data: run the layout's data check in :meth:`setup` and stop on errors.
         slice_axis, foreground_oversampling: volume layouts (see the config reference).
@@ -62,6 +65,7 @@ class SegmentationDataModule(L.LightningDataModule):
         augment: str = "auto",
         normalization: str = "auto",
         pretrained: bool = True,
+        pretrained_stats: tuple[Sequence[float], Sequence[float]] | None = None,
         ignore_index: int | None = None,
         check_data: bool = True,
         slice_axis: int = 2,
@@ -80,6 +84,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.augment = augment
         self.normalization = normalization
         self.pretrained = pretrained
+        self.pretrained_stats = pretrained_stats
         self.ignore_index = ignore_index
         self.check_data = check_data
         self.slice_axis = slice_axis
@@ -173,7 +178,8 @@ class SegmentationDataModule(L.LightningDataModule):
                     f"normalization=imagenet needs 3-channel images, got {first.shape[-1]}; "
                     "use normalization=dataset."
                 )
-            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+            mean, std = self.pretrained_stats or (IMAGENET_MEAN, IMAGENET_STD)
+            return [float(v) for v in mean], [float(v) for v in std]
         return channel_stats(train)
 
     def class_pixel_counts(self) -> np.ndarray:

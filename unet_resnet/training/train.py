@@ -24,6 +24,7 @@ from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import ConfigError, OutputExistsError
 from unet_resnet.hardware import resolve_train_precision
 from unet_resnet.io import remove_partials
+from unet_resnet.models.encoders import encoder_mean_std
 from unet_resnet.training.callbacks import (
     AtomicCheckpointIO,
     DistributedConsistency,
@@ -217,7 +218,10 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         # is extended now.
         data_options["augment"] = _saved_augment(run_dir / "config.yaml") or "auto"
     data = SegmentationDataModule(
-        **data_options, pretrained=config.encoder_weights is not None, epochs=config.epochs
+        **data_options,
+        pretrained=config.encoder_weights is not None,
+        pretrained_stats=encoder_mean_std(config.encoder),
+        epochs=config.epochs,
     )
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
     classes = data.classes
