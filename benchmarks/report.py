@@ -40,6 +40,21 @@ def format_results(results: dict[str, Any]) -> str:
         first = next((r["first_call_s"] for r in results["inference"] if "first_call_s" in r), None)
         if first is not None:
             lines.append(f"compiled: first call (compilation) {first:.1f} s, not in the rows above")
+    if results.get("encoders"):
+        first = results["encoders"][0]
+        lines += [
+            "",
+            f"Encoders in the guide's U-Net ({first['size']}x{first['size']}, batch "
+            f"{first['batch']}, default Segmenter path, random init)",
+            f"{'encoder':<26}{'params M':>9}{'GFLOP':>8}{'img/s':>8}{'of peak':>9}"
+            f"{'vs eager':>9}  chosen",
+        ]
+        for r in results["encoders"]:
+            lines.append(
+                f"{r['encoder']:<26}{r['params_m']:>9.1f}{r['gflop_per_image']:>8.1f}"
+                f"{r['images_per_s']:>8.2f}{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
+                f"{r['speedup_vs_eager_fp32']:>8.2f}x  {r['chosen']}"
+            )
     if "training" in results:
         lines += [
             "",

@@ -5,7 +5,8 @@ minutes apart in the same process: the model's achieved GFLOP/s against a large 
 product, the fast path against plain eager fp32, our training step against the guide's plain
 loop, the data loader against the training step, tiled prediction against its tile count.
 
-python -m benchmarks.run [--only inference training data tiling serve] [--compile] [--quick]
+python -m benchmarks.run [--only inference encoders training data tiling serve] [--compile]
+[--quick]
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import torch
 from benchmarks.common import bench_peak, machine_info, matmul_tflops
 from benchmarks.report import format_results, save_results
 
-SECTIONS = ("peak", "inference", "training", "epoch", "data", "tiling", "serve")
+SECTIONS = ("peak", "inference", "encoders", "training", "epoch", "data", "tiling", "serve")
 
 
 def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dict[str, Any]:
     """Run the chosen sections; ``quick`` shrinks them (for smoke tests)."""
     results: dict[str, Any] = {"machine": machine_info()}
     peak = None
-    if "peak" in sections or "inference" in sections or "training" in sections:
+    if {"peak", "inference", "encoders", "training"} & set(sections):
         results["peak"] = (
             bench_peak()
             if not quick
@@ -48,6 +49,15 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
             reps=2 if quick else 5,
             compile=compile,
             onnx=not quick,
+        )
+    if "encoders" in sections:
+        from benchmarks.encoders import bench_encoders
+
+        results["encoders"] = bench_encoders(
+            peak,
+            encoders=("resnet18", "tu-mobilenetv3_small_050") if quick else None,
+            size=64 if quick else 512,
+            reps=1 if quick else 3,
         )
     if "training" in sections:
         from benchmarks.training import bench_training

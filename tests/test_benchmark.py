@@ -18,6 +18,7 @@ def test_quick_benchmark_run(tmp_path, capsys):
             "--only",
             "peak",
             "inference",
+            "encoders",
             "epoch",
             "data",
             "tiling",
@@ -48,6 +49,12 @@ def test_quick_benchmark_run(tmp_path, capsys):
     epoch = results["epoch"]
     assert epoch["epoch_s"] > 0 and epoch["epoch_throughput_vs_step"] > 0
     assert "Whole training epoch" in text
+    encoders = {r["encoder"]: r for r in results["encoders"]}
+    assert set(encoders) == {"resnet18", "tu-mobilenetv3_small_050"}
+    assert "Encoders in the guide's U-Net" in text
+    for row in encoders.values():
+        assert row["params_m"] > 0 and row["gflop_per_image"] > 0
+        assert row["images_per_s"] > 0 and row["speedup_vs_eager_fp32"] > 0
     assert results["tiling"][0]["tiles"] >= 1 and results["tiling"][0]["peak_rss_mb"] > 0
     within, over = results["serve"]
     assert within["errors"] == 0 and over["errors"] == 0
