@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ __all__ = [
     "CheckpointMeta",
     "atomic_torch_save",
     "export_metadata",
+    "hub_metadata",
+    "is_hub_source",
     "load_checkpoint",
     "read_export_metadata",
     "save_checkpoint",
@@ -155,15 +158,67 @@ def _infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".safetensors", ".bin")
+
+
+def is_hub_source(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a shared model: a folder, or (when no such file exists) a
+    Hugging Face Hub repo id such as ``user/name``."""
+    text = str(path)
+    if Path(text).is_dir():
+        return True
+    return (
+        not Path(text).exists()
+        and bool(_REPO_ID.match(text))
+        and not text.lower().endswith(_FILE_SUFFIXES)
+    )
+
+
+def hub_metadata(meta: CheckpointMeta) -> dict[str, Any]:
+    """What travels in a shared model's ``config.json`` besides the architecture."""
+    return {
+        "classes": meta.classes.to_dict(),
+        "mean": list(meta.mean),
+        "std": list(meta.std),
+        "image_size": meta.image_size,
+        "image_dtype": meta.image_dtype,
+    }
+
+
+def _load_shared(source: str | os.PathLike) -> tuple[UNetWithResnet50Encoder, CheckpointMeta]:
+    model = UNetWithResnet50Encoder.from_pretrained(source)
+    metadata = model.hub_metadata
+    data = {
+        "model_config": model.config,
+        "classes": metadata.get("classes") or ClassInfo.generic(model.n_classes).to_dict(),
+        "mean": metadata.get("mean") or list(IMAGENET_MEAN)[: model.in_channels],
+        "std": metadata.get("std") or list(IMAGENET_STD)[: model.in_channels],
+        "image_size": metadata.get("image_size"),
+        "image_dtype": metadata.get("image_dtype"),
+    }
+    meta = _meta_or_error(Path(source) / "config.json", data)
+    return model, meta
+
+
 def load_checkpoint(
     path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
 ) -> tuple[UNetWithResnet50Encoder, CheckpointMeta]:
-    """Rebuild the model from a checkpoint; returns ``(model in eval mode, metadata)``."""
+    """Rebuild the model from a checkpoint; returns ``(model in eval mode, metadata)``.
+
+    ``path`` is a ``.pt`` written by ``unet-resnet train``, a Lightning ``.ckpt``, the
+    original's state dict, or a shared model (a ``save_pretrained`` folder or a Hub repo id).
+    The model's :attr:`~UNetWithResnet50Encoder.hub_metadata` is filled, so
+    ``model.save_pretrained(dir)`` shares it with its classes and normalisation.
+    """
+    if is_hub_source(path):
+        return _load_shared(path)
     path = Path(path)
     if not path.is_file():
         raise WeightsFileError(
             f"Checkpoint not found: {path}. Pass the .pt file written by `unet-resnet train` "
-            "(RUN_DIR/checkpoints/best.pt)."
+            "(RUN_DIR/checkpoints/best.pt), a folder written by `unet-resnet export --format "
+            "hf`, or a Hugging Face Hub repo id."
         )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -200,6 +255,7 @@ def load_checkpoint(
         raise WeightsFileError(
             f"Checkpoint {path} does not match its model config {meta.model_config}: {exc}"
         ) from None
+    model.hub_metadata = hub_metadata(meta)
     return model.eval(), meta
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from unet_resnet.data import make_demo_dataset
 from unet_resnet.errors import WeightsUnavailableError
-from unet_resnet.models.weights import load_encoder_state_dict, warn_random_init
+from unet_resnet.models.encoders import build_encoder
+from unet_resnet.models.weights import warn_random_init
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -31,7 +32,7 @@ class DemoResult:
 
 def _imagenet_available(encoder: str) -> bool:
     try:
-        load_encoder_state_dict(encoder, "imagenet")
+        build_encoder(encoder, weights="imagenet")  # any family: torchvision or tu-NAME
         return True
     except WeightsUnavailableError as exc:
         warn_random_init(encoder, exc)

@@ -9,6 +9,7 @@ from pathlib import Path
 from unet_resnet.cli.common import build_segmenter, segmenter_arguments
 from unet_resnet.cli.registry import command
 from unet_resnet.data.registry import layout_names
+from unet_resnet.errors import ConfigError
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,19 +116,50 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     from unet_resnet.export import EXPORT_FORMATS
 
     parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
-    parser.add_argument("--format", default="onnx", choices=EXPORT_FORMATS)
-    parser.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=(*EXPORT_FORMATS, "hf"),
+        help="onnx, torchscript, or hf (Hugging Face Hub folder: config.json, "
+        "model.safetensors, README.md model card)",
+    )
+    parser.add_argument("--out", required=True, help="output file (.onnx or .pt), or folder (hf)")
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="hf: also upload the folder to this Hub repo"
+    )
+    parser.add_argument(
+        "--scores", help="hf: scores.json of `evaluate` for the model card (default: the run's)"
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="parity check limit")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 @command(
-    "export", "export a checkpoint to ONNX or TorchScript, with a parity check", _export_arguments
+    "export",
+    "export a checkpoint to ONNX or TorchScript (parity-checked) or a Hugging Face Hub folder",
+    _export_arguments,
 )
 def export_command(args: argparse.Namespace) -> int:
     from unet_resnet.export import export_model
 
+    if args.format == "hf":
+        from unet_resnet.hub import export_hf, push_folder
+
+        done = export_hf(
+            args.checkpoint,
+            args.out,
+            scores=args.scores,
+            repo_id=args.push_to_hub,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote {done.path} (config.json, model.safetensors, README.md)")
+        print(f"model card: run folder {done.run_dir or '-'}, scores from {done.scores_from}")
+        if args.push_to_hub:
+            print(f"pushed: {push_folder(done.path, args.push_to_hub)}")
+        return 0
+    if args.push_to_hub or args.scores:
+        raise ConfigError("--push-to-hub and --scores go with --format hf.")
     report = export_model(
         args.checkpoint,
         args.out,

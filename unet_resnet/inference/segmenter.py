@@ -154,7 +154,8 @@ class Segmenter:
         precision: Precision = "auto",
         **kwargs,
     ) -> Segmenter:
-        """Load a checkpoint written by ``unet-resnet train`` (or the original's state dict)."""
+        """Load a checkpoint written by ``unet-resnet train`` (or the original's state dict, or a
+        shared model: see :meth:`from_pretrained`)."""
         model, meta = load_checkpoint(path)
         return cls(
             model,
@@ -166,6 +167,13 @@ class Segmenter:
             image_dtype=meta.image_dtype,
             **kwargs,
         )
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> Segmenter:
+        """Load a shared model: a folder written by ``save_pretrained`` / ``unet-resnet export
+        --format hf``, or a Hugging Face Hub repo id; classes and normalisation come from its
+        ``config.json``. Same options as :meth:`from_checkpoint`."""
+        return cls.from_checkpoint(source, **kwargs)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, **kwargs) -> Segmenter:

@@ -16,7 +16,6 @@ convolution adaptation for ``in_channels != 3`` apply.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ from torch import nn
 from unet_resnet.errors import ConfigError, WeightsFileError, WeightsUnavailableError
 from unet_resnet.models.weights import (
     IMAGENET_ALIAS,
-    OFFLINE_ENV,
+    hf_cache_dir,
+    hub_offline_reason,
     is_weights_path,
     load_state_dict_file,
     load_url_state_dict,
@@ -34,7 +34,6 @@ from unet_resnet.models.weights import (
 __all__ = [
     "TIMM_PREFIX",
     "build_timm_encoder",
-    "hf_cache_dir",
     "list_timm_encoders",
     "pretrained_mean_std",
     "pretrained_source",
@@ -67,22 +66,6 @@ def _timm():
             "pip install 'unet-resnet[timm]'."
         ) from None
     return timm
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face Hub cache folder, read from the environment at call time."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join("~", ".cache", "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def _offline() -> str | None:
-    if os.environ.get(OFFLINE_ENV) == "1":
-        return f"{OFFLINE_ENV} is set"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    return None
 
 
 def pretrained_source(model_name: str) -> tuple[str | None, str | None, list[str]]:
@@ -137,7 +120,7 @@ def _pretrained_state_dict(model_name: str) -> dict:
         cached = try_to_load_from_cache(repo, name, cache_dir=cache)
         if isinstance(cached, str):
             return load_state_dict_file(cached)
-    reason = _offline()
+    reason = hub_offline_reason()
     if reason is None:
         try:
             return load_state_dict_file(_download_from_hub(repo, filenames, cache))

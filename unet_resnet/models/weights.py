@@ -23,6 +23,8 @@ __all__ = [
     "IMAGENET_ALIAS",
     "OFFLINE_ENV",
     "cached_weights_path",
+    "hf_cache_dir",
+    "hub_offline_reason",
     "is_weights_path",
     "load_encoder_state_dict",
     "load_into_resnet",
@@ -52,6 +54,25 @@ def is_weights_path(value: str | os.PathLike) -> bool:
         or value.lower().endswith(_WEIGHT_SUFFIXES)
         or Path(value).exists()
     )
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face Hub cache folder, read from the environment at call time
+    (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join("~", ".cache", "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_offline_reason() -> str | None:
+    """Why the Hub must not be contacted now (``UNET_RESNET_OFFLINE`` or ``HF_HUB_OFFLINE``
+    set, read at call time), or ``None``."""
+    if os.environ.get(OFFLINE_ENV) == "1":
+        return f"{OFFLINE_ENV} is set"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    return None
 
 
 def resolve_torchvision_weights(encoder: str, name: str):

@@ -67,14 +67,20 @@ class ExportCheckpoints(L.Callback):
         self.dirpath = Path(dirpath)
         self.best_score = -math.inf
         self.best_epoch: int | None = None
+        self.best_scores: dict[str, Any] | None = None
         self._pending: tuple[dict[str, torch.Tensor], Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_scores": self.best_scores,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = state_dict["best_score"]
         self.best_epoch = state_dict["best_epoch"]
+        self.best_scores = state_dict.get("best_scores")
 
     def _meta(self, trainer: L.Trainer, module, scores: dict | None):
         meta = copy.deepcopy(module.meta)
@@ -98,6 +104,7 @@ class ExportCheckpoints(L.Callback):
         if scores["miou"] > self.best_score:
             self.best_score = scores["miou"]
             self.best_epoch = trainer.current_epoch
+            self.best_scores = {k: v for k, v in scores.items() if k != "confusion_matrix"}
             if trainer.is_global_zero:
                 state = {
                     k: v.detach().to("cpu", copy=True) for k, v in module.model.state_dict().items()
@@ -289,8 +296,15 @@ class ValidationImages(L.Callback):
             or trainer.current_epoch % self.every
         ):
             return
-        experiment = getattr(trainer.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image"):
+        experiment = next(
+            (
+                logger.experiment
+                for logger in trainer.loggers
+                if hasattr(getattr(logger, "experiment", None), "add_image")
+            ),
+            None,
+        )
+        if experiment is None:  # no TensorBoard among the loggers
             return
         images, preds, masks = batch
         meta = module.meta
@@ -344,3 +358,46 @@ class DistributedConsistency(L.Callback):
                 }
             )
         )
+
+
+def _flat_numbers(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat_numbers(f"{prefix}/{key}", item, out)
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        out[prefix] = float(value)
+
+
+class ExperimentRecord(L.Callback):
+    """What experiment trackers keep of a run: the resolved config as hyperparameters at the
+    start; at the end the best validation scores (per class too) as ``best/...`` metrics and
+    ``best.pt`` attached as a file, for every logger that can attach one.
+
+    ``attach`` maps a logger object to its file-attaching function (from the logger table).
+    """
+
+    def __init__(self, config: dict[str, Any], attach: dict[int, Any], export: ExportCheckpoints):
+        self.config = config
+        self.attach = attach
+        self.export = export
+
+    def on_fit_start(self, trainer: L.Trainer, module) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"config": self.config})
+
+    def on_train_end(self, trainer: L.Trainer, module) -> None:
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        self.export.flush()  # best.pt on disk before it is attached
+        best = self.export.dirpath / "best.pt"
+        metrics: dict[str, float] = {}
+        _flat_numbers("best", self.export.best_scores or {}, metrics)
+        if self.export.best_epoch is not None:
+            metrics["best/epoch"] = float(self.export.best_epoch)
+            metrics["best/miou"] = float(self.export.best_score)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            attach = self.attach.get(id(logger))
+            if attach is not None and best.is_file():
+                attach(logger, best)

@@ -26,6 +26,7 @@ from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import PRECISION_ALIASES, Precision
 from unet_resnet.losses import LossName
 from unet_resnet.models.unet import UpsamplingMethod
+from unet_resnet.training.loggers import check_logger_names
 
 __all__ = [
     "GROUPS",
@@ -189,6 +190,17 @@ class TrainConfig:
     log_images_every: int = opt(
         5, "epochs between validation image grids in TensorBoard", group="optim"
     )
+    logger: list[str] | str = opt(
+        ["tensorboard"],
+        "experiment loggers, comma-separated: tensorboard, csv, mlflow, wandb; or none",
+        group="run",
+    )
+    experiment_name: str = opt(
+        "unet-resnet", "mlflow experiment / wandb project the run is logged under", group="run"
+    )
+    tracking_uri: str | None = opt(
+        None, "mlflow tracking URI; default $MLFLOW_TRACKING_URI, else OUT/mlruns", group="run"
+    )
     progress: bool = opt(True, "progress bars and the model summary", group="trainer")
 
     def __post_init__(self) -> None:
@@ -227,6 +239,12 @@ class TrainConfig:
                         f"Invalid {_flag(name)} {value!r}: a number of epochs (>= 1) or auto."
                     ) from None
                 setattr(self, name, value)
+        if isinstance(self.logger, str):
+            self.logger = [v.strip() for v in self.logger.split(",") if v.strip()]
+        if not isinstance(self.logger, list) or not all(isinstance(v, str) for v in self.logger):
+            raise ConfigError(f"Invalid --logger {self.logger!r}: names separated by commas.")
+        self.logger = [v for v in self.logger if v.lower() != "none"]
+        check_logger_names(self.logger)
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             try:
                 self.class_weights = [float(v) for v in self.class_weights.split(",")]

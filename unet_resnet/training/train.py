@@ -6,7 +6,9 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -18,7 +20,6 @@ import lightning as L
 import numpy as np
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import ConfigError, OutputExistsError
@@ -28,6 +29,7 @@ from unet_resnet.models.encoders import encoder_mean_std
 from unet_resnet.training.callbacks import (
     AtomicCheckpointIO,
     DistributedConsistency,
+    ExperimentRecord,
     ExportCheckpoints,
     MetricsHistory,
     ResumeCheckpoint,
@@ -35,6 +37,7 @@ from unet_resnet.training.callbacks import (
 )
 from unet_resnet.training.config import TrainConfig
 from unet_resnet.training.datamodule import SegmentationDataModule
+from unet_resnet.training.loggers import build_loggers
 from unet_resnet.training.module import SegmentationModule
 
 __all__ = ["TrainResult", "balanced_class_weights", "build_trainer", "train"]
@@ -96,12 +99,20 @@ def build_trainer(
 ) -> L.Trainer:
     checkpoints = run_dir / "checkpoints"
     export = ExportCheckpoints(checkpoints)
+    loggers = build_loggers(
+        config.logger,
+        run_dir,
+        experiment_name=config.experiment_name,
+        tracking_uri=config.tracking_uri,
+    )
+    attach = {id(logger): kind.attach_file for kind, logger in loggers if kind.attach_file}
     callbacks: list[L.Callback] = [
         export,
         MetricsHistory(run_dir),
         ValidationImages(config.log_images_every),
-        LearningRateMonitor(logging_interval="epoch"),
+        *([LearningRateMonitor(logging_interval="epoch")] if loggers else []),
         DistributedConsistency(run_dir),
+        ExperimentRecord(config.to_dict(), attach, export),
         *extra_callbacks,
     ]
     if config.early_stopping_patience:
@@ -122,7 +133,7 @@ def build_trainer(
         num_nodes=config.num_nodes,
         precision=resolve_train_precision(config.precision, config.accelerator),
         callbacks=callbacks,
-        logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        logger=[logger for _, logger in loggers] or False,
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,  # ResumeCheckpoint and ExportCheckpoints write ours
         accumulate_grad_batches=config.accumulate_grad_batches,
@@ -302,6 +313,9 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     )
     if trainer.is_global_zero:
         summary = {
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "train_images": len(data.train_set),
+            "val_images": 0 if data.val_set is None else len(data.val_set),
             "best_miou": result.best_miou,
             "best_epoch": result.best_epoch,
             "epochs_completed": result.epochs_completed,
