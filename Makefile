@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench bench-quality docs clean
+.PHONY: install browser demo test test-slow lint format bench bench-quality docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ docs: install
 	  sed -n 3p docs/config.md; echo; \
 	  $(BIN)/python -c "from unet_resnet.training.config import config_reference as r; print(r())"; \
 	} > docs/config.md.new && mv docs/config.md.new docs/config.md
+
+# sdist and wheel in dist/ (tests/test_packaging.py installs the wheel outside the tree).
+dist: install
+	$(BIN)/python -m build --no-isolation --outdir dist .
 
 lint: install
 	$(BIN)/ruff check .
