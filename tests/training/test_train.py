@@ -298,7 +298,7 @@ def test_config_groups_are_the_constructor_parameters():
 
     config = TrainConfig(data="d")
     data_params = set(inspect.signature(SegmentationDataModule).parameters)
-    assert set(config.group("data")) == data_params - {"pretrained", "epochs"}
+    assert set(config.group("data")) == data_params - {"pretrained", "pretrained_stats", "epochs"}
     module_params = set(inspect.signature(SegmentationModule).parameters)
     assert set(config.group("optim")) <= module_params
     assert set(config.group("model")) == {"encoder", "encoder_weights", "upsampling_method"}
@@ -416,7 +416,11 @@ def test_resume_checkpoint_auto_cadence_bounds_the_overhead(monkeypatch):
         ("--workers", "-1", "Invalid --workers -1"),
         ("--class-weights", "a,b,c,d", "Invalid --class-weights 'a,b,c,d'"),
         ("--class-weights", "1,-2", "Invalid --class-weights"),
-        ("--encoder", "resnet9000", "Unknown --encoder 'resnet9000'. Choose one of: resnet18"),
+        (
+            "--encoder",
+            "resnet9000",
+            "Invalid --encoder: Unknown encoder 'resnet9000'. Choose one of: resnet18",
+        ),
         ("--limit-train-batches", "0", "Invalid --limit-train-batches 0"),
         ("--val-every", "x", "Invalid --val-every 'x'"),
         ("--checkpoint-every", "0", "Invalid --checkpoint-every 0"),
