@@ -17,6 +17,7 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="folder", choices=checkable_layouts())
     parser.add_argument("--window", type=int, default=512, help="raster: window side")
     parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
+    parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -30,7 +31,10 @@ def check_data(args: argparse.Namespace) -> int:
     from unet_resnet.data.registry import SplitOptions, check_layout
 
     options = SplitOptions(
-        num_classes=args.num_classes, image_size=args.window, slice_axis=args.slice_axis
+        num_classes=args.num_classes,
+        image_size=args.window,
+        slice_axis=args.slice_axis,
+        annotations=args.annotations,
     )
     report = check_layout(args.data, args.dataset, options, progress=not args.quiet)
     print(report.summary())

@@ -63,6 +63,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="val | test | train")
     parser.add_argument("--dataset", default="folder", choices=layout_names())
     parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
+    parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
     parser.add_argument(
         "--hd95", action="store_true", help="nifti: 95th-percentile Hausdorff distance (mm)"
     )
@@ -90,13 +91,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
     segmenter = build_segmenter(args)
     try:
         own = open_split(
-            args.data, args.split, args.dataset, SplitOptions(slice_axis=args.slice_axis)
+            args.data,
+            args.split,
+            args.dataset,
+            SplitOptions(slice_axis=args.slice_axis, annotations=args.annotations),
         )
     except DataError:
         own = None  # no classes file of its own: read with the checkpoint's classes
     if own is not None:
         segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
-    options = SplitOptions(classes=segmenter.classes, slice_axis=args.slice_axis)
+    options = SplitOptions(
+        classes=segmenter.classes, slice_axis=args.slice_axis, annotations=args.annotations
+    )
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
         raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")

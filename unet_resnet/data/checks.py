@@ -20,7 +20,17 @@ from unet_resnet.data.classes import ClassInfo, resolve_classes
 from unet_resnet.data.datasets import PairedSegmentationDataset, folder_pairs
 from unet_resnet.errors import UnetResnetError
 
-__all__ = ["DataReport", "Problem", "check_dataset", "check_rasters", "check_volumes"]
+__all__ = [
+    "SPLITS",
+    "DataReport",
+    "Problem",
+    "SplitStats",
+    "check_dataset",
+    "check_rasters",
+    "check_samples",
+    "check_volumes",
+    "finish",
+]
 
 SPLITS = ("train", "val", "test")
 
@@ -174,13 +184,13 @@ def check_dataset(
         if report.classes is None:
             continue
         dataset = PairedSegmentationDataset(pairs, report.classes)
-        _check_samples(report, stats, split, dataset, lambda i, d=dataset: d.pairs[i][1], progress)
+        check_samples(report, stats, split, dataset, lambda i, d=dataset: d.pairs[i][1], progress)
         all_channels.update(stats.channels)
-    _finish(report, all_channels)
+    finish(report, all_channels)
     return report
 
 
-def _check_samples(report, stats, split, dataset, describe, progress: bool) -> None:
+def check_samples(report, stats, split, dataset, describe, progress: bool) -> None:
     """Read every sample of ``dataset``; record sizes, channels, class pixels and problems."""
     stats.class_pixels = np.zeros(report.classes.num_classes, dtype=np.int64)
     for index in tqdm(
@@ -288,15 +298,15 @@ def _check_scene_splits(root, num_classes, open_split, progress: bool) -> DataRe
         if not pairs:
             report.error(f"Split '{split}' is empty: no scenes in {root / split / 'images'}.")
             continue
-        _check_samples(report, stats, split, ds, describe, progress)
+        check_samples(report, stats, split, ds, describe, progress)
         all_channels.update(stats.channels)
     if "train" not in report.splits:
         report.error(f"No {root / 'train'} folder with training scenes.")
-    _finish(report, all_channels)
+    finish(report, all_channels)
     return report
 
 
-def _finish(report: DataReport, all_channels: Counter) -> None:
+def finish(report: DataReport, all_channels: Counter) -> None:
     if len(all_channels) > 1:
         report.error(
             f"Images have different channel counts {dict(all_channels)}: a model takes one "

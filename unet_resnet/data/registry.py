@@ -46,6 +46,8 @@ class SplitOptions:
         image_size: raster layouts: window side (or ``(h, w)``).
         slice_axis: volume layouts: the axis 2D slices are taken along.
         samples_per_epoch: raster layouts: random windows per training epoch.
+        annotations: coco: the annotation file (``{split}`` is replaced by the split name).
+        crowd: coco: crowd regions become ``ignore`` (default) or their ``class``.
     """
 
     num_classes: int | None = None
@@ -53,6 +55,8 @@ class SplitOptions:
     image_size: int | tuple[int, int] | list[int] = 512
     slice_axis: int = 2
     samples_per_epoch: int = 1000
+    annotations: str | None = None
+    crowd: str = "ignore"
 
     def resolve_classes(self, root: Path) -> ClassInfo:
         return self.classes or resolve_classes(root, self.num_classes)
@@ -209,3 +213,24 @@ def _open_raster(root: Path, split: str, options: SplitOptions):
         samples_per_epoch=options.samples_per_epoch,
         classes=options.resolve_classes(root),
     )
+
+
+def _check_coco(root: Path, options: SplitOptions, progress: bool):
+    from unet_resnet.data.coco import check_coco
+
+    return check_coco(root, annotations=options.annotations, crowd=options.crowd, progress=progress)
+
+
+@register_layout(
+    "coco",
+    "COCO JSON (polygons, RLE): DATA/SPLIT/_annotations.coco.json (Roboflow) or "
+    "DATA/annotations/instances_SPLIT*.json (COCO, CVAT); --annotations FILE overrides",
+    check=_check_coco,
+)
+def _open_coco(root: Path, split: str, options: SplitOptions):
+    from unet_resnet.data.coco import CocoSegmentation, find_coco
+
+    found = find_coco(root, split, options.annotations)
+    if found is None:
+        return None
+    return CocoSegmentation(*found, classes=options.classes, crowd=options.crowd)

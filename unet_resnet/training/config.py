@@ -40,6 +40,7 @@ __all__ = [
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
 Normalization = Literal["auto", "imagenet", "dataset"]
+CrowdRule = Literal["ignore", "class"]
 
 #: What each group of options builds: its names are that constructor's parameters.
 GROUPS = {
@@ -97,6 +98,14 @@ class TrainConfig:
         group="data",
     )
     samples_per_epoch: int = opt(1000, "raster: random windows per training epoch", group="data")
+    annotations: str | None = opt(
+        None,
+        "coco: annotation file ({split} is replaced by the split name); default: found in DATA",
+        group="data",
+    )
+    crowd: CrowdRule = opt(
+        "ignore", "coco: crowd regions become ignore_index, or their class", group="data"
+    )
     # Model
     encoder: str = opt(
         "resnet50",

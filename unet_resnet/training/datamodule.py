@@ -50,6 +50,7 @@ class SegmentationDataModule(L.LightningDataModule):
         check_data: run the layout's data check in :meth:`setup` and stop on errors.
         slice_axis, foreground_oversampling: volume layouts (see the config reference).
         samples_per_epoch: raster layouts: random windows per training epoch.
+        annotations, crowd: coco layout: the annotation file and the crowd rule.
         epochs: the schedule's length, for ``augment="auto"``.
     """
 
@@ -71,6 +72,8 @@ class SegmentationDataModule(L.LightningDataModule):
         slice_axis: int = 2,
         foreground_oversampling: float = 0.0,
         samples_per_epoch: int = 1000,
+        annotations: str | None = None,
+        crowd: str = "ignore",
         epochs: int | None = None,
     ) -> None:
         super().__init__()
@@ -90,6 +93,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.slice_axis = slice_axis
         self.foreground_oversampling = foreground_oversampling
         self.samples_per_epoch = samples_per_epoch
+        self.annotations = annotations
+        self.crowd = crowd
         self.epochs = epochs
         self.augment_chosen: str | None = None
         self.augment_reason = ""
@@ -107,6 +112,8 @@ class SegmentationDataModule(L.LightningDataModule):
             image_size=self.image_size,
             slice_axis=self.slice_axis,
             samples_per_epoch=self.samples_per_epoch,
+            annotations=self.annotations,
+            crowd=self.crowd,
         )
 
     def _make(self, split: str):
