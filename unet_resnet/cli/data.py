@@ -18,6 +18,8 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=512, help="raster: window side")
     parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
     parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
+    parser.add_argument("--labels", default=None, help="raster: vector label file")
+    parser.add_argument("--label-field", default=None, help="raster: its class attribute")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -35,6 +37,8 @@ def check_data(args: argparse.Namespace) -> int:
         image_size=args.window,
         slice_axis=args.slice_axis,
         annotations=args.annotations,
+        labels=args.labels,
+        label_field=args.label_field,
     )
     report = check_layout(args.data, args.dataset, options, progress=not args.quiet)
     print(report.summary())

@@ -21,7 +21,19 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--probabilities", action="store_true", help="also write class probabilities"
     )
     parser.add_argument(
-        "--vectorize", action="store_true", help="GeoTIFF input: also write NAME.geojson polygons"
+        "--vectorize",
+        action="store_true",
+        help="GeoTIFF input: also write polygons, NAME.geojson (WGS84) and NAME.gpkg (scene CRS)",
+    )
+    parser.add_argument(
+        "--vector-format", default="gpkg", choices=("gpkg", "fgb"), help="GIS file of --vectorize"
+    )
+    parser.add_argument(
+        "--simplify",
+        type=float,
+        default=None,
+        metavar="TOL",
+        help="--vectorize: simplify polygons by this tolerance in CRS units (e.g. metres)",
     )
     parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI input: slice axis")
     parser.add_argument(
@@ -37,6 +49,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_command(args: argparse.Namespace) -> int:
     from unet_resnet.inference.files import plan_predictions, predict_files
 
+    if args.simplify is not None and not args.simplify >= 0:
+        raise ConfigError(f"Invalid --simplify {args.simplify}: a tolerance >= 0 in CRS units.")
     # Outputs are named and checked before the model is loaded: a refusal costs nothing.
     plan = plan_predictions(
         args.inputs,
@@ -44,10 +58,13 @@ def predict_command(args: argparse.Namespace) -> int:
         overlay=args.overlay,
         probabilities=args.probabilities,
         vectorize=args.vectorize,
+        vector_format=args.vector_format,
         overwrite=args.overwrite,
     )
     segmenter = build_segmenter(args, progress=len(plan.files) == 1)
-    report = predict_files(segmenter, plan, slice_axis=args.slice_axis, progress=True)
+    report = predict_files(
+        segmenter, plan, slice_axis=args.slice_axis, simplify=args.simplify, progress=True
+    )
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
@@ -64,6 +81,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="folder", choices=layout_names())
     parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
     parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
+    parser.add_argument("--labels", default=None, help="raster: vector label file")
+    parser.add_argument("--label-field", default=None, help="raster: its class attribute")
     parser.add_argument(
         "--hd95", action="store_true", help="nifti: 95th-percentile Hausdorff distance (mm)"
     )
@@ -94,14 +113,23 @@ def evaluate_command(args: argparse.Namespace) -> int:
             args.data,
             args.split,
             args.dataset,
-            SplitOptions(slice_axis=args.slice_axis, annotations=args.annotations),
+            SplitOptions(
+                slice_axis=args.slice_axis,
+                annotations=args.annotations,
+                labels=args.labels,
+                label_field=args.label_field,
+            ),
         )
     except DataError:
         own = None  # no classes file of its own: read with the checkpoint's classes
     if own is not None:
         segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
     options = SplitOptions(
-        classes=segmenter.classes, slice_axis=args.slice_axis, annotations=args.annotations
+        classes=segmenter.classes,
+        slice_axis=args.slice_axis,
+        annotations=args.annotations,
+        labels=args.labels,
+        label_field=args.label_field,
     )
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:

@@ -257,21 +257,39 @@ def check_rasters(
     num_classes: int | None = None,
     window: int = 512,
     progress: bool = True,
+    labels: str | os.PathLike | None = None,
+    label_field: str | None = None,
 ) -> DataReport:
     """The same checks for large rasters: ``DATA/{split}/images/SCENE.tif`` +
-    ``masks/SCENE.tif``, read in a grid of ``window`` windows, so every pixel is checked
-    without loading a scene at once."""
+    ``masks/SCENE.tif`` (or the vector ``labels`` file), read in a grid of ``window``
+    windows, so every pixel is checked without loading a scene at once. Vector labels are
+    also checked for invalid geometries, features outside every scene and unmapped values."""
     from unet_resnet.data.datasets import RasterWindowDataset
+
+    vector = {}
 
     def open_split(root: Path, split: str, report: DataReport):
         pairs, orphans = folder_pairs(root, split)
-        for mask in orphans:
+        if labels and "labels" not in vector:
+            from unet_resnet.data.vector import VectorLabels, check_vector_labels
+
+            vector["labels"] = VectorLabels(labels, label_field, report.classes)
+            scenes = [image for s in SPLITS for image, _ in folder_pairs(root, s)[0]]
+            check_vector_labels(vector["labels"], scenes, report)
+        for mask in [] if labels else orphans:
             report.error(f"Label raster without scene: {mask}.")
-        ds = RasterWindowDataset(pairs, window=window, mode="grid", classes=report.classes)
+        ds = RasterWindowDataset(
+            pairs,
+            window=window,
+            mode="grid",
+            classes=report.classes,
+            vector_labels=vector.get("labels"),
+        )
 
         def describe(i: int) -> str:
             scene, top, left = ds.window_at(i)
-            return f"{ds.scenes[scene][1]} (window at row {top}, col {left})"
+            label = labels or ds.scenes[scene][1]
+            return f"{label} (window at row {top}, col {left} of {ds.scenes[scene][0].name})"
 
         return pairs, ds, describe
 

@@ -315,7 +315,8 @@ class Cityscapes(PairedSegmentationDataset):
 
 # Large rasters -----------------------------------------------------------------------------------
 class RasterWindowDataset(Dataset):
-    """Windows of large GeoTIFF/TIFF scenes and their label rasters, read lazily with rasterio.
+    """Windows of large GeoTIFF/TIFF scenes and their label rasters (or vector labels), read
+    lazily with rasterio.
 
     Only the requested window is read from disk, so scenes far larger than memory work.
 
@@ -327,7 +328,12 @@ class RasterWindowDataset(Dataset):
             ``"grid"`` covers every scene with windows at ``stride`` (validation).
         classes: class info; its ``ignore_index`` fills label nodata and padding.
         nodata_to_ignore: image pixels equal to the image's nodata value get ``ignore_index``.
+        vector_labels: a :class:`~unet_resnet.data.vector.VectorLabels` rasterised per
+            window instead of label rasters (the scenes' label paths are then unused).
     """
+
+    #: Scenes whose vector features stay in memory (per process), least recently used dropped.
+    SCENES_KEPT = 4
 
     def __init__(
         self,
@@ -340,6 +346,7 @@ class RasterWindowDataset(Dataset):
         classes: ClassInfo,
         transform: Transform | None = None,
         nodata_to_ignore: bool = True,
+        vector_labels=None,
     ) -> None:
         try:
             import rasterio
@@ -356,6 +363,8 @@ class RasterWindowDataset(Dataset):
         self.classes = classes
         self.transform = transform
         self.nodata_to_ignore = nodata_to_ignore
+        self.vector_labels = vector_labels
+        self._scene_labels: dict[int, object] = {}
         self.shapes = []
         for image, label in self.scenes:
             with rasterio.open(image) as src:
@@ -423,7 +432,11 @@ class RasterWindowDataset(Dataset):
             src = self._open(image_path)
             image = src.read(window=win, boundless=True, fill_value=0)
             nodata = src.nodata
-            if label_path is not None:
+            if self.vector_labels is not None:
+                mask = self._scene_vector(scene, src).rasterize(
+                    src.window_transform(win), self.window
+                )
+            elif label_path is not None:
                 lsrc = self._open(label_path)
                 fill = lsrc.nodata if lsrc.nodata is not None else ignore
                 mask = lsrc.read(1, window=win, boundless=True, fill_value=fill).astype(np.int64)
@@ -444,9 +457,19 @@ class RasterWindowDataset(Dataset):
             mask[np.all(image == nodata, axis=0)] = ignore
         return image, mask
 
+    def _scene_vector(self, scene: int, src):
+        labels = self._scene_labels.pop(scene, None)
+        if labels is None:  # a scene's features, read when its first window is
+            labels = self.vector_labels.for_scene(src.crs, src.bounds)
+        self._scene_labels[scene] = labels  # most recent last
+        while len(self._scene_labels) > self.SCENES_KEPT:
+            self._scene_labels.pop(next(iter(self._scene_labels)))
+        return labels
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_handles"] = {}  # file handles do not cross process boundaries
+        state["_scene_labels"] = {}
         return state
 
 

@@ -48,6 +48,8 @@ class SplitOptions:
         samples_per_epoch: raster layouts: random windows per training epoch.
         annotations: coco: the annotation file (``{split}`` is replaced by the split name).
         crowd: coco: crowd regions become ``ignore`` (default) or their ``class``.
+        labels, label_field: raster: one vector label file for every split (GeoJSON,
+            GeoPackage, Shapefile, FlatGeobuf) and the attribute holding the class.
     """
 
     num_classes: int | None = None
@@ -57,6 +59,16 @@ class SplitOptions:
     samples_per_epoch: int = 1000
     annotations: str | None = None
     crowd: str = "ignore"
+    labels: str | None = None
+    label_field: str | None = None
+
+    def vector_labels(self, classes: ClassInfo):
+        """raster layouts: the ``labels`` file as :class:`VectorLabels`, or None."""
+        if not self.labels:
+            return None
+        from unet_resnet.data.vector import VectorLabels
+
+        return VectorLabels(self.labels, self.label_field, classes)
 
     def resolve_classes(self, root: Path) -> ClassInfo:
         return self.classes or resolve_classes(root, self.num_classes)
@@ -154,7 +166,14 @@ def _check_raster(root: Path, options: SplitOptions, progress: bool):
 
     size = options.image_size
     side = size if isinstance(size, int) else max(size)
-    return check_rasters(root, num_classes=options.num_classes, window=side, progress=progress)
+    return check_rasters(
+        root,
+        num_classes=options.num_classes,
+        window=side,
+        progress=progress,
+        labels=options.labels,
+        label_field=options.label_field,
+    )
 
 
 @register_layout(
@@ -199,19 +218,22 @@ def _open_nifti(root: Path, split: str, options: SplitOptions):
 
 @register_layout(
     "raster",
-    "DATA/{split}/{images,masks}/SCENE.tif large rasters, read in windows",
+    "DATA/{split}/{images,masks}/SCENE.tif large rasters, read in windows (or vector "
+    "labels: --labels FILE --label-field NAME)",
     check=_check_raster,
 )
 def _open_raster(root: Path, split: str, options: SplitOptions):
     if not (root / split / "images").is_dir():
         return None
     pairs, _ = folder_pairs(root, split)
+    classes = options.resolve_classes(root)
     return RasterWindowDataset(
         pairs,
         window=options.image_size,
         mode="random" if split == "train" else "grid",
         samples_per_epoch=options.samples_per_epoch,
-        classes=options.resolve_classes(root),
+        classes=classes,
+        vector_labels=options.vector_labels(classes),
     )
 
 

@@ -24,9 +24,10 @@ import torch
 
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.medical import case_name, is_nifti
-from unet_resnet.errors import InputShapeError, OutputExistsError, UnetResnetError
+from unet_resnet.errors import ConfigError, InputShapeError, OutputExistsError, UnetResnetError
 from unet_resnet.grid import chunk_margin, chunk_windows
 from unet_resnet.inference.labels import labels_from_probs
+from unet_resnet.inference.vectorize import VECTOR_FORMATS
 from unet_resnet.io import (
     IMAGE_SUFFIXES,
     atomic_path,
@@ -290,9 +291,12 @@ class OutputPaths:
     overlay: Path | None = None
     probabilities: Path | None = None
     vectors: Path | None = None
+    gis: Path | None = None
 
     def paths(self) -> list[Path]:
-        return [p for p in (self.mask, self.overlay, self.probabilities, self.vectors) if p]
+        return [
+            p for p in (self.mask, self.overlay, self.probabilities, self.vectors, self.gis) if p
+        ]
 
 
 def plan_outputs(
@@ -302,9 +306,11 @@ def plan_outputs(
     overlay: bool = False,
     probabilities: bool = False,
     vectorize: bool = False,
+    vector_format: str = "gpkg",
 ) -> list[OutputPaths]:
     """Output names for each input: ``NAME.png`` (``.tif`` for GeoTIFF, ``.nii.gz`` for NIfTI),
-    ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson``.
+    ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson`` and ``NAME.gpkg``
+    (or ``.fgb``).
 
     No output is ever an input or another input's output: when any of an input's names is
     taken (same file name in two folders, ``a.png`` and ``a.jpg``, ``x.png`` beside
@@ -333,6 +339,9 @@ def plan_outputs(
                     if probabilities
                     else None,
                     vectors=out / f"{stem}.geojson" if geo and vectorize else None,
+                    gis=out / f"{stem}{VECTOR_FORMATS[vector_format][0]}"
+                    if geo and vectorize
+                    else None,
                 )
             resolved = {p.resolve() for p in plan.paths()}
             if not resolved & (claimed | inputs):
@@ -367,14 +376,24 @@ def plan_predictions(
     overlay: bool = False,
     probabilities: bool = False,
     vectorize: bool = False,
+    vector_format: str = "gpkg",
     overwrite: bool = False,
 ) -> PredictPlan:
     """Expand ``inputs`` and name every output; an output that already exists is an error
     (before any work) unless ``overwrite``."""
     files, missing = expand_inputs(inputs)
     out = Path(out)
+    if vector_format not in VECTOR_FORMATS:
+        raise ConfigError(
+            f"Unknown --vector-format {vector_format!r}: {', '.join(VECTOR_FORMATS)}."
+        )
     plans = plan_outputs(
-        files, out, overlay=overlay, probabilities=probabilities, vectorize=vectorize
+        files,
+        out,
+        overlay=overlay,
+        probabilities=probabilities,
+        vectorize=vectorize,
+        vector_format=vector_format,
     )
     existing = [p for plan in plans for p in plan.paths() if p.exists()]
     if existing and not overwrite:
@@ -391,6 +410,7 @@ def predict_files(
     plan: PredictPlan,
     *,
     slice_axis: int = 2,
+    simplify: float | None = None,
     progress: bool = False,
 ) -> PredictReport:
     """Predict every input of ``plan`` (from :func:`plan_predictions`, which names and checks
@@ -421,7 +441,13 @@ def predict_files(
             if paths.vectors is not None:
                 from unet_resnet.inference.vectorize import vectorize_mask
 
-                vectorize_mask(paths.mask, paths.vectors, segmenter.classes)
+                vectorize_mask(
+                    paths.mask,
+                    paths.vectors,
+                    segmenter.classes,
+                    gis_path=paths.gis,
+                    simplify=simplify,
+                )
             report.written.append(paths.mask)
         except UnetResnetError as exc:
             report.failed.append((str(path), str(exc)))

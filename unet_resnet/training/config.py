@@ -106,6 +106,14 @@ class TrainConfig:
     crowd: CrowdRule = opt(
         "ignore", "coco: crowd regions become ignore_index, or their class", group="data"
     )
+    labels: str | None = opt(
+        None,
+        "raster: vector label file for all splits (GeoJSON, GeoPackage, Shapefile, FlatGeobuf)",
+        group="data",
+    )
+    label_field: str | None = opt(
+        None, "raster: the --labels attribute with class names or codes", group="data"
+    )
     # Model
     encoder: str = opt(
         "resnet50",

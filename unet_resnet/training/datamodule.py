@@ -51,6 +51,7 @@ class SegmentationDataModule(L.LightningDataModule):
         slice_axis, foreground_oversampling: volume layouts (see the config reference).
         samples_per_epoch: raster layouts: random windows per training epoch.
         annotations, crowd: coco layout: the annotation file and the crowd rule.
+        labels, label_field: raster layout: a vector label file and its class attribute.
         epochs: the schedule's length, for ``augment="auto"``.
     """
 
@@ -74,6 +75,8 @@ class SegmentationDataModule(L.LightningDataModule):
         samples_per_epoch: int = 1000,
         annotations: str | None = None,
         crowd: str = "ignore",
+        labels: str | None = None,
+        label_field: str | None = None,
         epochs: int | None = None,
     ) -> None:
         super().__init__()
@@ -95,6 +98,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.annotations = annotations
         self.crowd = crowd
+        self.labels = labels
+        self.label_field = label_field
         self.epochs = epochs
         self.augment_chosen: str | None = None
         self.augment_reason = ""
@@ -114,6 +119,8 @@ class SegmentationDataModule(L.LightningDataModule):
             samples_per_epoch=self.samples_per_epoch,
             annotations=self.annotations,
             crowd=self.crowd,
+            labels=self.labels,
+            label_field=self.label_field,
         )
 
     def _make(self, split: str):
