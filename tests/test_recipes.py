@@ -64,6 +64,17 @@ def test_remote_sensing_recipe(tmp_path):
         assert feature["properties"]["name"] in {"building", "water", "vegetation"}
 
 
+def test_remote_sensing_recipe_from_vector_labels(tmp_path):
+    import pyogrio
+
+    scores = _recipe("remote_sensing").run(tmp_path, quick=True, vector_labels=True)
+    assert set(scores["per_class"]) == {"background", "building", "water", "vegetation"}
+    assert not list((tmp_path / "data/train/masks").glob("*.tif"))  # labels only as vectors
+    info = pyogrio.read_info(tmp_path / "labels.gpkg")
+    assert info["features"] > 10 and "32632" in info["crs"]
+    assert (tmp_path / "predictions/scene_00.gpkg").is_file()
+
+
 @pytest.mark.parametrize("name", ["medical", "driving", "remote_sensing"])
 def test_recipe_folders_are_complete(name):
     folder = EXAMPLES / name

@@ -2,11 +2,16 @@
 
     python examples/remote_sensing/run.py --out runs/remote          # the full recipe
     python examples/remote_sensing/run.py --out /tmp/remote --quick  # reduced (the tests')
+    python examples/remote_sensing/run.py --out runs/remote-vec --vector-labels
 
 Writes synthetic 4-band (blue, green, red, near-infrared) 16-bit GeoTIFF scenes in UTM with
 label rasters (background, building, water, vegetation), trains on random windows read
 lazily from the scenes, predicts a whole held-out scene tile by tile into a georeferenced
 GeoTIFF, and vectorises the buildings and water into GeoJSON polygons.
+
+With ``--vector-labels`` the training and validation labels are one GeoPackage of polygons
+(as a GIS or OpenStreetMap export gives them) instead of label rasters: ``--labels FILE
+--label-field name`` rasterises them per window while training.
 """
 
 from __future__ import annotations
@@ -89,11 +94,42 @@ def make_dataset(root: Path, *, counts: dict[str, int], side: int, seed: int = 0
     return root
 
 
-def run(out: str | Path, *, quick: bool = False) -> dict:
+def masks_to_vector_labels(data: Path, path: Path, splits=("train", "val")) -> Path:
+    """One GeoPackage with every labelled region of ``splits`` as a polygon (attribute
+    ``name``), and the label rasters of those splits removed: the labels now exist only as
+    vectors, as they do for most GIS users."""
+    import pyogrio.raw
+
+    from unet_resnet.data import ClassInfo
+    from unet_resnet.inference.vectorize import vectorize_mask
+
+    classes = ClassInfo(CLASSES["names"], CLASSES["colors"])
+    first = True
+    for split in splits:
+        for mask in sorted((data / split / "masks").glob("*.tif")):
+            scene_file = path.with_name(f"{mask.stem}_{split}.gpkg")
+            vectorize_mask(mask, scene_file.with_suffix(".geojson"), classes, gis_path=scene_file)
+            meta, _, geometry, fields = pyogrio.raw.read(scene_file)
+            pyogrio.raw.write(
+                path, geometry, fields, meta["fields"], geometry_type="MultiPolygon",
+                crs=meta["crs"], driver="GPKG", layer="labels", append=not first,
+            )  # fmt: skip
+            first = False
+            scene_file.unlink()
+            scene_file.with_suffix(".geojson").unlink()
+            mask.unlink()
+    return path
+
+
+def run(out: str | Path, *, quick: bool = False, vector_labels: bool = False) -> dict:
     out = Path(out)
     side = 160 if quick else 1024
     counts = {"train": 2, "val": 1, "test": 1} if quick else {"train": 6, "val": 2, "test": 1}
     data = make_dataset(out / "data", counts=counts, side=side)
+    label_flags = []
+    if vector_labels:
+        labels = masks_to_vector_labels(data, out / "labels.gpkg")
+        label_flags = ["--labels", str(labels), "--label-field", "name"]
     overrides = (
         [
             "--encoder",
@@ -118,7 +154,16 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
     )
     best = str(out / "run/checkpoints/best.pt")
     steps = [
-        ["check-data", str(data), "--dataset", "raster", "--window", "128", "--quiet"],
+        [
+            "check-data",
+            str(data),
+            "--dataset",
+            "raster",
+            "--window",
+            "128",
+            "--quiet",
+            *label_flags,
+        ],
         [
             "train",
             "--config",
@@ -128,6 +173,7 @@ def run(out: str | Path, *, quick: bool = False) -> dict:
             "--out",
             str(out / "run"),
             *overrides,
+            *label_flags,
         ],
         [
             "predict",
@@ -171,6 +217,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/remote")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--vector-labels", action="store_true", help="train from a GeoPackage")
     args = parser.parse_args()
-    scores = run(args.out, quick=args.quick)
+    scores = run(args.out, quick=args.quick, vector_labels=args.vector_labels)
     print({k: round(v["iou"], 3) for k, v in scores["per_class"].items()})
