@@ -26,6 +26,17 @@ def test_medical_recipe(tmp_path):
     scores = _recipe("medical").run(tmp_path, quick=True)
     assert {"miou", "mean_dice", "mean_hd95"} <= set(scores)
     assert "hd95" in scores["per_class"]["organ"]
+    # Per-case evaluation: one row per case and structure, misses counted, summary per structure.
+    rows = (tmp_path / "evaluation" / "cases.csv").read_text().splitlines()
+    assert rows[0] == "case,structure,dice,iou,hd95_mm,nsd,outcome"
+    cases = {row.split(",")[0] for row in rows[1:]}
+    structures = {row.split(",")[1] for row in rows[1:]}
+    assert len(rows) - 1 == len(cases) * len(structures) and "organ" in structures
+    assert len(scores["cases"]) == len(rows) - 1
+    organ = scores["per_case"]["organ"]
+    assert organ["cases"] == len(cases)
+    assert organ["hits"] + organ["misses"] + organ["false_alarms"] + organ["empty"] == len(cases)
+    assert scores["per_class"]["organ"]["hd95"] == pytest.approx(organ["hd95"]["mean"])
     source = next((tmp_path / "data/test/images").glob("*.nii.gz"))
     predicted = tmp_path / "predictions" / source.name
     src, out = nib.load(source), nib.load(predicted)

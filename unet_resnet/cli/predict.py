@@ -84,7 +84,15 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, help="raster: vector label file")
     parser.add_argument("--label-field", default=None, help="raster: its class attribute")
     parser.add_argument(
-        "--hd95", action="store_true", help="nifti: 95th-percentile Hausdorff distance (mm)"
+        "--hd95",
+        action="store_true",
+        help="nifti: also report the per-case mean HD95 (mm) per class in the pooled table",
+    )
+    parser.add_argument(
+        "--tolerance-mm",
+        type=float,
+        default=2.0,
+        help="nifti: tolerance of the normalised surface Dice, in mm (default 2)",
     )
     parser.add_argument("--json", dest="json_out", default=None, help="write the scores here")
     parser.add_argument(
@@ -104,6 +112,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         evaluate,
         format_scores,
         plot_confusion_matrix,
+        write_cases_csv,
         write_scores_json,
     )
 
@@ -134,15 +143,19 @@ def evaluate_command(args: argparse.Namespace) -> int:
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
         raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")
-    scores = evaluate(segmenter, dataset, hd95=args.hd95)
+    if not args.tolerance_mm >= 0:
+        raise ConfigError(f"Invalid --tolerance-mm {args.tolerance_mm}: a distance >= 0 in mm.")
+    scores = evaluate(segmenter, dataset, hd95=args.hd95, tolerance=args.tolerance_mm)
     print(format_scores(scores))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_scores_json(scores, out / "scores.json")
+    if scores.get("cases"):
+        write_cases_csv(scores, out / "cases.csv")
     plot_confusion_matrix(scores, out / "confusion_matrix.png")
     if args.json_out:
         write_scores_json(scores, args.json_out)
-    print(f"scores and confusion matrix in {out}")
+    print(f"scores{', cases.csv' if scores.get('cases') else ''} and confusion matrix in {out}")
     return 0
 
 

@@ -21,7 +21,13 @@ from unet_resnet.inference.segmenter import Segmenter
 from unet_resnet.io import atomic_path
 from unet_resnet.metrics import SegmentationMetrics
 
-__all__ = ["evaluate", "format_scores", "plot_confusion_matrix", "write_scores_json"]
+__all__ = [
+    "evaluate",
+    "format_scores",
+    "plot_confusion_matrix",
+    "write_cases_csv",
+    "write_scores_json",
+]
 
 
 def evaluate(
@@ -30,19 +36,25 @@ def evaluate(
     *,
     progress: bool = True,
     hd95: bool = False,
+    tolerance: float = 2.0,
 ) -> dict[str, Any]:
     """mIoU, mean Dice, pixel accuracy, per-class IoU/Dice/precision/recall, confusion matrix.
 
-    With ``hd95`` on a :class:`~unet_resnet.data.medical.NiftiSliceDataset`, each volume is
-    reassembled from its slices and the 95th-percentile Hausdorff distance of every foreground
-    class is computed in 3D with the voxel spacing (mm), averaged over the volumes where both
-    prediction and truth have that class (``per_class[name]["hd95"]``, ``mean_hd95``).
+    On volumes (:class:`~unet_resnet.data.medical.NiftiSliceDataset`) each case is reassembled
+    from its slices and scored per case and per structure in 3D with its voxel spacing (mm):
+    Dice, IoU, HD95 and surface Dice at ``tolerance`` mm, with the empty-case rule of
+    :func:`~unet_resnet.metrics.case_scores` (a miss scores Dice 0 and HD95 = the volume's
+    diagonal, and is counted). ``scores["cases"]`` holds one row per case and structure,
+    ``scores["per_case"]`` the mean / std / median over cases and the miss and false-alarm
+    counts. ``hd95=True`` also puts the per-case mean HD95 in ``per_class[name]["hd95"]`` and
+    ``mean_hd95``.
     """
     classes = segmenter.classes
     metrics = SegmentationMetrics(
         classes.num_classes, ignore_index=classes.ignore_index, class_names=classes.names
     )
     volumes: dict[int, tuple[list, list]] = {}
+    volumetric = hasattr(dataset, "spacings") and hasattr(dataset, "index")
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         image, mask = dataset.load(index)
         if mask is None:
@@ -59,32 +71,56 @@ def evaluate(
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
         )
-        if hd95:
+        if volumetric:
             preds, truths = volumes.setdefault(dataset.index[index][0], ([], []))
             preds.append(labels)
             truths.append(mask)
     scores = metrics.compute()
-    if hd95:
-        _add_hd95(scores, volumes, dataset)
+    if volumetric:
+        _add_cases(scores, volumes, dataset, tolerance)
+        if hd95:
+            for name, entry in scores["per_case"].items():
+                scores["per_class"][name]["hd95"] = entry["hd95"]["mean"]
+            means = [entry["hd95"]["mean"] for entry in scores["per_case"].values()]
+            scores["mean_hd95"] = float(np.mean(means)) if means else float("nan")
     return scores
 
 
-def _add_hd95(scores: dict[str, Any], volumes, dataset) -> None:
-    from unet_resnet.metrics import hd95 as hausdorff95
+def _add_cases(scores: dict[str, Any], volumes, dataset, tolerance: float) -> None:
+    from unet_resnet.data.medical import case_name
+    from unet_resnet.metrics import case_scores, summarize_cases
 
     names = list(scores["per_class"])
-    per_class: dict[str, list[float]] = {name: [] for name in names[1:]}
+    rows = []
     for v, (preds, truths) in volumes.items():
         pred = np.stack(preds, axis=dataset.axis)
         truth = np.stack(truths, axis=dataset.axis)
+        ignored = truth == dataset.classes.ignore_index
         for k, name in enumerate(names[1:], start=1):
-            value = hausdorff95(pred == k, truth == k, dataset.spacings[v])
-            if not math.isnan(value):
-                per_class[name].append(value)
-    for name, values in per_class.items():
-        scores["per_class"][name]["hd95"] = float(np.mean(values)) if values else float("nan")
-    finite = [v for vals in per_class.values() for v in vals]
-    scores["mean_hd95"] = float(np.mean(finite)) if finite else float("nan")
+            row = case_scores(
+                (pred == k) & ~ignored, truth == k, dataset.spacings[v], tolerance=tolerance
+            )
+            rows.append({"case": case_name(dataset.pairs[v][0]), "structure": name, **row})
+    scores["cases"] = rows
+    scores["per_case"] = summarize_cases(rows)
+    scores["nsd_tolerance_mm"] = tolerance
+
+
+def write_cases_csv(scores: dict[str, Any], path: str | os.PathLike) -> None:
+    """One row per case and structure: dice, iou, hd95 (mm), nsd, outcome."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case", "structure", "dice", "iou", "hd95_mm", "nsd", "outcome"])
+    for row in scores.get("cases", []):
+        writer.writerow(
+            [row["case"], row["structure"], f"{row['dice']:.6f}", f"{row['iou']:.6f}",
+             f"{row['hd95']:.4f}", f"{row['nsd']:.6f}", row["outcome"]]
+        )  # fmt: skip
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
 
 
 def format_scores(scores: dict[str, Any]) -> str:
@@ -104,6 +140,27 @@ def format_scores(scores: dict[str, Any]) -> str:
             f"{name[:20]:<20} {pct(row['iou'])} {pct(row['dice'])} {pct(row['precision'])} "
             f"{pct(row['recall'])} {row['support']:>10}"
         )
+    if scores.get("per_case"):
+        lines += [
+            "",
+            f"Per case ({len({r['case'] for r in scores['cases']})} cases; mean ± std "
+            f"[median]; NSD at {scores['nsd_tolerance_mm']:g} mm; a miss scores Dice 0 and "
+            "HD95 = the volume diagonal):",
+            f"{'structure':<16} {'Dice':>22} {'HD95 mm':>22} {'NSD':>22} {'miss':>5} {'false+':>6}",
+        ]
+        for name, entry in scores["per_case"].items():
+
+            def cell(metric: str, scale: float = 1.0, entry=entry) -> str:
+                m = entry[metric]
+                text = (
+                    f"{scale * m['mean']:.2f} ± {scale * m['std']:.2f} [{scale * m['median']:.2f}]"
+                )
+                return f"{text:>22}"
+
+            lines.append(
+                f"{name[:16]:<16} {cell('dice', 100)} {cell('hd95')} {cell('nsd', 100)} "
+                f"{entry['misses']:>5} {entry['false_alarms']:>6}"
+            )
     return "\n".join(lines)
 
 
