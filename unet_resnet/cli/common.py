@@ -15,7 +15,13 @@ def weights_arg(value: str) -> str | None:
 
 
 def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint from `train` (best.pt)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        action="append",
+        help="checkpoint from `train` (best.pt), a shared-model folder or Hub repo id; repeat "
+        "the flag for an ensemble that averages the probabilities (e.g. cross-validation folds)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images")
@@ -35,8 +41,9 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
 def build_segmenter(args: argparse.Namespace, progress: bool = False):
     from unet_resnet.inference import Segmenter
 
+    checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
     return Segmenter.from_checkpoint(
-        args.checkpoint,
+        checkpoints if len(checkpoints) > 1 else checkpoints[0],
         device=args.device,
         precision=args.precision,
         tile_size=args.tile_size,

@@ -53,7 +53,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_decoded_mb=args.max_decoded_mb,
         body_timeout_s=args.body_timeout,
     )
-    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/")
+    print(f"serving {' + '.join(args.checkpoint)} on http://{args.host}:{args.port}/")
     uvicorn.run(
         app,
         host=args.host,

@@ -148,14 +148,35 @@ class Segmenter:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
         *,
         device: str = "auto",
         precision: Precision = "auto",
         **kwargs,
     ) -> Segmenter:
         """Load a checkpoint written by ``unet-resnet train`` (or the original's state dict, or a
-        shared model: see :meth:`from_pretrained`)."""
+        shared model: see :meth:`from_pretrained`). Several paths make an ensemble that
+        averages their class probabilities (:class:`~unet_resnet.inference.ensemble.Ensemble`);
+        they must share classes, input channels and normalisation."""
+        if not isinstance(path, str | os.PathLike):
+            paths = [str(p) for p in path]
+            if len(paths) > 1:
+                from unet_resnet.inference.ensemble import Ensemble, check_members
+
+                loaded = [load_checkpoint(p) for p in paths]
+                check_members(paths, [meta for _, meta in loaded])
+                meta = loaded[0][1]
+                return cls(
+                    Ensemble([model for model, _ in loaded]),
+                    classes=meta.classes,
+                    mean=meta.mean,
+                    std=meta.std,
+                    device=device,
+                    precision=precision,
+                    image_dtype=meta.image_dtype,
+                    **kwargs,
+                )
+            path = paths[0]
         model, meta = load_checkpoint(path)
         return cls(
             model,
