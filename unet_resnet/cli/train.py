@@ -40,3 +40,23 @@ def train_command(args: argparse.Namespace) -> int:
         f"({result.precision}); checkpoints in {result.run_dir / 'checkpoints'}"
     )
     return 0
+
+
+@command(
+    "cross-validate",
+    "train every fold of a k-fold split (--folds K) and score each on its held-out cases",
+    _train_arguments,
+)
+def cross_validate_command(args: argparse.Namespace) -> int:
+    from unet_resnet.inference.evaluate import format_scores
+    from unet_resnet.training.config import config_from_args
+    from unet_resnet.training.crossval import cross_validate
+
+    config = config_from_args(args)
+    result = cross_validate(config, progress=config.progress)
+    print(format_scores(result.scores))
+    for row in result.scores["folds"]:
+        print(f"fold {row['fold']}: {row['cases']} held-out cases, mIoU {row['miou']:.4f}")
+    print(f"out-of-fold scores in {result.out / 'cv_scores.json'}; ensemble of the folds:")
+    print("  " + " ".join(f"--checkpoint {path}" for path in result.checkpoints))
+    return 0

@@ -114,6 +114,18 @@ class TrainConfig:
     label_field: str | None = opt(
         None, "raster: the --labels attribute with class names or codes", group="data"
     )
+    folds: int = opt(
+        0,
+        "k-fold cross-validation over the training cases (by case, never by slice); 0 = off, "
+        "the val split validates",
+        group="data",
+    )
+    fold: int = opt(0, "with --folds: the fold held out for validation (0..folds-1)", group="data")
+    splits: str | None = opt(
+        None,
+        "with --folds: the splits.json to read or write; default OUT/splits.json",
+        group="data",
+    )
     # Model
     encoder: str = opt(
         "resnet50",
@@ -276,6 +288,10 @@ class TrainConfig:
             raise ConfigError(
                 f"Invalid --class-weights {self.class_weights}: finite and >= 0 each."
             )
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ConfigError(
+                f"Invalid --fold {self.fold}: one of 0..{self.folds - 1} with --folds {self.folds}."
+            )
         for name, (low, high, strict) in _RANGES.items():
             value = getattr(self, name)
             if value is None or value == "auto":
@@ -326,6 +342,8 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "checkpoint_every": (1, None, False),
     "workers": (0, None, False),
     "freeze_encoder_epochs": (0, None, False),
+    "folds": (0, None, False),
+    "fold": (0, None, False),
     "log_images_every": (0, None, False),
     "slice_axis": (0, 2, False),
     "lr": (0, None, True),

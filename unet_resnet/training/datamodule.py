@@ -52,6 +52,10 @@ class SegmentationDataModule(L.LightningDataModule):
         samples_per_epoch: raster layouts: random windows per training epoch.
         annotations, crowd: coco layout: the annotation file and the crowd rule.
         labels, label_field: raster layout: a vector label file and its class attribute.
+        folds, fold, splits: k-fold cross-validation over the training split's cases: fold
+            ``fold`` of ``folds`` is the validation set (the val split is then unused), the
+            folds read from or written to ``splits`` (default ``DATA/splits.json``; training
+            passes ``RUN/splits.json``). ``fold_cases`` names the held-out cases.
         epochs: the schedule's length, for ``augment="auto"``.
     """
 
@@ -77,6 +81,9 @@ class SegmentationDataModule(L.LightningDataModule):
         crowd: str = "ignore",
         labels: str | None = None,
         label_field: str | None = None,
+        folds: int = 0,
+        fold: int = 0,
+        splits: str | None = None,
         epochs: int | None = None,
     ) -> None:
         super().__init__()
@@ -100,6 +107,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.crowd = crowd
         self.labels = labels
         self.label_field = label_field
+        self.folds, self.fold, self.splits = folds, fold, splits
+        self.fold_cases: list[str] | None = None
         self.epochs = epochs
         self.augment_chosen: str | None = None
         self.augment_reason = ""
@@ -141,6 +150,22 @@ class SegmentationDataModule(L.LightningDataModule):
         train = self._make("train")
         if train is None or len(train) == 0:
             raise DataError(f"No training images found in {self.root}.")
+        held_out = None
+        if self.folds:
+            from unet_resnet.data.folds import (
+                CaseSubset,
+                case_groups,
+                fold_indices,
+                load_or_make_splits,
+            )
+
+            groups = case_groups(train)
+            splits = self.splits or str(self.root / "splits.json")
+            folds = load_or_make_splits(splits, list(groups), self.folds)
+            train_idx, val_idx = fold_indices(groups, folds, self.fold)
+            self.fold_cases = folds[self.fold]
+            held_out = CaseSubset(train, val_idx)
+            train = CaseSubset(train, train_idx)
         classes = train.classes
         if self.ignore_index is not None:
             classes = ClassInfo(classes.names, classes.colors, self.ignore_index)
@@ -159,7 +184,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
             weights = slice_weights(train, self.foreground_oversampling)
             self.sampler = WeightedRandomSampler(weights, num_samples=len(train))
-        self.val_set = self._make("val")
+        self.val_set = held_out if self.folds else self._make("val")
         self.test_set = self._make("test")
         train.classes = classes
         self.augment_chosen, self.augment_reason = self.augment, "chosen by the user"

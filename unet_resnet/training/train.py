@@ -228,6 +228,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         # The resumed run keeps the preset auto chose when it started, even if the schedule
         # is extended now.
         data_options["augment"] = _saved_augment(run_dir / "config.yaml") or "auto"
+    if config.folds and not config.splits:
+        data_options["splits"] = str(run_dir / "splits.json")
     data = SegmentationDataModule(
         **data_options,
         pretrained=config.encoder_weights is not None,
@@ -315,6 +317,9 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         summary = {
             "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "train_images": len(data.train_set),
+            "fold": None
+            if not config.folds
+            else {"fold": config.fold, "of": config.folds, "held_out": data.fold_cases},
             "val_images": 0 if data.val_set is None else len(data.val_set),
             "best_miou": result.best_miou,
             "best_epoch": result.best_epoch,
