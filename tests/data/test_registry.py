@@ -28,11 +28,11 @@ def test_layouts_are_the_choices_of_every_command_and_the_config():
     assert set(layout_names()) >= {"folder", "voc", "pet", "cityscapes", "nifti", "raster"}
     assert _choices("evaluate") == layout_names()
     assert _choices("check-data") == checkable_layouts()
-    assert set(checkable_layouts()) == {"folder", "nifti", "raster"}
+    assert set(checkable_layouts()) == {"folder", "nifti", "raster", "coco"}
     for name in layout_names():
         assert TrainConfig(dataset=name).dataset == name
-    with pytest.raises(ConfigError, match="Invalid dataset 'coco'.*folder"):
-        TrainConfig(dataset="coco")
+    with pytest.raises(ConfigError, match="Invalid dataset 'yolo'.*folder"):
+        TrainConfig(dataset="yolo")
 
 
 def test_a_registered_layout_is_usable_everywhere_at_once(tmp_path, monkeypatch):
