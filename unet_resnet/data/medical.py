@@ -1,15 +1,20 @@
-"""Medical volumes: NIfTI images and label maps read as 2D slices, written back as NIfTI.
+"""Medical volumes: NIfTI images (or DICOM series) and label maps read as 2D slices, written
+back as NIfTI.
 
-Layout: ``DATA/{train,val,test}/images/CASE.nii.gz`` with ``DATA/{split}/labels/CASE.nii.gz``
-(the label volume on the image's grid). Slices are taken along ``axis`` (2 = axial for the
-usual RAS-oriented CT/MR volumes); voxel spacing is kept so distances (HD95) are in mm.
-Volumes are read through nibabel's array proxy, one slice at a time.
+Layout: ``DATA/{train,val,test}/images/CASE.nii.gz`` (or a DICOM series folder
+``images/CASE/``) with ``DATA/{split}/labels/CASE.nii.gz`` (the label volume on the image's
+grid). Every volume is brought to the closest canonical orientation (RAS+,
+``nibabel.as_closest_canonical``) before slicing, so a scan stored in another axis order or
+direction trains and predicts the same way; predictions are written back in the input's own
+orientation and affine. Slices are taken along ``axis`` of the canonical volume (2 = axial);
+voxel spacing is kept so distances (HD95) are in mm.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +27,15 @@ from unet_resnet.data.classes import ClassInfo, DataError
 __all__ = [
     "NIFTI_SUFFIXES",
     "NiftiSliceDataset",
+    "Volume",
     "case_name",
     "find_nifti_pairs",
+    "is_dicom_series",
     "is_nifti",
+    "is_volume",
     "load_nibabel",
+    "read_dicom_series",
+    "read_volume",
     "slice_weights",
 ]
 
@@ -48,17 +58,181 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_dicom_series(path: str | os.PathLike) -> bool:
+    """True for a folder holding ``.dcm`` files (one DICOM series)."""
+    path = Path(path)
+    return path.is_dir() and any(
+        child.suffix.lower() == ".dcm" for child in path.iterdir() if child.is_file()
+    )
+
+
+def is_volume(path: str | os.PathLike) -> bool:
+    return is_nifti(path) or is_dicom_series(path)
+
+
 def case_name(path: str | os.PathLike) -> str:
-    """The case name of a volume: its file name without ``.nii``/``.nii.gz``."""
+    """The case name of a volume: its file name without ``.nii``/``.nii.gz`` (a DICOM series:
+    its folder name)."""
     return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 
 
 def find_nifti_pairs(root: str | os.PathLike, split: str) -> list[tuple[Path, Path | None]]:
-    """``(image, label)`` volume pairs of a split, matched by case name."""
+    """``(image, label)`` volume pairs of a split, matched by case name (images may be NIfTI
+    files or DICOM series folders; labels are NIfTI)."""
     root = Path(root)
-    images = sorted(p for p in (root / split / "images").glob("*.nii*"))
+    folder = root / split / "images"
+    images = sorted(p for p in folder.iterdir() if is_volume(p)) if folder.is_dir() else []
     labels = {case_name(p): p for p in (root / split / "labels").glob("*.nii*")}
     return [(p, labels.get(case_name(p))) for p in images]
+
+
+@dataclass
+class Volume:
+    """A volume in canonical (RAS+) orientation, and what it takes to go back.
+
+    Attributes:
+        data: the voxels, canonical axis order and directions.
+        spacing: voxel sizes (mm) along the canonical axes.
+        affine: the input's own affine (for writing predictions back).
+        to_original: the nibabel orientation transform from canonical to the input's axes.
+        header_zooms: the input's voxel sizes in its own axis order.
+    """
+
+    data: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    to_original: np.ndarray
+    header_zooms: tuple[float, ...]
+
+    def back(self, canonical: np.ndarray) -> np.ndarray:
+        """An array on the canonical grid, in the input's own axis order and directions."""
+        from nibabel.orientations import apply_orientation
+
+        return apply_orientation(canonical, self.to_original)
+
+
+def _canonical(img) -> Volume:
+    nib = load_nibabel()
+    from nibabel.orientations import io_orientation, ornt_transform
+
+    canonical = nib.as_closest_canonical(img)
+    return Volume(
+        data=np.asarray(canonical.dataobj),
+        spacing=tuple(float(z) for z in canonical.header.get_zooms()[:3]),
+        affine=img.affine,
+        to_original=ornt_transform(io_orientation(canonical.affine), io_orientation(img.affine)),
+        header_zooms=tuple(float(z) for z in img.header.get_zooms()[:3]),
+    )
+
+
+def _canonical_grid(img) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Shape and voxel sizes of ``img`` in canonical axis order, from its header."""
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(img.affine)
+    shape, zooms = [0, 0, 0], [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt[:3]):
+        shape[int(target)] = int(img.shape[axis])
+        zooms[int(target)] = float(img.header.get_zooms()[axis])
+    return tuple(shape), tuple(zooms)
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """A NIfTI file or a DICOM series folder as a canonical :class:`Volume`."""
+    nib = load_nibabel()
+    path = Path(path)
+    if is_dicom_series(path):
+        data, affine = read_dicom_series(path)
+        return _canonical(nib.Nifti1Image(data, affine))
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise DataError(f"Could not read NIfTI volume {path}: {exc}") from None
+    return _canonical(img)
+
+
+def read_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One DICOM series folder as ``(voxels i x j x k, RAS affine)``.
+
+    Slices are sorted by their position along the slice normal; ``RescaleSlope`` and
+    ``RescaleIntercept`` are applied (CT in Hounsfield units). A folder mixing series, with a
+    missing or duplicate slice, or with pixel data in a compressed transfer syntax this
+    installation cannot decode is an error naming the file.
+    """
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        raise DataError("DICOM input needs pydicom: pip install 'unet-resnet[medical]'.") from None
+    folder = Path(folder)
+    slices = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"):
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable DICOM file: {exc}") from None
+        missing = [
+            tag
+            for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+            if tag not in ds
+        ]
+        if missing:
+            raise DataError(f"{path} lacks {', '.join(missing)}; it is not an image slice.")
+        slices.append((path, ds))
+    if not slices:
+        raise DataError(f"No .dcm files in {folder}.")
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        examples = {str(ds.get("SeriesInstanceUID", "")): p.name for p, ds in slices}
+        raise DataError(
+            f"{folder} mixes {len(series)} DICOM series ({', '.join(examples.values())} belong "
+            "to different ones); put each series in its own folder."
+        )
+    orientation = np.array(slices[0][1].ImageOrientationPatient, dtype=np.float64)
+    row, col = orientation[:3], orientation[3:]
+    normal = np.cross(row, col)
+    slices.sort(key=lambda item: float(np.dot(item[1].ImagePositionPatient, normal)))
+    positions = np.array([np.dot(ds.ImagePositionPatient, normal) for _, ds in slices])
+    gaps = np.diff(positions)
+    step = (
+        float(np.median(gaps))
+        if gaps.size
+        else float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)
+    )
+    if gaps.size and (step <= 0 or np.any(np.abs(gaps - step) > 0.1 * step)):
+        bad = int(np.argmax(np.abs(gaps - step)))
+        raise DataError(
+            f"{folder}: slices are not evenly spaced (gap of {gaps[bad]:.3g} mm between "
+            f"{slices[bad][0].name} and {slices[bad + 1][0].name}, expected {step:.3g} mm): a "
+            "slice is missing or duplicated."
+        )
+    planes = []
+    for path, ds in slices:
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", syntax)
+            raise DataError(
+                f"Cannot decode the pixel data of {path} (transfer syntax {name}): {exc}. "
+                "Install the decoder for it (e.g. pylibjpeg) or convert the series to an "
+                "uncompressed syntax (dcmdjpeg, gdcmconv --raw)."
+            ) from None
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        plane = pixels.astype(np.float32) * slope + intercept
+        planes.append(plane.T)  # (rows, cols) -> (i along the row direction, j along columns)
+    data = np.stack(planes, axis=-1)
+    if np.allclose(data, np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
+        data = data.astype(np.int16)
+    row_spacing, col_spacing = (float(v) for v in slices[0][1].PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0] = row * col_spacing  # i: along a row, spaced by the column spacing
+    lps[:3, 1] = col * row_spacing  # j: down the columns, spaced by the row spacing
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = np.array(slices[0][1].ImagePositionPatient, dtype=np.float64)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
+    return data, affine
 
 
 class NiftiSliceDataset(Dataset):
@@ -87,19 +261,23 @@ class NiftiSliceDataset(Dataset):
         self.index: list[tuple[int, int]] = []
         self.spacings: list[tuple[float, ...]] = []
         for v, (image, label) in enumerate(self.pairs):
-            try:
-                img = nib.load(str(image))
-            except Exception as exc:
-                raise DataError(f"Could not read NIfTI volume {image}: {exc}") from None
-            shape = img.shape[:3]
+            if is_dicom_series(image):
+                volume = read_volume(image)
+                shape, spacing = volume.data.shape[:3], volume.spacing
+            else:
+                try:
+                    img = nib.load(str(image))
+                except Exception as exc:
+                    raise DataError(f"Could not read NIfTI volume {image}: {exc}") from None
+                shape, spacing = _canonical_grid(img)  # from the header: no voxels read
             if label is not None:
-                lab_shape = nib.load(str(label)).shape[:3]
+                lab_shape = _canonical_grid(nib.load(str(label)))[0]
                 if lab_shape != shape:
                     raise DataError(
-                        f"Label volume {label} has shape {lab_shape}, image {image} has {shape}; "
-                        "they must share the voxel grid."
+                        f"Label volume {label} has shape {lab_shape}, image {image} has {shape} "
+                        "(in canonical orientation); they must share the voxel grid."
                     )
-            self.spacings.append(tuple(float(s) for s in img.header.get_zooms()[:3]))
+            self.spacings.append(spacing)
             self.index.extend((v, k) for k in range(shape[axis]))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
@@ -109,10 +287,9 @@ class NiftiSliceDataset(Dataset):
     def _volume(self, v: int):
         # One decoded volume per worker at a time: slices of the same case come together.
         if v not in self._cache:
-            nib = load_nibabel()
             image, label = self.pairs[v]
-            data = np.asarray(nib.load(str(image)).dataobj)
-            lab = None if label is None else np.asarray(nib.load(str(label)).dataobj)
+            data = read_volume(image).data
+            lab = None if label is None else read_volume(label).data
             self._cache = {v: (data, lab)}
         return self._cache[v]
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from unet_resnet.data.classes import ClassInfo
-from unet_resnet.data.medical import case_name, is_nifti
+from unet_resnet.data.medical import case_name, is_dicom_series, is_volume
 from unet_resnet.errors import ConfigError, InputShapeError, OutputExistsError, UnetResnetError
 from unet_resnet.grid import chunk_margin, chunk_windows
 from unet_resnet.inference.labels import labels_from_probs
@@ -207,22 +207,24 @@ def predict_nifti(
     *,
     axis: int = 2,
 ) -> Path:
-    """Predict a volume slice by slice and write a NIfTI label volume with the input's affine."""
-    from unet_resnet.data.medical import load_nibabel
+    """Predict a volume (NIfTI file or DICOM series folder) slice by slice along ``axis`` of
+    its canonical orientation, as training sliced it, and write a NIfTI label volume in the
+    input's own orientation with its affine."""
+    from unet_resnet.data.medical import load_nibabel, read_volume
 
     nib = load_nibabel()
     path_in, path_out = Path(path_in), Path(path_out)
-    img = nib.load(str(path_in))
-    data = np.asarray(img.dataobj)
+    volume = read_volume(path_in)
+    data = volume.data
     labels = np.zeros(data.shape[:3], dtype=np.uint8)
     for k in range(data.shape[axis]):
         labels_k = segmenter.predict(np.take(data, k, axis=axis))
         index = [slice(None)] * 3
         index[axis] = k
         labels[tuple(index)] = labels_k
-    out = nib.Nifti1Image(labels, img.affine)
-    out.header.set_zooms(img.header.get_zooms()[:3])
-    out.header.set_xyzt_units(*img.header.get_xyzt_units())
+    out = nib.Nifti1Image(np.ascontiguousarray(volume.back(labels)), volume.affine)
+    out.header.set_zooms(volume.header_zooms)
+    out.header.set_xyzt_units("mm")
     with atomic_path(path_out) as tmp:
         nib.save(out, str(tmp))
     return path_out
@@ -244,7 +246,7 @@ def predict_file(
     window (memory bounded by ``chunk_size``) and written as GeoTIFF with the input's CRS and
     transform; other images are written as palette PNG.
     """
-    if is_nifti(path_in):
+    if is_volume(path_in):
         return predict_nifti(segmenter, path_in, path_out, axis=slice_axis)
     if is_geotiff(path_in) and Path(path_out).suffix.lower() in (".tif", ".tiff"):
         return predict_raster_file(
@@ -262,21 +264,23 @@ def predict_file(
 
 # Many inputs ------------------------------------------------------------------------------------
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images and volumes) and globs to a list without repeats; also the
-    inputs that matched nothing."""
+    """Files, folders (their images and volumes), DICOM series folders and globs to a list
+    without repeats; also the inputs that matched nothing."""
     found: list[Path] = []
     missing: list[str] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_dicom_series(path):  # one DICOM series: a volume
+            matches = [path]
+        elif path.is_dir():
             matches = sorted(
-                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p)
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p)
             )
         elif path.exists():
             matches = [path]
         else:
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            matches = [p for p in matches if p.is_file()]
+            matches = [p for p in matches if p.is_file() or is_dicom_series(p)]
         if not matches:
             missing.append(item)
         found.extend(m for m in matches if m not in found)
@@ -322,7 +326,7 @@ def plan_outputs(
     claimed: set[Path] = set()
     plans = []
     for path in files:
-        nifti = is_nifti(path)
+        nifti = is_volume(path)
         geo = not nifti and is_geotiff(path)
         name = case_name(path) if nifti else path.stem
         suffix = path.name[len(name) :].lstrip(".").replace(".", "_").lower()
