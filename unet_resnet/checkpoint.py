@@ -56,6 +56,9 @@ class CheckpointMeta:
     image_size: int | None = None
     image_dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Volumes (nifti layout): ``slice_axis``, ``context_slices`` and the ``intensity`` rule
+    #: (:class:`~unet_resnet.data.medical.IntensityRule` as a dict) prediction must repeat.
+    volume: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,7 @@ class CheckpointMeta:
             "image_size": self.image_size,
             "image_dtype": self.image_dtype,
             "extra": self.extra,
+            "volume": self.volume,
         }
 
     @classmethod
@@ -78,6 +82,7 @@ class CheckpointMeta:
             image_size=data.get("image_size"),
             image_dtype=data.get("image_dtype"),
             extra=dict(data.get("extra") or {}),
+            volume=data.get("volume"),
         )
 
 
@@ -183,6 +188,7 @@ def hub_metadata(meta: CheckpointMeta) -> dict[str, Any]:
         "std": list(meta.std),
         "image_size": meta.image_size,
         "image_dtype": meta.image_dtype,
+        "volume": meta.volume,
     }
 
 
@@ -196,6 +202,7 @@ def _load_shared(source: str | os.PathLike) -> tuple[UNetWithResnet50Encoder, Ch
         "std": metadata.get("std") or list(IMAGENET_STD)[: model.in_channels],
         "image_size": metadata.get("image_size"),
         "image_dtype": metadata.get("image_dtype"),
+        "volume": metadata.get("volume"),
     }
     meta = _meta_or_error(Path(source) / "config.json", data)
     return model, meta

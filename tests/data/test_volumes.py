@@ -25,7 +25,7 @@ class TopRowSegmenter:
     def predict(self, image):
         labels = np.zeros(image.shape[:2], dtype=np.uint8)
         labels[0, :] = 1
-        labels[image > 100] = 2
+        labels[image[..., 0] > 100] = 2  # slices come as H x W x channels
         return labels
 
 
@@ -164,3 +164,78 @@ def test_predict_a_dicom_series_to_nifti(tmp_path, capsys):
     _, affine = read_dicom_series(tmp_path / "scans" / "patient7")
     assert written.shape == (6, 8, 5)
     np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+
+
+# Intensity rules and 2.5D context --------------------------------------------------------
+from unet_resnet.data.medical import IntensityRule, context_stack  # noqa: E402
+
+
+def test_context_stack_repeats_the_edge_slices():
+    volume = np.arange(4)[None, None, :] * np.ones((2, 3, 4))
+    stacked = context_stack(volume, 0, axis=2, context=1)
+    assert stacked.shape == (2, 3, 3)
+    assert [float(stacked[0, 0, c]) for c in range(3)] == [0.0, 0.0, 1.0]
+    assert [float(v) for v in context_stack(volume, 3, 2, 2)[0, 0]] == [1, 2, 3, 3, 3]
+
+
+def test_ct_rule_learns_the_foreground_window(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(-800, 50, (20, 20, 10)).astype(np.int16)  # air around
+    label = np.zeros(image.shape, np.uint8)
+    label[5:15, 5:15, 2:8] = 1
+    image[label == 1] = rng.normal(60, 10, int(label.sum())).astype(np.int16)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "lab.nii.gz")
+    rule = IntensityRule.fit_ct([(tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz")])
+    foreground = image[label == 1].astype(np.float64)
+    low, high = np.percentile(foreground, [0.5, 99.5])
+    assert rule.clip == pytest.approx((low, high))
+    assert rule.mean == pytest.approx(np.clip(foreground, low, high).mean())
+    normalised = rule.apply(image)
+    assert normalised[label == 0].max() == pytest.approx((low - rule.mean) / rule.std)
+    assert abs(float(normalised[label == 1].mean())) < 0.05
+    assert IntensityRule.from_dict(rule.to_dict()) == rule
+
+
+def test_mr_rule_is_a_per_case_z_score_over_nonzero_voxels():
+    volume = np.zeros((10, 10, 4), np.float32)
+    volume[2:8, 2:8] = np.random.default_rng(0).normal(300, 40, (6, 6, 4))
+    out = IntensityRule("mr").apply(volume)
+    inside = out[volume != 0]
+    assert abs(inside.mean()) < 1e-5 and inside.std() == pytest.approx(1, rel=1e-4)
+
+
+def test_ct_and_context_train_are_saved_and_reused_by_predict(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from unet_resnet.checkpoint import load_checkpoint
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    spec = importlib.util.spec_from_file_location("medical", examples / "medical" / "run.py")
+    medical = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(medical)
+    data = medical.make_dataset(tmp_path / "d", n_train=2, n_val=1, n_test=1, shape=(32, 32, 6))
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--dataset", "nifti", "--out", str(run), "--modality",
+            "ct", "--context-slices", "1", "--encoder", "resnet18", "--encoder-weights", "none",
+            "--epochs", "1", "--image-size", "32", "--workers", "0",
+            "--progress", "false"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    model, meta = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert model.in_channels == 3 and meta.volume["context_slices"] == 1
+    assert (
+        meta.volume["intensity"]["modality"] == "ct" and len(meta.volume["intensity"]["clip"]) == 2
+    )
+    best = str(run / "checkpoints" / "best.pt")
+    out = tmp_path / "pred"
+    assert (
+        main(["predict", str(data / "test" / "images"), "--checkpoint", best, "--out", str(out)])
+        == 0
+    )
+    assert len(list(out.glob("*.nii.gz"))) == 1
+    argv = ["evaluate", "--checkpoint", best, "--data", str(data), "--dataset", "nifti"]
+    assert main([*argv, "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "cases.csv").is_file()
+    bad = ["train", "--data", str(data), "--out", str(tmp_path / "r2"), "--modality", "ct"]
+    assert main(bad) == 2 and "--dataset nifti" in capsys.readouterr().err

@@ -107,6 +107,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def evaluate_command(args: argparse.Namespace) -> int:
     from unet_resnet.data import DataError
+    from unet_resnet.data.medical import IntensityRule
     from unet_resnet.data.registry import SplitOptions, open_split
     from unet_resnet.inference.evaluate import (
         evaluate,
@@ -133,9 +134,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         own = None  # no classes file of its own: read with the checkpoint's classes
     if own is not None:
         segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
+    volume = segmenter.volume or {}
     options = SplitOptions(
         classes=segmenter.classes,
         slice_axis=args.slice_axis,
+        context_slices=int(volume.get("context_slices") or 0),
+        intensity=IntensityRule.from_dict(volume.get("intensity")),
         annotations=args.annotations,
         labels=args.labels,
         label_field=args.label_field,

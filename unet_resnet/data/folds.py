@@ -145,6 +145,12 @@ def restrict_to_cases(dataset, cases: list[str]):
     wanted = set(cases)
     if isinstance(dataset, NiftiSliceDataset):
         pairs = [p for p in dataset.pairs if case_name(p[0]) in wanted]
-        return NiftiSliceDataset(pairs, dataset.classes, axis=dataset.axis)
+        return NiftiSliceDataset(
+            pairs,
+            dataset.classes,
+            axis=dataset.axis,
+            context=dataset.context,
+            intensity=dataset.intensity,
+        )
     groups = case_groups(dataset)
     return CaseSubset(dataset, [i for case in cases for i in groups.get(case, [])])

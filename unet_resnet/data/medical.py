@@ -26,9 +26,11 @@ from unet_resnet.data.classes import ClassInfo, DataError
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "IntensityRule",
     "NiftiSliceDataset",
     "Volume",
     "case_name",
+    "context_stack",
     "find_nifti_pairs",
     "is_dicom_series",
     "is_nifti",
@@ -123,6 +125,75 @@ def _canonical(img) -> Volume:
         to_original=ornt_transform(io_orientation(canonical.affine), io_orientation(img.affine)),
         header_zooms=tuple(float(z) for z in img.header.get_zooms()[:3]),
     )
+
+
+@dataclass
+class IntensityRule:
+    """How voxel values are normalised per modality, as nnU-Net does.
+
+    - ``ct``: clip to the 0.5 and 99.5 percentiles of the training foreground (label > 0),
+      then z-score with that foreground's mean and std; the statistics come from the training
+      set (:meth:`fit_ct`) and travel in the checkpoint.
+    - ``mr``: z-score each case with its own mean and std (over its non-zero voxels when there
+      are any: the background of skull-stripped or cropped MR is 0).
+    """
+
+    modality: str
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    def apply(self, volume: np.ndarray) -> np.ndarray:
+        values = volume.astype(np.float32)
+        if self.modality == "ct":
+            assert self.clip is not None and self.mean is not None and self.std
+            values = np.clip(values, *self.clip)
+            return (values - self.mean) / self.std
+        if self.modality == "mr":
+            inside = values[values != 0] if np.any(values != 0) else values
+            return (values - float(inside.mean())) / max(float(inside.std()), 1e-8)
+        raise DataError(f"Unknown modality {self.modality!r}: ct or mr.")
+
+    @classmethod
+    def fit_ct(cls, pairs, *, per_case: int = 10_000, seed: int = 0) -> IntensityRule:
+        """CT statistics from up to ``per_case`` foreground voxels of each training case."""
+        rng = np.random.default_rng(seed)
+        samples = []
+        for image, label in pairs:
+            if label is None:
+                continue
+            values = read_volume(image).data[read_volume(label).data > 0]
+            if values.size > per_case:
+                values = rng.choice(values, per_case, replace=False)
+            samples.append(values.astype(np.float64))
+        if not samples or not sum(s.size for s in samples):
+            raise DataError(
+                "--modality ct needs foreground voxels (label > 0) in the training labels to "
+                "learn the intensity window; none were found."
+            )
+        voxels = np.concatenate(samples)
+        low, high = np.percentile(voxels, [0.5, 99.5])
+        clipped = np.clip(voxels, low, high)
+        return cls("ct", (float(low), float(high)), float(clipped.mean()), float(clipped.std()))
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, "clip": self.clip, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> IntensityRule | None:
+        if not data:
+            return None
+        clip = data.get("clip")
+        return cls(data["modality"], None if clip is None else tuple(clip), data.get("mean"),
+                   data.get("std"))  # fmt: skip
+
+
+def context_stack(volume: np.ndarray, k: int, axis: int, context: int) -> np.ndarray:
+    """Slice ``k`` with ``context`` slices on each side as channels (H x W x 2*context+1);
+    beyond the volume's ends the edge slice is repeated."""
+    last = volume.shape[axis] - 1
+    indices = [min(max(k + d, 0), last) for d in range(-context, context + 1)]
+    return np.stack([np.take(volume, i, axis=axis) for i in indices], axis=-1)
 
 
 def _canonical_grid(img) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -243,6 +314,9 @@ class NiftiSliceDataset(Dataset):
         classes: class names/colours; label values are class indices.
         axis: the axis slices are taken along.
         transform: joint ``(image, mask)`` transform, as for the other datasets.
+        context: 2.5D input: this many neighbouring slices on each side become extra
+            channels (``2 * context + 1`` in all).
+        intensity: an :class:`IntensityRule` applied to each volume before slicing.
     """
 
     def __init__(
@@ -252,12 +326,16 @@ class NiftiSliceDataset(Dataset):
         *,
         axis: int = 2,
         transform=None,
+        context: int = 0,
+        intensity: IntensityRule | None = None,
     ) -> None:
         nib = load_nibabel()
         self.pairs = [(Path(i), None if m is None else Path(m)) for i, m in pairs]
         self.classes = classes
         self.axis = axis
         self.transform = transform
+        self.context = context
+        self.intensity = intensity
         self.index: list[tuple[int, int]] = []
         self.spacings: list[tuple[float, ...]] = []
         for v, (image, label) in enumerate(self.pairs):
@@ -289,17 +367,20 @@ class NiftiSliceDataset(Dataset):
         if v not in self._cache:
             image, label = self.pairs[v]
             data = read_volume(image).data
+            if self.intensity is not None:
+                data = self.intensity.apply(data)
             lab = None if label is None else read_volume(label).data
             self._cache = {v: (data, lab)}
         return self._cache[v]
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw slice: image ``H x W x 1`` in the stored dtype, mask ``H x W`` int64 or None."""
+        """Raw slice: image ``H x W x (2 * context + 1)`` (stored dtype, or float32 after an
+        intensity rule), mask ``H x W`` int64 or None."""
         v, k = self.index[index]
         data, lab = self._volume(v)
-        image = np.take(data, k, axis=self.axis)
+        image = context_stack(data, k, self.axis, self.context)
         mask = None if lab is None else np.take(lab, k, axis=self.axis).astype(np.int64)
-        return image[..., None], mask
+        return image, mask
 
     def __getitem__(self, index: int):
         image, mask = self.load(index)

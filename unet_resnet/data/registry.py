@@ -50,6 +50,8 @@ class SplitOptions:
         crowd: coco: crowd regions become ``ignore`` (default) or their ``class``.
         labels, label_field: raster: one vector label file for every split (GeoJSON,
             GeoPackage, Shapefile, FlatGeobuf) and the attribute holding the class.
+        context_slices, intensity: nifti: 2.5D neighbours per side and the
+            :class:`~unet_resnet.data.medical.IntensityRule` (or None).
     """
 
     num_classes: int | None = None
@@ -61,6 +63,8 @@ class SplitOptions:
     crowd: str = "ignore"
     labels: str | None = None
     label_field: str | None = None
+    context_slices: int = 0
+    intensity: Any = None
 
     def vector_labels(self, classes: ClassInfo):
         """raster layouts: the ``labels`` file as :class:`VectorLabels`, or None."""
@@ -213,7 +217,13 @@ def _open_nifti(root: Path, split: str, options: SplitOptions):
     pairs = find_nifti_pairs(root, split) if (root / split).is_dir() else []
     if not pairs:
         return None
-    return NiftiSliceDataset(pairs, options.resolve_classes(root), axis=options.slice_axis)
+    return NiftiSliceDataset(
+        pairs,
+        options.resolve_classes(root),
+        axis=options.slice_axis,
+        context=options.context_slices,
+        intensity=options.intensity,
+    )
 
 
 @register_layout(

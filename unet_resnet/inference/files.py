@@ -208,17 +208,23 @@ def predict_nifti(
     axis: int = 2,
 ) -> Path:
     """Predict a volume (NIfTI file or DICOM series folder) slice by slice along ``axis`` of
-    its canonical orientation, as training sliced it, and write a NIfTI label volume in the
-    input's own orientation with its affine."""
-    from unet_resnet.data.medical import load_nibabel, read_volume
+    its canonical orientation, as training sliced it (with the checkpoint's intensity rule and
+    2.5D context, ``segmenter.volume``), and write a NIfTI label volume in the input's own
+    orientation with its affine."""
+    from unet_resnet.data.medical import IntensityRule, context_stack, load_nibabel, read_volume
 
     nib = load_nibabel()
     path_in, path_out = Path(path_in), Path(path_out)
     volume = read_volume(path_in)
     data = volume.data
+    options = getattr(segmenter, "volume", None) or {}
+    rule = IntensityRule.from_dict(options.get("intensity"))
+    if rule is not None:
+        data = rule.apply(data)
+    context = int(options.get("context_slices") or 0)
     labels = np.zeros(data.shape[:3], dtype=np.uint8)
     for k in range(data.shape[axis]):
-        labels_k = segmenter.predict(np.take(data, k, axis=axis))
+        labels_k = segmenter.predict(context_stack(data, k, axis, context))
         index = [slice(None)] * 3
         index[axis] = k
         labels[tuple(index)] = labels_k

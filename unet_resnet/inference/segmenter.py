@@ -65,6 +65,8 @@ class Segmenter:
         progress: a progress bar over the tiles of large images.
         explain: print what the fast path chose and why (also logged at INFO level to
             ``unet_resnet.fastpath``).
+        volume: for volumes, the checkpoint's slice axis, 2.5D context and intensity rule
+            (:attr:`CheckpointMeta.volume`), repeated by ``predict`` on NIfTI/DICOM input.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Segmenter:
         image_dtype: str | None = None,
         progress: bool = False,
         explain: bool = False,
+        volume: dict | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(
@@ -113,6 +116,7 @@ class Segmenter:
         self.batch_size = batch_size
         self.tta, self.tta_rotations = tta, tta_rotations
         self.image_dtype = image_dtype
+        self.volume = volume
         self.progress = progress
         self.channels_last = channels_last and not isinstance(model, OnnxModel)
         self.config = getattr(model, "config", None)
@@ -174,6 +178,7 @@ class Segmenter:
                     device=device,
                     precision=precision,
                     image_dtype=meta.image_dtype,
+                    volume=meta.volume,
                     **kwargs,
                 )
             path = paths[0]
@@ -186,6 +191,7 @@ class Segmenter:
             device=device,
             precision=precision,
             image_dtype=meta.image_dtype,
+            volume=meta.volume,
             **kwargs,
         )
 

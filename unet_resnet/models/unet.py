@@ -424,7 +424,7 @@ class UNetWithResnet50Encoder(
             ) from None
         model.hub_metadata = {
             key: config[key]
-            for key in ("classes", "mean", "std", "image_size", "image_dtype")
+            for key in ("classes", "mean", "std", "image_size", "image_dtype", "volume")
             if key in config
         }
         return model.eval()

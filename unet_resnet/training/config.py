@@ -41,6 +41,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
 Normalization = Literal["auto", "imagenet", "dataset"]
 CrowdRule = Literal["ignore", "class"]
+Modality = Literal["none", "ct", "mr"]
 
 #: What each group of options builds: its names are that constructor's parameters.
 GROUPS = {
@@ -113,6 +114,17 @@ class TrainConfig:
     )
     label_field: str | None = opt(
         None, "raster: the --labels attribute with class names or codes", group="data"
+    )
+    context_slices: int = opt(
+        0,
+        "nifti: 2.5D input, this many neighbouring slices on each side as extra channels",
+        group="data",
+    )
+    modality: Modality = opt(
+        "none",
+        "nifti: intensity normalisation; ct = clip to the training foreground's 0.5-99.5 "
+        "percentiles and z-score with its statistics, mr = per-case z-score, none = as stored",
+        group="data",
     )
     folds: int = opt(
         0,
@@ -288,6 +300,11 @@ class TrainConfig:
             raise ConfigError(
                 f"Invalid --class-weights {self.class_weights}: finite and >= 0 each."
             )
+        if (self.context_slices or self.modality != "none") and self.dataset != "nifti":
+            raise ConfigError(
+                "--context-slices and --modality apply to volumes (--dataset nifti), not to "
+                f"--dataset {self.dataset}."
+            )
         if self.folds and not 0 <= self.fold < self.folds:
             raise ConfigError(
                 f"Invalid --fold {self.fold}: one of 0..{self.folds - 1} with --folds {self.folds}."
@@ -343,6 +360,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "workers": (0, None, False),
     "freeze_encoder_epochs": (0, None, False),
     "folds": (0, None, False),
+    "context_slices": (0, 16, False),
     "fold": (0, None, False),
     "log_images_every": (0, None, False),
     "slice_axis": (0, 2, False),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from unet_resnet.data.folds import restrict_to_cases
+from unet_resnet.data.medical import IntensityRule
 from unet_resnet.data.registry import SplitOptions, open_split
 from unet_resnet.errors import ConfigError
 from unet_resnet.training.config import TrainConfig
@@ -65,6 +66,8 @@ def cross_validate(config: TrainConfig, *, progress: bool = True) -> CrossValida
             slice_axis=config.slice_axis,
             annotations=config.annotations,
             crowd=config.crowd,
+            context_slices=config.context_slices,
+            intensity=IntensityRule.from_dict((segmenter.volume or {}).get("intensity")),
         )
         dataset = open_split(config.data, "train", config.dataset, options)
         held_out = _held_out(splits, fold)

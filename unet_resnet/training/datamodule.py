@@ -56,6 +56,9 @@ class SegmentationDataModule(L.LightningDataModule):
             ``fold`` of ``folds`` is the validation set (the val split is then unused), the
             folds read from or written to ``splits`` (default ``DATA/splits.json``; training
             passes ``RUN/splits.json``). ``fold_cases`` names the held-out cases.
+        context_slices, modality: nifti layout: 2.5D neighbours per side, and the intensity
+            rule (``ct``: fitted on the training foreground; ``mr``: per-case z-score;
+            ``none``: as stored). ``volume_options()`` is what the checkpoint keeps.
         epochs: the schedule's length, for ``augment="auto"``.
     """
 
@@ -84,6 +87,8 @@ class SegmentationDataModule(L.LightningDataModule):
         folds: int = 0,
         fold: int = 0,
         splits: str | None = None,
+        context_slices: int = 0,
+        modality: str = "none",
         epochs: int | None = None,
     ) -> None:
         super().__init__()
@@ -109,6 +114,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.label_field = label_field
         self.folds, self.fold, self.splits = folds, fold, splits
         self.fold_cases: list[str] | None = None
+        self.context_slices, self.modality = context_slices, modality
+        self.intensity = None
         self.epochs = epochs
         self.augment_chosen: str | None = None
         self.augment_reason = ""
@@ -130,7 +137,18 @@ class SegmentationDataModule(L.LightningDataModule):
             crowd=self.crowd,
             labels=self.labels,
             label_field=self.label_field,
+            context_slices=self.context_slices,
+            intensity=self.intensity,
         )
+
+    def volume_options(self) -> dict | None:
+        if self.dataset_format != "nifti":
+            return None
+        return {
+            "slice_axis": self.slice_axis,
+            "context_slices": self.context_slices,
+            "intensity": None if self.intensity is None else self.intensity.to_dict(),
+        }
 
     def _make(self, split: str):
         return open_split(self.root, split, self.dataset_format, self._options())
@@ -138,6 +156,11 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        if (self.context_slices or self.modality != "none") and self.dataset_format != "nifti":
+            raise DataError(
+                "--context-slices and --modality apply to volumes (--dataset nifti), not to "
+                f"--dataset {self.dataset_format}."
+            )
         report = None
         if self.check_data:
             report = check_layout(self.root, self.dataset_format, self._options(), progress=False)
@@ -147,6 +170,14 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         if not self.root.is_dir():
             raise DataError(f"Dataset folder {self.root} does not exist.")
+        if self.modality == "ct":
+            from unet_resnet.data.medical import IntensityRule, find_nifti_pairs
+
+            self.intensity = IntensityRule.fit_ct(find_nifti_pairs(self.root, "train"))
+        elif self.modality == "mr":
+            from unet_resnet.data.medical import IntensityRule
+
+            self.intensity = IntensityRule("mr")
         train = self._make("train")
         if train is None or len(train) == 0:
             raise DataError(f"No training images found in {self.root}.")

@@ -259,6 +259,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         std=data.std,
         image_size=config.image_size,
         image_dtype=data.image_dtype,
+        volume=data.volume_options(),
     )
     module = SegmentationModule(
         meta.to_dict(),
