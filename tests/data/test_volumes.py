@@ -239,3 +239,34 @@ def test_ct_and_context_train_are_saved_and_reused_by_predict(tmp_path, capsys):
     assert (tmp_path / "ev" / "cases.csv").is_file()
     bad = ["train", "--data", str(data), "--out", str(tmp_path / "r2"), "--modality", "ct"]
     assert main(bad) == 2 and "--dataset nifti" in capsys.readouterr().err
+
+
+def test_in_plane_resampling_round_trip(tmp_path):
+    from unet_resnet.data.medical import resample_in_plane
+
+    labels = np.zeros((40, 36, 5), np.uint8)
+    labels[8:30, 6:20] = 1
+    labels[12:16, 24:32] = 2
+    down, spacing = resample_in_plane(labels, (0.5, 0.5, 3.0), 1.0, axis=2, labels=True)
+    assert down.shape == (20, 18, 5) and spacing == pytest.approx((1.0, 1.0, 3.0))
+    assert set(np.unique(down)) == {0, 1, 2}  # nearest neighbour: no new values
+    back, _ = resample_in_plane(down, spacing, None, axis=2, labels=True, shape=labels.shape)
+    assert back.shape == labels.shape and (back == labels).mean() > 0.97
+
+    nib.save(nib.Nifti1Image(labels.astype(np.int16) * 100, np.diag([0.5, 0.5, 3, 1])),
+             tmp_path / "v.nii.gz")  # fmt: skip
+    dataset = NiftiSliceDataset([(tmp_path / "v.nii.gz", None)], ClassInfo.generic(3),
+                                target_spacing=1.0)  # fmt: skip
+    assert dataset.spacings[0] == pytest.approx((1.0, 1.0, 3.0))
+    assert dataset.load(0)[0].shape == (20, 18, 1)
+
+    class Threshold:
+        volume = {"target_spacing": 1.0}
+
+        def predict(self, image):
+            assert image.shape[:2] == (20, 18)  # predicted on the resampled grid
+            return (image[..., 0] > 50).astype(np.uint8)
+
+    predict_nifti(Threshold(), tmp_path / "v.nii.gz", tmp_path / "p.nii.gz")
+    written = np.asarray(nib.load(tmp_path / "p.nii.gz").dataobj)
+    assert written.shape == labels.shape and ((written > 0) == (labels > 0)).mean() > 0.97

@@ -140,6 +140,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         slice_axis=args.slice_axis,
         context_slices=int(volume.get("context_slices") or 0),
         intensity=IntensityRule.from_dict(volume.get("intensity")),
+        target_spacing=volume.get("target_spacing"),
         annotations=args.annotations,
         labels=args.labels,
         label_field=args.label_field,

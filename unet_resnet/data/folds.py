@@ -151,6 +151,7 @@ def restrict_to_cases(dataset, cases: list[str]):
             axis=dataset.axis,
             context=dataset.context,
             intensity=dataset.intensity,
+            target_spacing=dataset.target_spacing,
         )
     groups = case_groups(dataset)
     return CaseSubset(dataset, [i for case in cases for i in groups.get(case, [])])

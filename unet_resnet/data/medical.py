@@ -38,6 +38,7 @@ __all__ = [
     "load_nibabel",
     "read_dicom_series",
     "read_volume",
+    "resample_in_plane",
     "slice_weights",
 ]
 
@@ -188,6 +189,37 @@ class IntensityRule:
                    data.get("std"))  # fmt: skip
 
 
+def resample_in_plane(
+    volume: np.ndarray,
+    spacing: Sequence[float],
+    target: float | None,
+    axis: int,
+    *,
+    labels: bool = False,
+    shape: Sequence[int] | None = None,
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Resample the two in-plane axes (all but ``axis``) to ``target`` mm voxels, or to
+    ``shape`` when given (resampling back); linear for images, nearest neighbour for
+    ``labels``. Returns the array and its new spacing."""
+    from scipy import ndimage
+
+    spacing = tuple(float(v) for v in spacing)
+    if shape is None:
+        if not target:
+            return volume, spacing
+        shape = [
+            n if a == axis else max(1, round(n * spacing[a] / target))
+            for a, n in enumerate(volume.shape[:3])
+        ]
+    shape = tuple(int(n) for n in shape)
+    if shape == volume.shape[:3]:
+        return volume, spacing
+    factors = [new / old for new, old in zip(shape, volume.shape[:3], strict=True)]
+    out = ndimage.zoom(volume, factors, order=0 if labels else 1, mode="nearest", grid_mode=True)
+    new_spacing = tuple(s / f for s, f in zip(spacing, factors, strict=True))
+    return out, new_spacing
+
+
 def context_stack(volume: np.ndarray, k: int, axis: int, context: int) -> np.ndarray:
     """Slice ``k`` with ``context`` slices on each side as channels (H x W x 2*context+1);
     beyond the volume's ends the edge slice is repeated."""
@@ -317,6 +349,8 @@ class NiftiSliceDataset(Dataset):
         context: 2.5D input: this many neighbouring slices on each side become extra
             channels (``2 * context + 1`` in all).
         intensity: an :class:`IntensityRule` applied to each volume before slicing.
+        target_spacing: resample the in-plane axes to voxels of this size (mm; labels by
+            nearest neighbour) so that scans of different resolutions look alike.
     """
 
     def __init__(
@@ -328,6 +362,7 @@ class NiftiSliceDataset(Dataset):
         transform=None,
         context: int = 0,
         intensity: IntensityRule | None = None,
+        target_spacing: float | None = None,
     ) -> None:
         nib = load_nibabel()
         self.pairs = [(Path(i), None if m is None else Path(m)) for i, m in pairs]
@@ -336,6 +371,7 @@ class NiftiSliceDataset(Dataset):
         self.transform = transform
         self.context = context
         self.intensity = intensity
+        self.target_spacing = target_spacing
         self.index: list[tuple[int, int]] = []
         self.spacings: list[tuple[float, ...]] = []
         for v, (image, label) in enumerate(self.pairs):
@@ -355,6 +391,15 @@ class NiftiSliceDataset(Dataset):
                         f"Label volume {label} has shape {lab_shape}, image {image} has {shape} "
                         "(in canonical orientation); they must share the voxel grid."
                     )
+            if target_spacing:  # the grid resample_in_plane will give
+                resized = tuple(
+                    n if a == axis else max(1, round(n * spacing[a] / target_spacing))
+                    for a, n in enumerate(shape)
+                )
+                spacing = tuple(
+                    sp * old / new for sp, old, new in zip(spacing, shape, resized, strict=True)
+                )
+                shape = resized
             self.spacings.append(spacing)
             self.index.extend((v, k) for k in range(shape[axis]))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -366,10 +411,16 @@ class NiftiSliceDataset(Dataset):
         # One decoded volume per worker at a time: slices of the same case come together.
         if v not in self._cache:
             image, label = self.pairs[v]
-            data = read_volume(image).data
+            volume = read_volume(image)
+            data = volume.data
             if self.intensity is not None:
                 data = self.intensity.apply(data)
+            data, _ = resample_in_plane(data, volume.spacing, self.target_spacing, self.axis)
             lab = None if label is None else read_volume(label).data
+            if lab is not None:
+                lab, _ = resample_in_plane(
+                    lab, volume.spacing, self.target_spacing, self.axis, labels=True
+                )
             self._cache = {v: (data, lab)}
         return self._cache[v]
 

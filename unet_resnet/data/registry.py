@@ -65,6 +65,7 @@ class SplitOptions:
     label_field: str | None = None
     context_slices: int = 0
     intensity: Any = None
+    target_spacing: float | None = None
 
     def vector_labels(self, classes: ClassInfo):
         """raster layouts: the ``labels`` file as :class:`VectorLabels`, or None."""
@@ -223,6 +224,7 @@ def _open_nifti(root: Path, split: str, options: SplitOptions):
         axis=options.slice_axis,
         context=options.context_slices,
         intensity=options.intensity,
+        target_spacing=options.target_spacing,
     )
 
 

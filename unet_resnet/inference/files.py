@@ -211,7 +211,13 @@ def predict_nifti(
     its canonical orientation, as training sliced it (with the checkpoint's intensity rule and
     2.5D context, ``segmenter.volume``), and write a NIfTI label volume in the input's own
     orientation with its affine."""
-    from unet_resnet.data.medical import IntensityRule, context_stack, load_nibabel, read_volume
+    from unet_resnet.data.medical import (
+        IntensityRule,
+        context_stack,
+        load_nibabel,
+        read_volume,
+        resample_in_plane,
+    )
 
     nib = load_nibabel()
     path_in, path_out = Path(path_in), Path(path_out)
@@ -222,12 +228,15 @@ def predict_nifti(
     if rule is not None:
         data = rule.apply(data)
     context = int(options.get("context_slices") or 0)
+    grid = data.shape[:3]
+    data, _ = resample_in_plane(data, volume.spacing, options.get("target_spacing"), axis)
     labels = np.zeros(data.shape[:3], dtype=np.uint8)
     for k in range(data.shape[axis]):
         labels_k = segmenter.predict(context_stack(data, k, axis, context))
         index = [slice(None)] * 3
         index[axis] = k
         labels[tuple(index)] = labels_k
+    labels, _ = resample_in_plane(labels, volume.spacing, None, axis, labels=True, shape=grid)
     out = nib.Nifti1Image(np.ascontiguousarray(volume.back(labels)), volume.affine)
     out.header.set_zooms(volume.header_zooms)
     out.header.set_xyzt_units("mm")

@@ -126,6 +126,12 @@ class TrainConfig:
         "percentiles and z-score with its statistics, mr = per-case z-score, none = as stored",
         group="data",
     )
+    target_spacing: float | None = opt(
+        None,
+        "nifti: resample the in-plane axes to voxels of this size in mm (labels by nearest "
+        "neighbour; predictions are resampled back); None = as stored",
+        group="data",
+    )
     folds: int = opt(
         0,
         "k-fold cross-validation over the training cases (by case, never by slice); 0 = off, "
@@ -300,10 +306,11 @@ class TrainConfig:
             raise ConfigError(
                 f"Invalid --class-weights {self.class_weights}: finite and >= 0 each."
             )
-        if (self.context_slices or self.modality != "none") and self.dataset != "nifti":
+        volume_flags = self.context_slices or self.modality != "none" or self.target_spacing
+        if volume_flags and self.dataset != "nifti":
             raise ConfigError(
-                "--context-slices and --modality apply to volumes (--dataset nifti), not to "
-                f"--dataset {self.dataset}."
+                "--context-slices, --modality and --target-spacing apply to volumes (--dataset "
+                f"nifti), not to --dataset {self.dataset}."
             )
         if self.folds and not 0 <= self.fold < self.folds:
             raise ConfigError(
@@ -361,6 +368,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
     "freeze_encoder_epochs": (0, None, False),
     "folds": (0, None, False),
     "context_slices": (0, 16, False),
+    "target_spacing": (0, None, True),
     "fold": (0, None, False),
     "log_images_every": (0, None, False),
     "slice_axis": (0, 2, False),

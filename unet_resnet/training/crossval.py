@@ -68,6 +68,7 @@ def cross_validate(config: TrainConfig, *, progress: bool = True) -> CrossValida
             crowd=config.crowd,
             context_slices=config.context_slices,
             intensity=IntensityRule.from_dict((segmenter.volume or {}).get("intensity")),
+            target_spacing=config.target_spacing,
         )
         dataset = open_split(config.data, "train", config.dataset, options)
         held_out = _held_out(splits, fold)

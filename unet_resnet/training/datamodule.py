@@ -89,6 +89,7 @@ class SegmentationDataModule(L.LightningDataModule):
         splits: str | None = None,
         context_slices: int = 0,
         modality: str = "none",
+        target_spacing: float | None = None,
         epochs: int | None = None,
     ) -> None:
         super().__init__()
@@ -115,6 +116,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.folds, self.fold, self.splits = folds, fold, splits
         self.fold_cases: list[str] | None = None
         self.context_slices, self.modality = context_slices, modality
+        self.target_spacing = target_spacing
         self.intensity = None
         self.epochs = epochs
         self.augment_chosen: str | None = None
@@ -139,6 +141,7 @@ class SegmentationDataModule(L.LightningDataModule):
             label_field=self.label_field,
             context_slices=self.context_slices,
             intensity=self.intensity,
+            target_spacing=self.target_spacing,
         )
 
     def volume_options(self) -> dict | None:
@@ -148,6 +151,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "slice_axis": self.slice_axis,
             "context_slices": self.context_slices,
             "intensity": None if self.intensity is None else self.intensity.to_dict(),
+            "target_spacing": self.target_spacing,
         }
 
     def _make(self, split: str):
@@ -156,10 +160,11 @@ class SegmentationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        if (self.context_slices or self.modality != "none") and self.dataset_format != "nifti":
+        volume_flags = self.context_slices or self.modality != "none" or self.target_spacing
+        if volume_flags and self.dataset_format != "nifti":
             raise DataError(
-                "--context-slices and --modality apply to volumes (--dataset nifti), not to "
-                f"--dataset {self.dataset_format}."
+                "--context-slices, --modality and --target-spacing apply to volumes (--dataset "
+                f"nifti), not to --dataset {self.dataset_format}."
             )
         report = None
         if self.check_data:
