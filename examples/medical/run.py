@@ -74,7 +74,9 @@ def make_dataset(
     return root
 
 
-def run(out: str | Path, *, quick: bool = False, epochs: int | None = None) -> dict:
+def run(
+    out: str | Path, *, quick: bool = False, epochs: int | None = None, random_init: bool = False
+) -> dict:
     out = Path(out)
     shape = (48, 48, 8) if quick else (128, 128, 24)
     n = (4, 2, 1) if quick else (24, 6, 4)
@@ -101,6 +103,8 @@ def run(out: str | Path, *, quick: bool = False, epochs: int | None = None) -> d
     )
     if epochs is not None:
         overrides += ["--epochs", str(epochs)]
+    if random_init:  # no ImageNet weights (offline machines)
+        overrides += ["--encoder-weights", "none"]
     steps = [
         ["check-data", str(data), "--dataset", "nifti", "--quiet"],
         [
@@ -147,8 +151,9 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="runs/medical")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's")
+    parser.add_argument("--random-init", action="store_true", help="no ImageNet weights")
     args = parser.parse_args()
-    scores = run(args.out, quick=args.quick, epochs=args.epochs)
+    scores = run(args.out, quick=args.quick, epochs=args.epochs, random_init=args.random_init)
     print({k: scores[k] for k in ("miou", "mean_dice", "mean_hd95")})
     for name, entry in scores["per_case"].items():
         print(
