@@ -7,7 +7,13 @@ import argparse
 from unet_resnet.hardware import PRECISIONS
 from unet_resnet.inference.tiling import BLENDS
 
-__all__ = ["build_segmenter", "segmenter_arguments", "weights_arg"]
+__all__ = [
+    "build_segmenter",
+    "checkpoints_of",
+    "segmenter_arguments",
+    "segmenter_options",
+    "weights_arg",
+]
 
 
 def weights_arg(value: str) -> str | None:
@@ -38,20 +44,31 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def checkpoints_of(args: argparse.Namespace) -> list[str]:
+    return args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+
+
+def segmenter_options(args: argparse.Namespace, progress: bool = False) -> dict:
+    """The Segmenter keyword arguments the flags of :func:`segmenter_arguments` set."""
+    return {
+        "device": args.device,
+        "precision": args.precision,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "blend": args.blend,
+        "batch_size": args.batch_size,
+        "tta": args.tta or args.tta_rotations,
+        "tta_rotations": args.tta_rotations,
+        "compile": args.compile,
+        "progress": progress,
+    }
+
+
 def build_segmenter(args: argparse.Namespace, progress: bool = False):
     from unet_resnet.inference import Segmenter
 
-    checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
+    checkpoints = checkpoints_of(args)
     return Segmenter.from_checkpoint(
         checkpoints if len(checkpoints) > 1 else checkpoints[0],
-        device=args.device,
-        precision=args.precision,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        blend=args.blend,
-        batch_size=args.batch_size,
-        tta=args.tta or args.tta_rotations,
-        tta_rotations=args.tta_rotations,
-        compile=args.compile,
-        progress=progress,
+        **segmenter_options(args, progress),
     )

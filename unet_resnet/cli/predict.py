@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from unet_resnet.cli.common import build_segmenter, segmenter_arguments
+from unet_resnet.cli.common import (
+    build_segmenter,
+    checkpoints_of,
+    segmenter_arguments,
+    segmenter_options,
+)
 from unet_resnet.cli.registry import command
 from unet_resnet.data.registry import layout_names
 from unet_resnet.errors import ConfigError
@@ -14,7 +19,10 @@ from unet_resnet.errors import ConfigError
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     segmenter_arguments(parser)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="image files, folders, globs, DICOM folders"
+    )
+    parser.add_argument("--manifest", help="a file listing inputs, one path per line")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     parser.add_argument(
@@ -39,6 +47,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace outputs of an earlier run in --out"
     )
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this process; ray: Ray actors (a local Ray instance, or --address)",
+    )
+    parser.add_argument("--address", help="ray: cluster address (auto, ray://HOST:PORT)")
+    parser.add_argument("--workers", type=int, help="ray: actors (default: CPUs / per worker)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs per actor")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per actor")
 
 
 @command(
@@ -51,20 +69,60 @@ def predict_command(args: argparse.Namespace) -> int:
 
     if args.simplify is not None and not args.simplify >= 0:
         raise ConfigError(f"Invalid --simplify {args.simplify}: a tolerance >= 0 in CRS units.")
+    inputs = list(args.inputs)
+    if args.manifest:
+        from unet_resnet.inference.scale import read_manifest
+
+        inputs += read_manifest(args.manifest)
+    if not inputs:
+        raise ConfigError("No inputs: give files, folders or globs, or --manifest FILE.")
+    if args.engine == "local" and (args.address or args.workers):
+        raise ConfigError("--address and --workers go with --engine ray.")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"Invalid --workers {args.workers}: at least 1.")
+    done, model = None, None
+    if args.engine == "ray":
+        from unet_resnet.inference.scale import RunRecord, model_hash
+
+        model = model_hash(checkpoints_of(args))
+        record = RunRecord.read(Path(args.out))
+
+        def done(path, outputs):
+            return record.is_done(path, outputs, model)
+
     # Outputs are named and checked before the model is loaded: a refusal costs nothing.
     plan = plan_predictions(
-        args.inputs,
+        inputs,
         args.out,
         overlay=args.overlay,
         probabilities=args.probabilities,
         vectorize=args.vectorize,
         vector_format=args.vector_format,
         overwrite=args.overwrite,
+        done=done,
     )
-    segmenter = build_segmenter(args, progress=len(plan.files) == 1)
-    report = predict_files(
-        segmenter, plan, slice_axis=args.slice_axis, simplify=args.simplify, progress=True
-    )
+    if args.engine == "ray":
+        from unet_resnet.inference.scale import predict_with_ray
+
+        report = predict_with_ray(
+            plan,
+            checkpoints_of(args),
+            segmenter_options(args),
+            model=model,
+            address=args.address,
+            workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+            slice_axis=args.slice_axis,
+            simplify=args.simplify,
+        )
+        if plan.skipped:
+            print(f"skipped {len(plan.skipped)} input(s) already done by this model")
+    else:
+        segmenter = build_segmenter(args, progress=len(plan.files) == 1)
+        report = predict_files(
+            segmenter, plan, slice_axis=args.slice_axis, simplify=args.simplify, progress=True
+        )
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)

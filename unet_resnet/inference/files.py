@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +50,7 @@ __all__ = [
     "predict_files",
     "predict_image_file",
     "predict_nifti",
+    "predict_one",
     "predict_raster_file",
 ]
 
@@ -386,6 +387,7 @@ class PredictPlan:
     files: list[Path]
     missing: list[str]
     outputs: list[OutputPaths]
+    skipped: list[Path] = field(default_factory=list)
 
 
 def plan_predictions(
@@ -397,9 +399,11 @@ def plan_predictions(
     vectorize: bool = False,
     vector_format: str = "gpkg",
     overwrite: bool = False,
+    done: Callable[[Path, OutputPaths], bool] | None = None,
 ) -> PredictPlan:
     """Expand ``inputs`` and name every output; an output that already exists is an error
-    (before any work) unless ``overwrite``."""
+    (before any work) unless ``overwrite``. Inputs for which ``done(path, outputs)`` holds (a
+    resumed run's finished inputs) are left out of the plan and listed in ``skipped``."""
     files, missing = expand_inputs(inputs)
     out = Path(out)
     if vector_format not in VECTOR_FORMATS:
@@ -414,6 +418,11 @@ def plan_predictions(
         vectorize=vectorize,
         vector_format=vector_format,
     )
+    skipped: list[Path] = []
+    if done is not None and not overwrite:
+        kept = [(f, o) for f, o in zip(files, plans, strict=True) if not done(f, o)]
+        skipped = [f for f in files if f not in {k for k, _ in kept}]
+        files, plans = [f for f, _ in kept], [o for _, o in kept]
     existing = [p for plan in plans for p in plan.paths() if p.exists()]
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
@@ -421,7 +430,33 @@ def plan_predictions(
             f"{len(existing)} output file(s) already exist in {out} ({shown}). Pass "
             "--overwrite to replace them, or choose another --out."
         )
-    return PredictPlan(out, files, missing, plans)
+    return PredictPlan(out, files, missing, plans, skipped)
+
+
+def predict_one(
+    segmenter: ImagePredictor,
+    path: Path,
+    paths: OutputPaths,
+    *,
+    slice_axis: int = 2,
+    simplify: float | None = None,
+) -> None:
+    """Predict one input into its outputs (each written atomically); what both engines run
+    per input, so their outputs are identical."""
+    predict_file(
+        segmenter,
+        path,
+        paths.mask,
+        overlay=paths.overlay,
+        probabilities=paths.probabilities,
+        slice_axis=slice_axis,
+    )
+    if paths.vectors is not None:
+        from unet_resnet.inference.vectorize import vectorize_mask
+
+        vectorize_mask(
+            paths.mask, paths.vectors, segmenter.classes, gis_path=paths.gis, simplify=simplify
+        )
 
 
 def predict_files(
@@ -449,24 +484,7 @@ def predict_files(
     bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)
     for path, paths in zip(bar, outputs, strict=True):
         try:
-            predict_file(
-                segmenter,
-                path,
-                paths.mask,
-                overlay=paths.overlay,
-                probabilities=paths.probabilities,
-                slice_axis=slice_axis,
-            )
-            if paths.vectors is not None:
-                from unet_resnet.inference.vectorize import vectorize_mask
-
-                vectorize_mask(
-                    paths.mask,
-                    paths.vectors,
-                    segmenter.classes,
-                    gis_path=paths.gis,
-                    simplify=simplify,
-                )
+            predict_one(segmenter, path, paths, slice_axis=slice_axis, simplify=simplify)
             report.written.append(paths.mask)
         except UnetResnetError as exc:
             report.failed.append((str(path), str(exc)))
