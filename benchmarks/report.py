@@ -110,6 +110,20 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{r['errors']:>7}{r['throughput_per_s']:>7.2f}{r['latency_p50_s']:>7.2f}"
                 f"{r['latency_p95_s']:>7.2f}{r['latency_p99_s']:>7.2f}"
             )
+    if results.get("scale"):
+        first = results["scale"][0]
+        lines += [
+            "",
+            f"Prediction engines ({first['inputs']} PNGs of {first['size']}x{first['size']}, "
+            "U-Net ResNet-18; actor start-up included)",
+            f"{'engine':<8}{'workers':>8}{'seconds':>9}{'inputs/s':>10}{'vs local':>10}"
+            f"{'w/o start-up':>14}",
+        ]
+        for r in results["scale"]:
+            lines.append(
+                f"{r['engine']:<8}{r['workers']:>8}{r['seconds']:>9.1f}{r['inputs_per_s']:>10.2f}"
+                f"{r['vs_local']:>9.2f}x{r['vs_local_without_startup']:>13.2f}x"
+            )
     return "\n".join(lines)
 
 

@@ -25,7 +25,17 @@ import torch
 from benchmarks.common import bench_peak, machine_info, matmul_tflops
 from benchmarks.report import format_results, save_results
 
-SECTIONS = ("peak", "inference", "encoders", "training", "epoch", "data", "tiling", "serve")
+SECTIONS = (
+    "peak",
+    "inference",
+    "encoders",
+    "training",
+    "epoch",
+    "data",
+    "tiling",
+    "serve",
+    "scale",
+)
 
 
 def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dict[str, Any]:
@@ -101,6 +111,10 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
         from benchmarks.serve import bench_serve
 
         results["serve"] = bench_serve(requests=8 if quick else 40, size=64 if quick else 256)
+    if "scale" in sections:
+        from benchmarks.scale import bench_scale
+
+        results["scale"] = bench_scale(n=4 if quick else 48, size=64 if quick else 1024)
     return results
 
 

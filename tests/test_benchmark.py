@@ -23,6 +23,7 @@ def test_quick_benchmark_run(tmp_path, capsys):
             "data",
             "tiling",
             "serve",
+            "scale",
             "--json",
             str(out),
         ]
@@ -49,6 +50,9 @@ def test_quick_benchmark_run(tmp_path, capsys):
     epoch = results["epoch"]
     assert epoch["epoch_s"] > 0 and epoch["epoch_throughput_vs_step"] > 0
     assert "Whole training epoch" in text
+    engines = {(r["engine"], r["workers"]) for r in results["scale"]}
+    assert engines == {("local", 1), ("ray", 1), ("ray", 2)} and "Prediction engines" in text
+    assert all(r["inputs_per_s"] > 0 and r["vs_local"] > 0 for r in results["scale"])
     encoders = {r["encoder"]: r for r in results["encoders"]}
     assert set(encoders) == {"resnet18", "tu-mobilenetv3_small_050"}
     assert "Encoders in the guide's U-Net" in text
