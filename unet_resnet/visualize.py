@@ -57,13 +57,24 @@ def overlay(
     ignore_index: int = 255,
     skip_background: bool = True,
 ) -> np.ndarray:
-    """Blend the coloured mask over the image; class 0 left clear when ``skip_background``."""
-    rgb = display_rgb(image).astype(np.float32)
-    colored = colorize(mask, colors, ignore_index).astype(np.float32)
-    blend = (mask != ignore_index) & ((mask != 0) if skip_background else True)
-    out = rgb.copy()
-    out[blend] = (1 - alpha) * rgb[blend] + alpha * colored[blend]
-    return out.astype(np.uint8)
+    """Blend the coloured mask over the image; class 0 left clear when ``skip_background``.
+
+    Blended in bands of rows, so the float working set stays small: memory is the 8-bit
+    display image and the 8-bit result, whatever the image's size.
+    """
+    rgb = display_rgb(image)
+    out = np.empty_like(rgb)
+    for top in range(0, rgb.shape[0], _BAND_ROWS):
+        rows = slice(top, top + _BAND_ROWS)
+        band, labels = rgb[rows].astype(np.float32), mask[rows]
+        colored = colorize(labels, colors, ignore_index).astype(np.float32)
+        blend = (labels != ignore_index) & ((labels != 0) if skip_background else True)
+        band[blend] = (1 - alpha) * band[blend] + alpha * colored[blend]
+        out[rows] = band.astype(np.uint8)
+    return out
+
+
+_BAND_ROWS = 512
 
 
 def overlay_with_legend(

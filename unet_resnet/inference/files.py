@@ -86,16 +86,45 @@ def predict_image_file(
     *,
     overlay: str | os.PathLike | None = None,
     probabilities: str | os.PathLike | None = None,
+    chunk_size: int = 4096,
 ) -> Path:
-    """Read an image, predict it (tiled if large), write a palette PNG of class indices."""
+    """Read an image, predict it (tiled if large), write a palette PNG of class indices.
+
+    Large images are predicted in chunks of ``chunk_size`` (with the context margin the
+    GeoTIFF path uses, so results do not depend on it) into one class-index plane, and
+    probabilities go straight into a memory-mapped ``.npy``: memory is the decoded image, one
+    8-bit label plane, one chunk's probabilities and the tile batch (plus the 8-bit overlay
+    when asked for), not a float array the size of the image.
+    """
     path_in, path_out = Path(path_in), Path(path_out)
     image = read_image(path_in)
-    try:
-        probs = segmenter.image_probabilities(image)
-    except InputShapeError as exc:
-        raise InputShapeError(f"{path_in}: {exc}") from None
-    labels = labels_from_probs(probs)
+    height, width = image.shape[:2]
+    margin = chunk_margin(segmenter.tile_size, segmenter.overlap)
+    labels = None
     path_out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(probabilities) if probabilities else contextlib.nullcontext() as tmp_prob:
+        stored = None
+        for chunk in chunk_windows(height, width, chunk_size, margin):
+            top, left, h, w = chunk.core
+            t0, l0, rh, rw = chunk.read
+            dy, dx = chunk.offset
+            try:
+                probs = segmenter.image_probabilities(image[t0 : t0 + rh, l0 : l0 + rw])
+            except InputShapeError as exc:
+                raise InputShapeError(f"{path_in}: {exc}") from None
+            probs = probs[:, dy : dy + h, dx : dx + w]
+            part = labels_from_probs(probs)
+            if labels is None:
+                labels = np.empty((height, width), dtype=part.dtype)
+            labels[top : top + h, left : left + w] = part
+            if tmp_prob is not None:
+                if stored is None:
+                    shape = (probs.shape[0], height, width)
+                    stored = np.lib.format.open_memmap(tmp_prob, "w+", np.float16, shape)
+                stored[:, top : top + h, left : left + w] = probs.half().cpu().numpy()
+        if stored is not None:
+            stored.flush()
+            del stored
     if labels.dtype == np.uint8:
         write_mask_png(path_out, labels, segmenter.classes.colors)
     else:
@@ -103,9 +132,6 @@ def predict_image_file(
             np.save(tmp, labels)
     if overlay is not None:
         _save_overlay(segmenter.classes, image, labels, overlay)
-    if probabilities is not None:
-        with atomic_path(probabilities) as tmp, open(tmp, "wb") as f:
-            np.save(f, probs.half().cpu().numpy())
     return path_out
 
 
