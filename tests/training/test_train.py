@@ -116,8 +116,10 @@ def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def test_resume_reaches_the_same_result(data, tmp_path):
-    """Ctrl-C during epoch 2, resume: the same weights as one uninterrupted run."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_reaches_the_same_result(data, tmp_path, workers):
+    """Ctrl-C during epoch 2, resume: the same weights as one uninterrupted run, also with
+    DataLoader worker processes (their seeds come from the restored RNG state)."""
 
     class CtrlC(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -125,7 +127,9 @@ def test_resume_reaches_the_same_result(data, tmp_path):
                 raise KeyboardInterrupt
 
     # A write after every epoch, so that the interrupted epoch has one to resume from.
-    common = dict(epochs=3, augment="strong", limit_train_batches=2, checkpoint_every=1)
+    common = dict(
+        epochs=3, augment="strong", limit_train_batches=2, checkpoint_every=1, workers=workers
+    )
     train(tiny_config(data, tmp_path / "straight", **common))
     stopped = train(tiny_config(data, tmp_path / "resumed", **common), callbacks=[CtrlC()])
     assert stopped.interrupted

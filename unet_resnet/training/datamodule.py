@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from unet_resnet.data import (
@@ -118,6 +119,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.context_slices, self.modality = context_slices, modality
         self.target_spacing = target_spacing
         self.intensity = None
+        #: The epoch a resumed run starts at (set by ``train``), for the per-sample seeds.
+        self.start_epoch = 0
         self.epochs = epochs
         self.augment_chosen: str | None = None
         self.augment_reason = ""
@@ -280,8 +283,19 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        # Each sample carries its own seed (drawn here, in the main process), so augmentation
+        # is the same for any number of workers and a resumed run is exact.
+        from torch.utils.data import RandomSampler
+
+        from unet_resnet.data.seeding import SeededDataset, SeededSampler
+
+        sampler = SeededSampler(
+            self.sampler or RandomSampler(self.train_set),
+            seed=torch.initial_seed(),
+            start_epoch=self.start_epoch,
+        )
         return self._loader(
-            self.train_set, shuffle=True, batch_size=self.batch_size, sampler=self.sampler
+            SeededDataset(self.train_set), shuffle=True, batch_size=self.batch_size, sampler=sampler
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -182,6 +182,18 @@ def _saved_augment(path: Path) -> str | None:
     return value if value not in (None, "auto") else None
 
 
+def _resume_epoch(path: Path) -> int:
+    """The epoch a run resumed from ``path`` starts with: the epochs it had processed (the
+    checkpoint is written at the end of an epoch, before Lightning counts it completed)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except Exception:  # not a checkpoint of ours: the epoch will come from set_epoch
+        return 0
+
+
 def _limit(value: float) -> float | int:
     return int(value) if value > 1 else float(value)
 
@@ -237,6 +249,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         epochs=config.epochs,
     )
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
+    if resume_path is not None:
+        data.start_epoch = _resume_epoch(resume_path)
     classes = data.classes
     class_weights = config.class_weights
     if class_weights == "balanced":
