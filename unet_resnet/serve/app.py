@@ -83,12 +83,20 @@ def create_app(
     ``body_timeout_s`` for the whole body to arrive; ``workers + queue_size`` requests
     predicted or waiting, beyond that 503.
     """
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
+    pool: dict[str, ThreadPoolExecutor] = {}
+
+    def executor() -> ThreadPoolExecutor:
+        # One pool per app lifetime: a server (or test client) that starts the app again after
+        # a shutdown gets a fresh pool instead of one that refuses work.
+        if "pool" not in pool:
+            pool["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
+        return pool["pool"]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        executor.shutdown(wait=False, cancel_futures=True)
+        if "pool" in pool:
+            pool.pop("pool").shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="unet-resnet", version=__version__, lifespan=lifespan)
     capacity = workers + queue_size
@@ -192,7 +200,19 @@ def create_app(
         image = decode_image_bytes(data, max_pixels=max_pixels, max_bytes=max_decoded_bytes)
         return image, segmenter.predict(image, tta=tta, tile_size=tile_size)
 
-    @app.post("/predict")
+    @app.post(
+        "/predict",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "the image: raw bytes, or a multipart form with a file field",
+                "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}}
+                    for media in ("application/octet-stream", "image/png", "image/jpeg")
+                },
+            }
+        },
+    )
     async def predict(
         request: Request,
         format: str = "png",
@@ -219,7 +239,7 @@ def create_app(
             loop = asyncio.get_running_loop()
             try:
                 image, labels = await loop.run_in_executor(
-                    executor, run, data, tta or segmenter.tta, tile_size
+                    executor(), run, data, tta or segmenter.tta, tile_size
                 )
             except UnetResnetError as exc:
                 raise HTTPProblem(status_for(exc), str(exc)) from None
