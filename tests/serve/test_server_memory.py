@@ -3,6 +3,7 @@ bounded by the limits, not by what clients send (Linux: /proc/PID/status)."""
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tifffile
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 
@@ -29,7 +32,7 @@ def test_server_rss_does_not_grow_with_uploads(checkpoint, tmp_path):
         port = s.getsockname()[1]
     argv = [sys.executable, "-m", "unet_resnet.cli", "serve", "--checkpoint", str(checkpoint),
             "--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", "2",
-            "--precision", "fp32"]  # fmt: skip
+            "--max-pixels", "1000000", "--precision", "fp32"]  # fmt: skip
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,6 +60,14 @@ def test_server_rss_does_not_grow_with_uploads(checkpoint, tmp_path):
 
         with ThreadPoolExecutor(4) as pool:
             statuses = list(pool.map(flood, range(8)))  # 1.2 GB sent in all
+        # A decompression bomb: a small deflated TIFF whose header declares 900 x 900 pixels of
+        # 8 float64 samples (52 MB decoded, over 16 bytes x the 1 M pixel limit).
+        bomb = io.BytesIO()
+        tifffile.imwrite(bomb, np.zeros((900, 900, 8)), compression="zlib")
+        assert len(bomb.getvalue()) < 2 * 2**20
+        r = httpx.post(f"{url}/predict", content=bomb.getvalue(), timeout=60)
+        statuses.append(r.status_code)
+        assert r.status_code == 413 and "would decode to" in r.text
         after = _status(server.pid, "VmHWM")
     finally:
         server.terminate()
