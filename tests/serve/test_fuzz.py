@@ -1,5 +1,8 @@
 """Property-based fuzzing of the HTTP API from its OpenAPI schema (schemathesis): whatever
-query values, paths and bodies a client sends, the service answers without a server error.
+query values, paths and bodies a client sends, the service answers without a server error,
+with a documented status code, content type and response schema. (Only "every schema-valid
+request is accepted" is left out: a well-formed upload can still hold an image the model
+cannot take, such as a grey image for an RGB model, which is a documented 422.)
 A short run here; ``make test-slow`` runs a longer one."""
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ schemathesis = pytest.importorskip("schemathesis")
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 from unet_resnet import Segmenter  # noqa: E402
 from unet_resnet.models import UNetWithResnet50Encoder  # noqa: E402
@@ -31,11 +34,11 @@ _SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derando
 @schema.parametrize()
 @settings(max_examples=15, **_SETTINGS)
 def test_no_server_error_on_any_request(case):
-    case.call_and_validate(checks=[not_a_server_error])
+    case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
 
 @pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=400, **_SETTINGS)
 def test_no_server_error_on_any_request_long(case):
-    case.call_and_validate(checks=[not_a_server_error])
+    case.call_and_validate(excluded_checks=[positive_data_acceptance])

@@ -14,11 +14,13 @@ import contextlib
 import io
 import math
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
@@ -51,6 +53,22 @@ STATUS_FOR_ERROR: tuple[tuple[type[UnetResnetError], int], ...] = (
 def status_for(exc: UnetResnetError) -> int:
     """The HTTP status of a user-fixable error, by its type."""
     return next(status for kind, status in STATUS_FOR_ERROR if isinstance(exc, kind))
+
+
+def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI entries for the errors a route answers with: ``{"error": message}``."""
+    schema = {
+        "type": "object",
+        "properties": {"error": {"type": "string"}},
+        "required": ["error"],
+    }
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status in statuses
+    }
 
 
 class HTTPProblem(Exception):
@@ -113,6 +131,15 @@ def create_app(
     async def problem(_: Request, exc: HTTPProblem) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Query values outside their documented ranges: 400 in the service's error format.
+        details = "; ".join(
+            f"{'.'.join(str(part) for part in e.get('loc', ())[1:])}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return JSONResponse({"error": f"Invalid request: {details}."}, status_code=400)
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "in_flight": state["in_flight"], "capacity": capacity}
@@ -144,7 +171,7 @@ def create_app(
     async def page() -> HTMLResponse:
         return HTMLResponse((static / "index.html").read_text())
 
-    @app.get("/static/{name}")
+    @app.get("/static/{name}", responses=error_responses(404))
     async def asset(name: str) -> Response:
         types = {".js": "text/javascript", ".css": "text/css"}
         suffix = name[name.rfind(".") :] if "." in name else ""
@@ -202,6 +229,14 @@ def create_app(
 
     @app.post(
         "/predict",
+        responses={
+            200: {
+                "description": "the mask (PNG), the overlay (PNG) or the labels (JSON)",
+                "content": {"image/png": {}, "application/json": {}},
+            },
+            **error_responses(400, 408, 413, 415, 422, 503),
+            422: error_responses(422)[422],
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -215,10 +250,10 @@ def create_app(
     )
     async def predict(
         request: Request,
-        format: str = "png",
+        format: Literal["png", "json", "overlay"] = "png",
         tta: bool = False,
-        tile_size: int | None = None,
-        alpha: float = 0.5,
+        tile_size: int | None = Query(None, ge=32, le=8192),
+        alpha: float = Query(0.5, ge=0, le=1, allow_inf_nan=False),
         mask: bool = False,
     ) -> Response:
         if format not in FORMATS:
