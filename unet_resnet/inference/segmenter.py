@@ -162,27 +162,14 @@ class Segmenter:
         shared model: see :meth:`from_pretrained`). Several paths make an ensemble that
         averages their class probabilities (:class:`~unet_resnet.inference.ensemble.Ensemble`);
         they must share classes, input channels and normalisation."""
-        if not isinstance(path, str | os.PathLike):
-            paths = [str(p) for p in path]
-            if len(paths) > 1:
-                from unet_resnet.inference.ensemble import Ensemble, check_members
+        paths = [path] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
+        loaded = [load_checkpoint(p) for p in paths]
+        model, meta = loaded[0]
+        if len(loaded) > 1:
+            from unet_resnet.inference.ensemble import Ensemble, check_members
 
-                loaded = [load_checkpoint(p) for p in paths]
-                check_members(paths, [meta for _, meta in loaded])
-                meta = loaded[0][1]
-                return cls(
-                    Ensemble([model for model, _ in loaded]),
-                    classes=meta.classes,
-                    mean=meta.mean,
-                    std=meta.std,
-                    device=device,
-                    precision=precision,
-                    image_dtype=meta.image_dtype,
-                    volume=meta.volume,
-                    **kwargs,
-                )
-            path = paths[0]
-        model, meta = load_checkpoint(path)
+            check_members([str(p) for p in paths], [m for _, m in loaded])
+            model = Ensemble([member for member, _ in loaded])
         return cls(
             model,
             classes=meta.classes,
