@@ -88,7 +88,9 @@ def test_export_hf_from_a_run_renders_its_real_metrics(checkpoint, tmp_path, cap
     assert main([*argv[:-1], str(tmp_path / "second")]) == 0
     card = ModelCard.load(tmp_path / "second" / "README.md")
     _, meta = load_checkpoint(checkpoint)
-    assert card.data.eval_results[0].metric_value == pytest.approx(meta.extra["val"]["miou"])
+    assert card.data.eval_results[0].metric_value == pytest.approx(
+        meta.extra["val"]["miou"], abs=1e-6
+    )
     assert card.data.eval_results[0].dataset_split == "validation"
 
     # An existing folder is kept unless --overwrite.
