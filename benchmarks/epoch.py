@@ -58,21 +58,22 @@ def bench_epoch(
     from unet_resnet.data import make_demo_dataset
     from unet_resnet.training import TrainConfig, train
 
-    work = Path(tempfile.mkdtemp())
-    data = make_demo_dataset(work / "data", n_train, n_val, size, seed=0)
-    clock = _EpochClock()
-    train(
-        TrainConfig(
-            data=str(data),
-            out=str(work / "run"),
-            encoder_weights=None,
-            image_size=size,
-            batch_size=batch,
-            epochs=epochs,
-            progress=False,
-        ),
-        callbacks=[clock],
-    )
+    with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:  # runs are GBs
+        work = Path(tmp)
+        data = make_demo_dataset(work / "data", n_train, n_val, size, seed=0)
+        clock = _EpochClock()
+        train(
+            TrainConfig(
+                data=str(data),
+                out=str(work / "run"),
+                encoder_weights=None,
+                image_size=size,
+                batch_size=batch,
+                epochs=epochs,
+                progress=False,
+            ),
+            callbacks=[clock],
+        )
     # The first epoch pays for worker start-up and oneDNN primitive creation; the rest are
     # what a long run is made of.
     epoch_s = (clock.end - clock.starts[1]) / (epochs - 1)

@@ -80,11 +80,13 @@ def bench_inference(
                 from unet_resnet.data import ClassInfo
                 from unet_resnet.export import export_model
 
-                tmp = Path(tempfile.mkdtemp())
-                meta = CheckpointMeta(model.config, ClassInfo.generic(2))
-                save_checkpoint(tmp / "m.pt", model, meta)
-                export_model(tmp / "m.pt", tmp / "m.onnx")
-                variants["onnxruntime_fp32"] = Segmenter.from_onnx(tmp / "m.onnx").probabilities
+                with tempfile.TemporaryDirectory(prefix="bench-onnx-") as folder:
+                    tmp = Path(folder)
+                    meta = CheckpointMeta(model.config, ClassInfo.generic(2))
+                    save_checkpoint(tmp / "m.pt", model, meta)
+                    export_model(tmp / "m.pt", tmp / "m.onnx")
+                    onnx_segmenter = Segmenter.from_onnx(tmp / "m.onnx")  # read into memory
+                variants["onnxruntime_fp32"] = onnx_segmenter.probabilities
             except ImportError:
                 pass
         for size in sizes:

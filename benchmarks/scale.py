@@ -9,6 +9,7 @@ inputs instead (what a long job converges to). The goal is at least 0.9 at 1 wor
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ def bench_scale(*, n: int = 24, size: int = 512) -> list[dict[str, Any]]:
             )
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
     for row in rows:
         row["vs_local"] = local / row["seconds"]
         row["vs_local_without_startup"] = local / row.get("busy_seconds", row["seconds"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
@@ -93,6 +94,5 @@ def bench_tiling(
         scene = folder / "scene.tif"
         _write_scene(scene, side)
         rows.append(in_subprocess(_tiling_worker, str(scene), tile, batch))
-        for f in folder.iterdir():
-            f.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -134,11 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     info = machine_info()
     print(f"CPU: {info['cpu']['model']}; flags: {' '.join(info['cpu']['flags'])}", flush=True)
-    for name in args.datasets:
-        root = prepare(name, work / "data" / name, Path(args.cache))
-        for epochs in args.budgets:
-            rows.append(run_case(name, root, epochs, work))
-            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    try:
+        for name in args.datasets:
+            root = prepare(name, work / "data" / name, Path(args.cache))
+            for epochs in args.budgets:
+                rows.append(run_case(name, root, epochs, work))
+                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the runs' checkpoints are GBs
     print()
     print(format_rows(rows))
     path = Path(args.json_out)
