@@ -87,3 +87,22 @@ def isolated_fastpath_cache(tmp_path_factory):
     patch.setenv("UNET_RESNET_CACHE", str(folder))
     yield folder
     patch.undo()
+
+
+def tiny_config(data, out, **overrides):
+    """A TrainConfig for tiny, fast runs (resnet18, random init, 32 px, no workers)."""
+    from unet_resnet.training import TrainConfig
+
+    values = dict(
+        data=str(data),
+        out=str(out),
+        encoder="resnet18",
+        encoder_weights=None,
+        image_size=32,
+        batch_size=4,
+        workers=0,
+        progress=False,
+        epochs=1,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)

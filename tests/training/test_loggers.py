@@ -8,6 +8,7 @@ import json
 import pytest
 import yaml
 
+from tests.conftest import tiny_config
 from unet_resnet.cli import main
 from unet_resnet.data import make_demo_dataset
 from unet_resnet.errors import ConfigError
@@ -20,20 +21,7 @@ def data(tmp_path_factory):
 
 
 def _config(data, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(data),
-        out=str(out),
-        encoder="resnet18",
-        encoder_weights=None,
-        image_size=32,
-        batch_size=4,
-        workers=0,
-        progress=False,
-        epochs=2,
-        val_every=1,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_config(data, out, **{"epochs": 2, "val_every": 1, **overrides})
 
 
 def test_csv_and_mlflow_get_config_scores_and_best_checkpoint(data, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import tiny_config
 from unet_resnet.checkpoint import load_checkpoint
 from unet_resnet.cli import main
 from unet_resnet.data import make_demo_dataset
@@ -40,22 +41,6 @@ TINY = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("data"), 8, 4, 32, seed=0, n_test=2)
-
-
-def tiny_config(data, out, **overrides) -> TrainConfig:
-    values = dict(
-        data=str(data),
-        out=str(out),
-        encoder="resnet18",
-        encoder_weights=None,
-        image_size=32,
-        batch_size=4,
-        workers=0,
-        progress=False,
-        epochs=1,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def test_train_cli_writes_a_complete_run_folder(data, tmp_path, capsys):

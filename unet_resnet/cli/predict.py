@@ -165,7 +165,6 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def evaluate_command(args: argparse.Namespace) -> int:
     from unet_resnet.data import DataError
-    from unet_resnet.data.medical import IntensityRule
     from unet_resnet.data.registry import SplitOptions, open_split
     from unet_resnet.inference.evaluate import (
         evaluate,
@@ -176,33 +175,19 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
 
     segmenter = build_segmenter(args)
-    try:
-        own = open_split(
-            args.data,
-            args.split,
-            args.dataset,
-            SplitOptions(
-                slice_axis=args.slice_axis,
-                annotations=args.annotations,
-                labels=args.labels,
-                label_field=args.label_field,
-            ),
-        )
-    except DataError:
-        own = None  # no classes file of its own: read with the checkpoint's classes
-    if own is not None:
-        segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
-    volume = segmenter.volume or {}
-    options = SplitOptions(
-        classes=segmenter.classes,
+    file_options = SplitOptions(
         slice_axis=args.slice_axis,
-        context_slices=int(volume.get("context_slices") or 0),
-        intensity=IntensityRule.from_dict(volume.get("intensity")),
-        target_spacing=volume.get("target_spacing"),
         annotations=args.annotations,
         labels=args.labels,
         label_field=args.label_field,
     )
+    try:
+        own = open_split(args.data, args.split, args.dataset, file_options)
+    except DataError:
+        own = None  # no classes file of its own: read with the checkpoint's classes
+    if own is not None:
+        segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
+    options = file_options.for_checkpoint(segmenter.classes, segmenter.volume)
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
         raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")

@@ -67,6 +67,22 @@ class SplitOptions:
     intensity: Any = None
     target_spacing: float | None = None
 
+    def for_checkpoint(self, classes: ClassInfo, volume: dict | None) -> SplitOptions:
+        """These options read the way a checkpoint was trained: its classes, and for volumes
+        its 2.5D context, intensity rule and target spacing (``CheckpointMeta.volume``)."""
+        from dataclasses import replace
+
+        from unet_resnet.data.medical import IntensityRule
+
+        volume = volume or {}
+        return replace(
+            self,
+            classes=classes,
+            context_slices=int(volume.get("context_slices") or 0),
+            intensity=IntensityRule.from_dict(volume.get("intensity")),
+            target_spacing=volume.get("target_spacing"),
+        )
+
     def vector_labels(self, classes: ClassInfo):
         """raster layouts: the ``labels`` file as :class:`VectorLabels`, or None."""
         if not self.labels:

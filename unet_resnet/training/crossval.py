@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from unet_resnet.data.folds import restrict_to_cases
-from unet_resnet.data.medical import IntensityRule
 from unet_resnet.data.registry import SplitOptions, open_split
 from unet_resnet.errors import ConfigError
 from unet_resnet.training.config import TrainConfig
@@ -61,15 +60,11 @@ def cross_validate(config: TrainConfig, *, progress: bool = True) -> CrossValida
     for fold, result in enumerate(results):
         segmenter = Segmenter.from_checkpoint(result.best_checkpoint)
         options = SplitOptions(
-            classes=segmenter.classes,
             image_size=config.image_size,
             slice_axis=config.slice_axis,
             annotations=config.annotations,
             crowd=config.crowd,
-            context_slices=config.context_slices,
-            intensity=IntensityRule.from_dict((segmenter.volume or {}).get("intensity")),
-            target_spacing=config.target_spacing,
-        )
+        ).for_checkpoint(segmenter.classes, segmenter.volume)
         dataset = open_split(config.data, "train", config.dataset, options)
         held_out = _held_out(splits, fold)
         scores = evaluate(segmenter, restrict_to_cases(dataset, held_out), progress=progress)

@@ -188,7 +188,8 @@ def _resume_epoch(path: Path) -> int:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: only the loop state is read, not the GBs of weights and optimizer.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except Exception:  # not a checkpoint of ours: the epoch will come from set_epoch
         return 0
