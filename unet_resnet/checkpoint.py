@@ -28,6 +28,7 @@ from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import UnetResnetError, WeightsFileError
 from unet_resnet.io import atomic_path
 from unet_resnet.models import UNetWithResnet50Encoder, model_from_config
+from unet_resnet.task import check_thresholds, get_task
 
 __all__ = [
     "FORMAT",
@@ -38,6 +39,7 @@ __all__ = [
     "is_hub_source",
     "load_checkpoint",
     "read_export_metadata",
+    "read_meta",
     "save_checkpoint",
     "save_state_dict_checkpoint",
 ]
@@ -59,6 +61,10 @@ class CheckpointMeta:
     #: Volumes (nifti layout): ``slice_axis``, ``context_slices`` and the ``intensity`` rule
     #: (:class:`~unet_resnet.data.medical.IntensityRule` as a dict) prediction must repeat.
     volume: dict[str, Any] | None = None
+    #: What the output channels mean (:mod:`unet_resnet.task`): ``multiclass`` or
+    #: ``multilabel``; and for the latter the per-class decision thresholds (None = 0.5).
+    task: str = "multiclass"
+    thresholds: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +76,8 @@ class CheckpointMeta:
             "image_dtype": self.image_dtype,
             "extra": self.extra,
             "volume": self.volume,
+            "task": self.task,
+            "thresholds": None if self.thresholds is None else list(self.thresholds),
         }
 
     @classmethod
@@ -83,6 +91,8 @@ class CheckpointMeta:
             image_dtype=data.get("image_dtype"),
             extra=dict(data.get("extra") or {}),
             volume=data.get("volume"),
+            task=data.get("task") or "multiclass",
+            thresholds=None if data.get("thresholds") is None else list(data["thresholds"]),
         )
 
 
@@ -146,6 +156,11 @@ def _meta_or_error(path: Path, data: Any) -> CheckpointMeta:
             raise damaged(f"{name} holds non-finite values {values}")
     if any(v <= 0 for v in meta.std):
         raise damaged(f"std must be positive, got {meta.std}")
+    try:
+        get_task(meta.task)
+        check_thresholds(meta.thresholds, config["n_classes"])
+    except UnetResnetError as exc:
+        raise damaged(str(exc)) from None
     return meta
 
 
@@ -189,6 +204,8 @@ def hub_metadata(meta: CheckpointMeta) -> dict[str, Any]:
         "image_size": meta.image_size,
         "image_dtype": meta.image_dtype,
         "volume": meta.volume,
+        "task": meta.task,
+        "thresholds": meta.thresholds,
     }
 
 
@@ -203,6 +220,8 @@ def _load_shared(source: str | os.PathLike) -> tuple[UNetWithResnet50Encoder, Ch
         "image_size": metadata.get("image_size"),
         "image_dtype": metadata.get("image_dtype"),
         "volume": metadata.get("volume"),
+        "task": metadata.get("task"),
+        "thresholds": metadata.get("thresholds"),
     }
     meta = _meta_or_error(Path(source) / "config.json", data)
     return model, meta
@@ -266,12 +285,34 @@ def load_checkpoint(
     return model.eval(), meta
 
 
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """A checkpoint's metadata without building its model: ``.pt``/``.ckpt`` files are
+    memory-mapped (their weights are not read), exports read their metadata; shared models and
+    the original's state dicts go through :func:`load_checkpoint`."""
+    text = str(path)
+    if not is_hub_source(text) and Path(text).is_file():
+        if text.lower().endswith(".onnx"):
+            return CheckpointMeta.from_dict(read_export_metadata(text))
+        try:
+            obj = torch.load(text, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # not a zip checkpoint: load_checkpoint gives the full error
+            obj = None
+        if isinstance(obj, dict) and obj.get("format") == FORMAT:
+            return _meta_or_error(Path(text), obj)
+        if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict):
+            return _meta_or_error(Path(text), obj["hyper_parameters"].get("meta"))
+    return load_checkpoint(path)[1]
+
+
 def export_metadata(meta: CheckpointMeta, fmt: str) -> dict[str, Any]:
     """The metadata an exported file carries (inside an ONNX file and in ``FILE.json``)."""
     return {
         "format": f"unet-resnet-export/{fmt}",
         "input": "N x C x H x W float32, scaled to [0, 1] by dtype range then (x - mean) / std",
-        "output": "N x num_classes x H x W logits",
+        "output": (
+            "N x num_classes x H x W logits: softmax over classes (task multiclass), or a "
+            "sigmoid per class compared with 'thresholds' (task multilabel)"
+        ),
         **meta.to_dict(),
     }
 

@@ -34,6 +34,7 @@ __all__ = [
     "remove_partials",
     "to_float_image",
     "write_mask_png",
+    "write_planes_tiff",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".webp")
@@ -344,3 +345,22 @@ def write_mask_png(
         img.putpalette(flat + [0] * (768 - len(flat)))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def write_planes_tiff(path: str | os.PathLike, planes: np.ndarray, names: list[str]) -> None:
+    """Write ``C x H x W`` 0/1 class planes (multilabel masks) as a multi-band uint8 TIFF, one
+    band per class in order, class names in the image description; atomically."""
+    import json
+
+    import tifffile
+
+    with atomic_path(Path(path)) as tmp:
+        tifffile.imwrite(
+            tmp,
+            np.ascontiguousarray(planes, dtype=np.uint8),
+            photometric="minisblack",
+            planarconfig="separate",
+            compression="zlib",
+            description=json.dumps({"classes": list(names)}),
+            metadata=None,
+        )

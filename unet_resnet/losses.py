@@ -1,12 +1,17 @@
 """Segmentation losses that respect ``ignore_index`` and class weights.
 
+Multiclass targets are ``N x H x W`` class indices. Multilabel targets (``task="multilabel"``,
+see :mod:`unet_resnet.task`) are ``N x C x H x W`` planes of 0/1 with ``ignore_index`` where a
+class is not labelled; Dice and Tversky take either shape, ``bce`` is their binary
+cross-entropy.
+
 Every loss casts logits to fp32 before its softmax and reductions, so it stays finite under
 bf16/fp16 autocast (sums over millions of pixels overflow fp16 and lose precision in bf16).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -14,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "BinaryCrossEntropyDiceLoss",
+    "BinaryCrossEntropyLoss",
     "CrossEntropyDiceLoss",
     "CrossEntropyLoss",
     "DiceLoss",
@@ -24,7 +31,7 @@ __all__ = [
     "build_loss",
 ]
 
-LossName = Literal["ce", "dice", "ce_dice", "focal", "lovasz", "tversky"]
+LossName = Literal["ce", "dice", "ce_dice", "focal", "lovasz", "tversky", "bce", "bce_dice"]
 
 
 def _weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
@@ -34,8 +41,17 @@ def _weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
 def _valid_onehot(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Softmax probabilities, one-hot targets and the valid-pixel mask, all fp32, N x C x P."""
+    """Probabilities, one-hot targets and the valid-pixel mask, all fp32, N x C x P.
+
+    Multiclass (``target`` N x H x W): softmax and one-hot. Multilabel (``target`` with the
+    logits' shape): a sigmoid per class, the 0/1 planes themselves, validity per class.
+    """
     n, c = logits.shape[:2]
+    if target.ndim == logits.ndim:
+        target = target.reshape(n, c, -1)
+        valid = (target != ignore_index).float()
+        probs = logits.float().sigmoid().reshape(n, c, -1)
+        return probs * valid, (target == 1).float() * valid, valid
     probs = logits.float().softmax(1).reshape(n, c, -1)
     target = target.reshape(n, -1)
     valid = target != ignore_index
@@ -68,6 +84,37 @@ class CrossEntropyLoss(nn.Module):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
         )
+
+
+class BinaryCrossEntropyLoss(nn.Module):
+    """Binary cross-entropy per class for multilabel targets (cross-entropy per label).
+
+    ``class_weights`` scale each class's term; ignored pixels count for nothing.
+    """
+
+    def __init__(
+        self, ignore_index: int = 255, class_weights: Sequence[float] | None = None
+    ) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", _weights(class_weights), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"Multilabel targets must have the logits' shape {tuple(logits.shape)}, got "
+                f"{tuple(target.shape)}."
+            )
+        valid = target != self.ignore_index
+        if not valid.any():
+            return logits.sum() * 0.0
+        weight = valid.float()
+        if self.weight is not None:
+            weight = weight * self.weight.reshape(1, -1, *([1] * (logits.ndim - 2)))
+        loss = F.binary_cross_entropy_with_logits(
+            logits.float(), (target == 1).float(), reduction="none"
+        )
+        return (loss * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
 class TverskyLoss(nn.Module):
@@ -130,6 +177,19 @@ class CrossEntropyDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
+
+
+class BinaryCrossEntropyDiceLoss(CrossEntropyDiceLoss):
+    """Binary cross-entropy + Dice for multilabel targets."""
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        dice_weight: float = 1.0,
+    ) -> None:
+        super().__init__(ignore_index, class_weights, dice_weight)
+        self.ce = BinaryCrossEntropyLoss(ignore_index, class_weights)
 
 
 class FocalLoss(nn.Module):
@@ -202,29 +262,49 @@ class LovaszSoftmaxLoss(nn.Module):
         return (torch.stack(losses) * w).sum() / w.sum().clamp_min(1e-6)
 
 
+def _tversky(**kwargs) -> nn.Module:
+    # Recall-leaning defaults for small structures (Salehi et al. 2017).
+    return TverskyLoss(**kwargs, alpha=0.3, beta=0.7)
+
+
+#: task -> loss name -> constructor taking ``ignore_index`` and ``class_weights``. In the
+#: multilabel task "ce" and "ce_dice" are their binary forms (cross-entropy per label).
+LOSSES: dict[str, dict[str, Callable[..., nn.Module]]] = {
+    "multiclass": {
+        "ce": CrossEntropyLoss,
+        "dice": DiceLoss,
+        "ce_dice": CrossEntropyDiceLoss,
+        "focal": FocalLoss,
+        "lovasz": LovaszSoftmaxLoss,
+        "tversky": _tversky,
+    },
+    "multilabel": {
+        "ce": BinaryCrossEntropyLoss,
+        "bce": BinaryCrossEntropyLoss,
+        "dice": DiceLoss,
+        "ce_dice": BinaryCrossEntropyDiceLoss,
+        "bce_dice": BinaryCrossEntropyDiceLoss,
+        "tversky": _tversky,
+    },
+}
+
+
 def build_loss(
     name: LossName = "ce",
     *,
     ignore_index: int = 255,
     class_weights: Sequence[float] | None = None,
+    task: str = "multiclass",
 ) -> nn.Module:
-    """A loss by name: ce (default), dice, ce_dice, focal, lovasz or tversky."""
-    kwargs = {"ignore_index": ignore_index, "class_weights": class_weights}
-    match name:
-        case "ce":
-            return CrossEntropyLoss(**kwargs)
-        case "dice":
-            return DiceLoss(**kwargs)
-        case "ce_dice":
-            return CrossEntropyDiceLoss(**kwargs)
-        case "focal":
-            return FocalLoss(**kwargs)
-        case "lovasz":
-            return LovaszSoftmaxLoss(**kwargs)
-        case "tversky":
-            # Recall-leaning defaults for small structures (Salehi et al. 2017).
-            return TverskyLoss(**kwargs, alpha=0.3, beta=0.7)
-        case _:
-            raise ValueError(
-                f"Unknown loss {name!r}. Choose one of: {', '.join(get_args(LossName))}."
-            )
+    """A loss by name for ``task`` (:data:`LOSSES`): multiclass ce (default), dice, ce_dice,
+    focal, lovasz, tversky; multilabel bce (= ce), dice, bce_dice (= ce_dice), tversky."""
+    table = LOSSES.get(task)
+    if table is None:
+        raise ValueError(f"Unknown task {task!r}. Choose one of: {', '.join(LOSSES)}.")
+    if name not in table:
+        known = [n for n in get_args(LossName) if n in table]
+        raise ValueError(
+            f"Loss {name!r} is not available for the {task} task. Choose one of: "
+            f"{', '.join(known)}."
+        )
+    return table[name](ignore_index=ignore_index, class_weights=class_weights)

@@ -13,10 +13,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MultilabelPrecisionRecallCurve,
+    MultilabelStatScores,
+)
+
+from unet_resnet.task import DEFAULT_THRESHOLD
 
 __all__ = [
+    "THRESHOLD_GRID",
+    "MultilabelSegmentationMetrics",
     "SegmentationMetrics",
+    "ThresholdTuner",
+    "build_metrics",
     "case_scores",
     "hd95",
     "scores_from_confusion",
@@ -67,20 +77,30 @@ def scores_from_confusion(
     """
     cm = confusion.double()
     tp = cm.diag()
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    union = support + predicted - tp
+    total = cm.sum()
+    scores = _scores(tp, cm.sum(0) - tp, cm.sum(1) - tp, class_names)
+    scores["pixel_accuracy"] = float(tp.sum() / total) if total > 0 else float("nan")
+    scores["confusion_matrix"] = confusion.long().tolist()
+    return scores
+
+
+def _scores(
+    tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, class_names: Sequence[str] | None
+) -> dict[str, Any]:
+    """mIoU, mean Dice and per-class IoU/Dice/precision/recall/support from per-class pixel
+    counts; a class with no true or predicted pixel is NaN and left out of the means."""
+    tp, fp, fn = tp.double(), fp.double(), fn.double()
+    support, predicted = tp + fn, tp + fp
+    union = tp + fp + fn
     iou = tp / union
     dice = 2 * tp / (support + predicted)
     precision = tp / predicted
     recall = tp / support
     names = list(class_names or [f"class_{i}" for i in range(len(tp))])
     present = union > 0
-    total = cm.sum()
     return {
         "miou": float(iou[present].mean()) if present.any() else float("nan"),
         "mean_dice": float(dice[present].mean()) if present.any() else float("nan"),
-        "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
         "per_class": {
             name: {
                 "iou": float(iou[k]),
@@ -91,8 +111,137 @@ def scores_from_confusion(
             }
             for k, name in enumerate(names)
         },
-        "confusion_matrix": confusion.long().tolist(),
     }
+
+
+class MultilabelSegmentationMetrics(MultilabelStatScores):
+    """Per-class IoU/Dice for overlapping classes (``task="multilabel"``).
+
+    ``update(logits_or_planes, target)`` takes ``N x C x H x W`` logits (a sigmoid and the
+    per-class ``thresholds`` decide) or 0/1 planes, and ``N x C x H x W`` targets of 0/1 with
+    ``ignore_index`` where a class is unlabelled. Each class is scored as its own binary
+    problem over the whole set; ``compute()`` returns the dict of
+    :func:`scores_from_confusion` (without a confusion matrix; ``pixel_accuracy`` is the share
+    of correct per-class decisions).
+    """
+
+    full_state_update = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        thresholds: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_labels=num_classes,
+            average=None,
+            multidim_average="global",
+            ignore_index=ignore_index,
+            validate_args=False,
+            **kwargs,
+        )
+        self.class_names = list(class_names or [f"class_{i}" for i in range(num_classes)])
+        self.thresholds = list(thresholds or [DEFAULT_THRESHOLD] * num_classes)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if preds.is_floating_point():
+            limits = torch.as_tensor(self.thresholds, device=preds.device)
+            preds = preds.float().sigmoid() >= limits.reshape(1, -1, *([1] * (preds.ndim - 2)))
+        super().update(preds.long(), target)
+
+    def compute(self) -> dict[str, Any]:
+        tp, fp, tn, fn, _ = super().compute().double().unbind(-1)
+        scores = _scores(tp, fp, fn, self.class_names)
+        total = (tp + fp + tn + fn).sum()
+        scores["pixel_accuracy"] = float((tp + tn).sum() / total) if total > 0 else float("nan")
+        return scores
+
+
+#: The thresholds :class:`ThresholdTuner` tries: 0.05 to 0.95 in steps of 0.05.
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+class ThresholdTuner(MultilabelPrecisionRecallCurve):
+    """Per-class decision thresholds that maximise IoU on a validation set.
+
+    Accumulates, for every threshold of :data:`THRESHOLD_GRID`, each class's binary confusion
+    counts (torchmetrics' binned precision-recall curve, a fixed-size state however many
+    pixels pass); :meth:`best` picks per class the threshold with the highest IoU, the one
+    nearest 0.5 among equals (and 0.5 for a class never seen).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, *, ignore_index: int = 255, **kwargs: Any) -> None:
+        super().__init__(
+            num_labels=num_classes,
+            thresholds=list(THRESHOLD_GRID),
+            ignore_index=ignore_index,
+            validate_args=False,
+            **kwargs,
+        )
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds.float().sigmoid(), target.long())
+
+    def _counts(self) -> tuple[torch.Tensor, ...]:
+        # T x C x 2 x 2 [true][predicted], summed over processes when distributed
+        with self.sync_context():
+            confmat = self.confmat.double()
+        return confmat[..., 1, 1], confmat[..., 0, 1], confmat[..., 1, 0], confmat[..., 0, 0]
+
+    def scores_at(self, thresholds: Sequence[float], class_names: Sequence[str]) -> dict[str, Any]:
+        """The scores of :class:`MultilabelSegmentationMetrics` at ``thresholds`` (values of
+        :data:`THRESHOLD_GRID`)."""
+        tp, fp, fn, tn = self._counts()
+        rows = [THRESHOLD_GRID.index(round(float(t), 2)) for t in thresholds]
+        pick = torch.arange(len(rows))
+        tp, fp, fn, tn = (x[rows, pick] for x in (tp, fp, fn, tn))
+        scores = _scores(tp, fp, fn, class_names)
+        total = (tp + fp + tn + fn).sum()
+        scores["pixel_accuracy"] = float((tp + tn).sum() / total) if total > 0 else float("nan")
+        scores["thresholds"] = [float(t) for t in thresholds]
+        return scores
+
+    def best(self) -> list[float]:
+        tp, fp, fn, _ = self._counts()
+        iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn), torch.nan)
+        grid = torch.tensor(THRESHOLD_GRID, dtype=torch.float64)
+        chosen = []
+        for k in range(iou.shape[1]):
+            column = iou[:, k]
+            if torch.isnan(column).all():
+                chosen.append(DEFAULT_THRESHOLD)
+                continue
+            top = torch.nan_to_num(column, nan=-1.0)
+            best = top.max()
+            candidates = torch.nonzero(top >= best - 1e-12).flatten()
+            nearest = candidates[(grid[candidates] - DEFAULT_THRESHOLD).abs().argmin()]
+            chosen.append(float(grid[nearest]))
+        return chosen
+
+
+def build_metrics(
+    task: str,
+    num_classes: int,
+    *,
+    ignore_index: int = 255,
+    class_names: Sequence[str] | None = None,
+    thresholds: Sequence[float] | None = None,
+):
+    """The metric for ``task`` (:mod:`unet_resnet.task`): a confusion matrix for multiclass,
+    per-class binary counts at ``thresholds`` for multilabel; both report the same dict."""
+    if task == "multilabel":
+        return MultilabelSegmentationMetrics(
+            num_classes, ignore_index=ignore_index, class_names=class_names, thresholds=thresholds
+        )
+    if task != "multiclass":
+        raise ValueError(f"Unknown task {task!r}: multiclass or multilabel.")
+    return SegmentationMetrics(num_classes, ignore_index=ignore_index, class_names=class_names)
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:

@@ -59,16 +59,29 @@ def overlay(
 ) -> np.ndarray:
     """Blend the coloured mask over the image; class 0 left clear when ``skip_background``.
 
+    ``mask`` is ``H x W`` class indices, or ``C x H x W`` 0/1 planes of overlapping classes
+    (multilabel): there a pixel takes the mean colour of its classes, so overlaps show as
+    mixed colours, and pixels of no class stay clear.
+
     Blended in bands of rows, so the float working set stays small: memory is the 8-bit
     display image and the 8-bit result, whatever the image's size.
     """
     rgb = display_rgb(image)
     out = np.empty_like(rgb)
+    planes = mask.ndim == 3
+    palette = np.asarray(colors, dtype=np.float32)
     for top in range(0, rgb.shape[0], _BAND_ROWS):
         rows = slice(top, top + _BAND_ROWS)
-        band, labels = rgb[rows].astype(np.float32), mask[rows]
-        colored = colorize(labels, colors, ignore_index).astype(np.float32)
-        blend = (labels != ignore_index) & ((labels != 0) if skip_background else True)
+        band = rgb[rows].astype(np.float32)
+        if planes:
+            on = (mask[:, rows] == 1).astype(np.float32)
+            count = on.sum(0)
+            colored = np.einsum("chw,cd->hwd", on, palette) / np.maximum(count, 1)[..., None]
+            blend = count > 0
+        else:
+            labels = mask[rows]
+            colored = colorize(labels, colors, ignore_index).astype(np.float32)
+            blend = (labels != ignore_index) & ((labels != 0) if skip_background else True)
         band[blend] = (1 - alpha) * band[blend] + alpha * colored[blend]
         out[rows] = band.astype(np.uint8)
     return out
@@ -86,19 +99,35 @@ def overlay_with_legend(
     alpha: float = 0.5,
     ignore_index: int = 255,
 ) -> Image.Image:
-    """The overlay with a legend strip below: each class's colour, name and area share."""
+    """The overlay with a legend strip below: each class's colour, name and area share (for
+    ``C x H x W`` planes, each class's share of the image and the share where classes
+    overlap)."""
     blended = Image.fromarray(overlay(image, mask, colors, alpha=alpha, ignore_index=ignore_index))
-    counts = np.bincount(mask[(mask >= 0) & (mask < len(names))].ravel(), minlength=len(names))
-    total = max(int(counts.sum()), 1)
+    lines = []
+    if mask.ndim == 3:
+        on = mask == 1
+        counts = on.reshape(on.shape[0], -1).sum(1)
+        total = max(on[0].size, 1)
+        overlap = int((on.sum(0) > 1).sum())
+        lines.append((None, f"overlap (2+ classes): {overlap / total:.1%}"))
+    else:
+        valid = mask[(mask >= 0) & (mask < len(names))]
+        counts = np.bincount(valid.ravel(), minlength=len(names))
+        total = max(int(counts.sum()), 1)
+    lines = [
+        (tuple(color), f"{name}: {counts[k] / total:.1%}")
+        for k, (name, color) in enumerate(zip(names, colors, strict=True))
+    ] + lines
     font = ImageFont.load_default()
     row = 14
     width = max(blended.width, 160)
-    legend = Image.new("RGB", (width, row * len(names) + 6), (255, 255, 255))
+    legend = Image.new("RGB", (width, row * len(lines) + 6), (255, 255, 255))
     draw = ImageDraw.Draw(legend)
-    for k, (name, color) in enumerate(zip(names, colors, strict=True)):
+    for k, (color, text) in enumerate(lines):
         y = 3 + k * row
-        draw.rectangle([4, y + 1, 14, y + 11], fill=tuple(color), outline=(0, 0, 0))
-        draw.text((20, y), f"{name}: {counts[k] / total:.1%}", fill=(0, 0, 0), font=font)
+        if color is not None:
+            draw.rectangle([4, y + 1, 14, y + 11], fill=color, outline=(0, 0, 0))
+        draw.text((20, y), text, fill=(0, 0, 0), font=font)
     canvas = Image.new("RGB", (width, blended.height + legend.height), (255, 255, 255))
     canvas.paste(blended, (0, 0))
     canvas.paste(legend, (0, blended.height))

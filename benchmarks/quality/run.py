@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -51,8 +52,17 @@ def _time_to(metrics_csv: Path, target: float) -> tuple[float | None, int | None
 
 
 def run_case(
-    name: str, root: Path, epochs: int, work: Path, *, encoder: str = "resnet50"
+    name: str,
+    root: Path,
+    epochs: int,
+    work: Path,
+    *,
+    encoder: str = "resnet50",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Both loops on one dataset/budget/seed; ``overrides`` are extra ``TrainConfig`` fields
+    (a candidate default tried against the plain loop)."""
     from unet_resnet import Segmenter
     from unet_resnet.data import resolve_classes
     from unet_resnet.training import TrainConfig, train
@@ -66,9 +76,10 @@ def run_case(
         crop=crop,
         batch_size=batch,
         encoder=encoder,
+        seed=seed,
     )
     plain = _score(Segmenter(model, classes=classes, mean=mean, std=std), root)
-    out = work / f"{name}_{epochs}"
+    out = work / f"{name}_{epochs}_{seed}"
     start = time.perf_counter()
     result = train(
         TrainConfig(
@@ -80,7 +91,8 @@ def run_case(
             image_size=crop,
             batch_size=batch,
             progress=False,
-            seed=0,
+            seed=seed,
+            **(overrides or {}),
         )
     )
     ours_seconds = time.perf_counter() - start
@@ -91,6 +103,7 @@ def run_case(
     return {
         "dataset": name,
         "epochs": epochs,
+        "seed": seed,
         "crop": crop,
         "batch": batch,
         "plain_miou": plain,
@@ -106,7 +119,8 @@ def run_case(
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'dataset':<10}{'epochs':>7}{'plain mIoU':>11}{'ours best':>10}{'ours last':>10}"
+        f"{'dataset':<10}{'epochs':>7}{'seed':>5}{'plain mIoU':>11}"
+        f"{'ours best':>10}{'ours last':>10}"
         f"{'plain s':>9}{'ours s':>8}  {'augment':<8}{'reaches plain':>16}",
     ]
     for r in rows:
@@ -116,7 +130,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             else "not reached"
         )
         lines.append(
-            f"{r['dataset']:<10}{r['epochs']:>7}{r['plain_miou']:>11.3f}"
+            f"{r['dataset']:<10}{r['epochs']:>7}{r.get('seed', 0):>5}{r['plain_miou']:>11.3f}"
             f"{r['ours_best_miou']:>10.3f}{r['ours_last_miou']:>10.3f}"
             f"{r['plain_seconds']:>9.0f}{r['ours_seconds']:>8.0f}"
             f"  {r['ours_augment']:<8}{reach:>16}"
@@ -124,10 +138,66 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread over seeds per dataset and budget: one seed's gap can be noise."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["epochs"]), []).append(r)
+    out = []
+    for (name, epochs), rs in groups.items():
+        plain = [r["plain_miou"] for r in rs]
+        best = [r["ours_best_miou"] for r in rs]
+        diffs = [b - p for b, p in zip(best, plain, strict=True)]
+        out.append(
+            {
+                "dataset": name,
+                "epochs": epochs,
+                "seeds": len(rs),
+                "plain_mean": statistics.fmean(plain),
+                "ours_best_mean": statistics.fmean(best),
+                "gap_mean": statistics.fmean(diffs),
+                "gap_min": min(diffs),
+                "gap_max": max(diffs),
+            }
+        )
+    return out
+
+
+def format_means(means: list[dict[str, Any]]) -> str:
+    lines = [f"{'dataset':<10}{'epochs':>7}{'seeds':>6}{'plain':>8}{'ours':>8}{'ours-plain':>12}"]
+    for m in means:
+        lines.append(
+            f"{m['dataset']:<10}{m['epochs']:>7}{m['seeds']:>6}{m['plain_mean']:>8.3f}"
+            f"{m['ours_best_mean']:>8.3f}{m['gap_mean']:>+12.3f}"
+            f"  (min {m['gap_min']:+.3f}, max {m['gap_max']:+.3f})"
+        )
+    return "\n".join(lines)
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set expects FIELD=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.run", description=__doc__)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--budgets", nargs="+", type=int, default=[5, 15, 30])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a TrainConfig field for our side (a candidate default), repeatable",
+    )
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "unet-resnet" / "wheels"))
     parser.add_argument("--json", dest="json_out", default="benchmarks/results/quality.json")
     args = parser.parse_args(argv)
@@ -139,15 +209,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.datasets:
             root = prepare(name, work / "data" / name, Path(args.cache))
             for epochs in args.budgets:
-                rows.append(run_case(name, root, epochs, work))
-                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+                for seed in args.seeds:
+                    rows.append(
+                        run_case(
+                            name, root, epochs, work, seed=seed, overrides=dict(args.overrides)
+                        )
+                    )
+                    print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the runs' checkpoints are GBs
     print()
     print(format_rows(rows))
+    means = seed_means(rows)
+    if len(args.seeds) > 1:
+        print()
+        print(format_means(means))
     path = Path(args.json_out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {"machine": info, "overrides": dict(args.overrides), "rows": rows, "means": means},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nresults written to {path}")
     return 0
 

@@ -88,3 +88,48 @@ def make_geotiff(path: Path, image: np.ndarray, *, nodata=None, crs="EPSG:32633"
     ) as dst:
         dst.write(image)
     return path
+
+
+def multilabel_planes(h: int, w: int, rng) -> np.ndarray:
+    """Two overlapping classes: ``outer`` a square, ``inner`` a smaller square inside it
+    that also reaches beyond it (so each class has pixels alone and pixels shared)."""
+    planes = np.zeros((2, h, w), dtype=np.uint8)
+    top, left = rng.integers(2, h // 3), rng.integers(2, w // 3)
+    planes[0, top : top + h // 2, left : left + w // 2] = 1
+    planes[1, top + h // 4 : top + h // 4 + h // 3, left + w // 4 : left + w // 4 + w // 2] = 1
+    return planes
+
+
+def planes_image(planes: np.ndarray, rng) -> np.ndarray:
+    """An RGB image whose red channel shows class 0 and green channel class 1, plus noise."""
+    h, w = planes.shape[1:]
+    image = rng.integers(0, 40, (h, w, 3))
+    image[..., 0] += 180 * planes[0]
+    image[..., 1] += 180 * planes[1]
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_multilabel(
+    root: Path, rng, *, layout: str = "folders", n_train: int = 6, n_val: int = 2, size=(40, 48)
+) -> Path:
+    """A multilabel folder dataset: ``folders`` = masks/CLASSNAME/NAME.png (0/255),
+    ``bands`` = masks/NAME.tif with one band per class (0/1); classes.json names both."""
+    import json
+
+    import tifffile
+
+    h, w = size
+    for split, count in (("train", n_train), ("val", n_val)):
+        for k in range(count):
+            planes = multilabel_planes(h, w, rng)
+            write_rgb(root / split / "images" / f"img{k}.png", planes_image(planes, rng))
+            if layout == "folders":
+                for name, plane in zip(("outer", "inner"), planes, strict=True):
+                    write_gray(root / split / "masks" / name / f"img{k}.png", plane * 255)
+            else:
+                (root / split / "masks").mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(root / split / "masks" / f"img{k}.tif", planes)
+    (root / "classes.json").write_text(
+        json.dumps({"names": ["outer", "inner"], "colors": [[255, 0, 0], [0, 0, 255]]})
+    )
+    return root

@@ -65,6 +65,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     _predict_arguments,
 )
 def predict_command(args: argparse.Namespace) -> int:
+    from unet_resnet.checkpoint import read_meta
     from unet_resnet.inference.files import plan_predictions, predict_files
 
     if args.simplify is not None and not args.simplify >= 0:
@@ -91,6 +92,7 @@ def predict_command(args: argparse.Namespace) -> int:
             return record.is_done(path, outputs, model)
 
     # Outputs are named and checked before the model is loaded: a refusal costs nothing.
+    multilabel = read_meta(checkpoints_of(args)[0]).task == "multilabel"
     plan = plan_predictions(
         inputs,
         args.out,
@@ -100,6 +102,7 @@ def predict_command(args: argparse.Namespace) -> int:
         vector_format=args.vector_format,
         overwrite=args.overwrite,
         done=done,
+        multilabel=multilabel,
     )
     if args.engine == "ray":
         from unet_resnet.inference.scale import predict_with_ray
@@ -180,6 +183,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         annotations=args.annotations,
         labels=args.labels,
         label_field=args.label_field,
+        task=segmenter.task.name,
     )
     try:
         own = open_split(args.data, args.split, args.dataset, file_options)
@@ -187,7 +191,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         own = None  # no classes file of its own: read with the checkpoint's classes
     if own is not None:
         segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
-    options = file_options.for_checkpoint(segmenter.classes, segmenter.volume)
+    options = file_options.for_checkpoint(segmenter.classes, segmenter.volume, segmenter.task.name)
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
         raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")
@@ -200,10 +204,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
     write_scores_json(scores, out / "scores.json")
     if scores.get("cases"):
         write_cases_csv(scores, out / "cases.csv")
-    plot_confusion_matrix(scores, out / "confusion_matrix.png")
+    written = ["scores.json"] + (["cases.csv"] if scores.get("cases") else [])
+    if "confusion_matrix" in scores:  # multiclass; multilabel classes are scored one by one
+        plot_confusion_matrix(scores, out / "confusion_matrix.png")
+        written.append("confusion_matrix.png")
     if args.json_out:
         write_scores_json(scores, args.json_out)
-    print(f"scores{', cases.csv' if scores.get('cases') else ''} and confusion matrix in {out}")
+    print(f"{', '.join(written)} in {out}")
     return 0
 
 

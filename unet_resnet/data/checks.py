@@ -26,6 +26,7 @@ __all__ = [
     "Problem",
     "SplitStats",
     "check_dataset",
+    "check_multilabel",
     "check_rasters",
     "check_samples",
     "check_volumes",
@@ -190,6 +191,52 @@ def check_dataset(
     return report
 
 
+def check_multilabel(
+    root: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    classes: ClassInfo | None = None,
+    splits: tuple[str, ...] = SPLITS,
+    progress: bool = True,
+) -> DataReport:
+    """:func:`check_dataset` for per-class masks (``--task multilabel``, see
+    :mod:`unet_resnet.data.multilabel`): every plane read and its values checked; images
+    without any mask, masks without an image and unknown class folders named."""
+    from unet_resnet.data.multilabel import MultiLabelFolder, multilabel_classes, multilabel_sources
+
+    root = Path(root)
+    report = DataReport(root=root, classes=None)
+    try:
+        report.classes = classes or multilabel_classes(root, num_classes)
+    except UnetResnetError as exc:
+        report.error(str(exc))
+        return report
+    present = [s for s in splits if (root / s / "images").is_dir()]
+    if "train" not in present:
+        report.error(f"No {root / 'train' / 'images'} folder: training needs it.")
+    all_channels: Counter = Counter()
+    for split in present:
+        stats = report.splits[split] = SplitStats()
+        pairs, problems = multilabel_sources(root, split, report.classes)
+        stats.images = len(pairs)
+        for problem in problems:
+            report.error(problem)
+        for image, sources in pairs:
+            if sources is None:
+                report.error(
+                    f"Image without masks: {image} (expected {root / split / 'masks'}/CLASSNAME/"
+                    f"{image.stem}.png for its classes, or {root / split / 'masks'}/"
+                    f"{image.stem}.tif with one band per class)."
+                )
+        if not pairs or any(sources is None for _, sources in pairs):
+            continue
+        dataset = MultiLabelFolder(root, split, classes=report.classes)
+        check_samples(report, stats, split, dataset, dataset.describe, progress)
+        all_channels.update(stats.channels)
+    finish(report, all_channels)
+    return report
+
+
 def check_samples(report, stats, split, dataset, describe, progress: bool) -> None:
     """Read every sample of ``dataset``; record sizes, channels, class pixels and problems."""
     stats.class_pixels = np.zeros(report.classes.num_classes, dtype=np.int64)
@@ -207,6 +254,10 @@ def check_samples(report, stats, split, dataset, describe, progress: bool) -> No
         if mask is None:
             continue
         stats.pairs += 1
+        if mask.ndim == 3:  # multilabel planes, values checked while decoding
+            stats.class_pixels += (mask == 1).reshape(mask.shape[0], -1).sum(1)
+            stats.ignored_pixels += int((mask == report.classes.ignore_index).sum())
+            continue
         bad = report.classes.check_values(mask)
         if bad.size:
             report.error(

@@ -13,6 +13,11 @@ and, when a category has a ``color``, colours are kept). Masks are drawn from po
 by ``pycocotools``. Overlaps: instances are painted largest first (by ``area``, then id), so a
 smaller object lying on a larger one stays visible; crowd regions (``iscrowd: 1``) are painted
 last as ``ignore_index`` (``crowd="class"`` paints them as their category instead).
+
+``multilabel=True`` (``--task multilabel``): no background class; each category is a binary
+plane of its own (``C x H x W``), so overlapping instances of different categories are kept
+both; a crowd region marks its category's plane ``ignore_index`` where no ordinary instance
+of that category lies.
 """
 
 from __future__ import annotations
@@ -93,16 +98,20 @@ def read_coco(path: Path) -> dict[str, Any]:
     return data
 
 
-def coco_classes(data: dict[str, Any], ignore_index: int = 255) -> tuple[ClassInfo, dict]:
-    """``(classes, category id -> class index)``: background first, then categories by id."""
+def coco_classes(
+    data: dict[str, Any], ignore_index: int = 255, *, multilabel: bool = False
+) -> tuple[ClassInfo, dict]:
+    """``(classes, category id -> class index)``: background first (not for ``multilabel``),
+    then the categories by id."""
     categories = sorted(data["categories"], key=lambda c: c["id"])
-    names = ["background"] + [str(c.get("name", c["id"])) for c in categories]
+    head = [] if multilabel else ["background"]
+    names = head + [str(c.get("name", c["id"])) for c in categories]
     if len(set(names)) != len(names):  # repeated names (Roboflow's supercategory): add ids
-        names = ["background"] + [f"{c.get('name', '')}_{c['id']}" for c in categories]
+        names = head + [f"{c.get('name', '')}_{c['id']}" for c in categories]
     colors = None
     if all(isinstance(c.get("color"), list | str) for c in categories) and categories:
-        colors = [(0, 0, 0)] + [_color(c["color"]) for c in categories]
-    lookup = {c["id"]: i + 1 for i, c in enumerate(categories)}
+        colors = [(0, 0, 0)] * len(head) + [_color(c["color"]) for c in categories]
+    lookup = {c["id"]: i + len(head) for i, c in enumerate(categories)}
     return ClassInfo(names, colors, ignore_index), lookup
 
 
@@ -154,14 +163,17 @@ class CocoSegmentation(PairedSegmentationDataset):
         classes: ClassInfo | None = None,
         crowd: CrowdRule = "ignore",
         transform=None,
+        multilabel: bool = False,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         data = read_coco(self.annotation_file)
-        found, self.lookup = coco_classes(data)
+        self.multilabel = multilabel
+        found, self.lookup = coco_classes(data, multilabel=multilabel)
         if classes is not None and classes.num_classes != found.num_classes:
             raise DataError(
-                f"{annotation_file} has {found.num_classes - 1} categories (+ background) but "
-                f"{classes.num_classes} classes were given ({', '.join(classes.names)})."
+                f"{annotation_file} has {len(self.lookup)} categories"
+                f"{'' if multilabel else ' (+ background)'} but {classes.num_classes} classes "
+                f"were given ({', '.join(classes.names)})."
             )
         self.crowd = crowd
         by_image: dict[Any, list[dict]] = {}
@@ -185,22 +197,39 @@ class CocoSegmentation(PairedSegmentationDataset):
         raise NotImplementedError
 
     def mask_of(self, index: int) -> np.ndarray:
+        """``H x W`` class indices, or ``C x H x W`` planes with ``multilabel``."""
         image = self.images[index]
-        mask = np.zeros((image.height, image.width), dtype=np.int64)
+        shape = (image.height, image.width)
+        ignore = self.classes.ignore_index
+        if self.multilabel:
+            planes = np.zeros((self.classes.num_classes, *shape), dtype=np.int64)
+            crowd_last = sorted(image.annotations, key=lambda a: bool(a.get("iscrowd")))
+            for ann in crowd_last:
+                plane = planes[self._class_of(ann)]
+                drawn = annotation_mask(ann, *shape)
+                if ann.get("iscrowd") and self.crowd == "ignore":
+                    plane[drawn & (plane != 1)] = ignore
+                else:
+                    plane[drawn] = 1
+            return planes
+        mask = np.zeros(shape, dtype=np.int64)
         ordinary = [a for a in image.annotations if not a.get("iscrowd")]
         crowds = [a for a in image.annotations if a.get("iscrowd")]
         ordinary.sort(key=lambda a: (-float(a.get("area") or 0), a.get("id", 0)))
         for ann, crowd in [(a, False) for a in ordinary] + [(a, True) for a in crowds]:
-            value = self.lookup.get(ann.get("category_id"))
-            if value is None:
-                raise DataError(
-                    f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
-                    f"{ann.get('category_id')}, which is not among the categories."
-                )
-            if crowd and self.crowd == "ignore":
-                value = self.classes.ignore_index
-            mask[annotation_mask(ann, image.height, image.width)] = value
+            value = ignore if crowd and self.crowd == "ignore" else self._class_of(ann)
+            self._class_of(ann)  # an unknown category is an error even for a crowd
+            mask[annotation_mask(ann, *shape)] = value
         return mask
+
+    def _class_of(self, ann: dict) -> int:
+        value = self.lookup.get(ann.get("category_id"))
+        if value is None:
+            raise DataError(
+                f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
+                f"{ann.get('category_id')}, which is not among the categories."
+            )
+        return value
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_info = self.images[index]
@@ -230,6 +259,7 @@ def check_coco(
     annotations: str | None = None,
     crowd: CrowdRule = "ignore",
     progress: bool = True,
+    multilabel: bool = False,
 ):
     """``check-data`` for COCO: every mask drawn, and each of these named: images without
     annotations, annotations whose image is missing (from the file or from disk), unknown and
@@ -250,7 +280,7 @@ def check_coco(
         path, image_dir = found
         try:
             data = read_coco(path)
-            classes, lookup = coco_classes(data)
+            classes, lookup = coco_classes(data, multilabel=multilabel)
         except DataError as exc:
             report.error(str(exc))
             continue
@@ -307,7 +337,9 @@ def check_coco(
         stats = report.splits[split] = SplitStats(images=len(data["images"]))
         if missing_files or report.errors:
             continue
-        dataset = CocoSegmentation(path, image_dir, classes=classes, crowd=crowd)
+        dataset = CocoSegmentation(
+            path, image_dir, classes=classes, crowd=crowd, multilabel=multilabel
+        )
         check_samples(
             report, stats, split, dataset, lambda i, d=dataset: str(d.images[i].path), progress
         )

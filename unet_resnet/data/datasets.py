@@ -477,16 +477,18 @@ def pad_collate(batch, *, ignore_index: int = 255):
     """Stack ``(image, mask)`` pairs of different sizes by padding to the largest.
 
     Images are padded with 0 (the normalised mean) and masks with ``ignore_index`` on the
-    bottom/right, so padding never counts in the loss or the metrics.
+    bottom/right, so padding never counts in the loss or the metrics. Masks are ``H x W``
+    class indices or ``C x H x W`` planes (multilabel).
     """
     images, masks = zip(*batch, strict=True)
     h = max(i.shape[-2] for i in images)
     w = max(i.shape[-1] for i in images)
     out_images = images[0].new_zeros((len(images), images[0].shape[0], h, w))
-    out_masks = torch.full((len(masks), h, w), ignore_index, dtype=torch.int64)
+    lead = tuple(masks[0].shape[:-2])
+    out_masks = torch.full((len(masks), *lead, h, w), ignore_index, dtype=torch.int64)
     for k, (image, mask) in enumerate(batch):
         out_images[k, :, : image.shape[-2], : image.shape[-1]] = image
-        out_masks[k, : mask.shape[-2], : mask.shape[-1]] = mask
+        out_masks[k, ..., : mask.shape[-2], : mask.shape[-1]] = mask
     return out_images.as_subclass(torch.Tensor), out_masks
 
 

@@ -52,6 +52,9 @@ class SplitOptions:
             GeoPackage, Shapefile, FlatGeobuf) and the attribute holding the class.
         context_slices, intensity: nifti: 2.5D neighbours per side and the
             :class:`~unet_resnet.data.medical.IntensityRule` (or None).
+        task: ``multiclass`` (one class per pixel) or ``multilabel`` (a binary mask per
+            class, :mod:`unet_resnet.data.multilabel`); only layouts registered with
+            ``multilabel=True`` read the latter.
     """
 
     num_classes: int | None = None
@@ -66,10 +69,17 @@ class SplitOptions:
     context_slices: int = 0
     intensity: Any = None
     target_spacing: float | None = None
+    task: str = "multiclass"
 
-    def for_checkpoint(self, classes: ClassInfo, volume: dict | None) -> SplitOptions:
-        """These options read the way a checkpoint was trained: its classes, and for volumes
-        its 2.5D context, intensity rule and target spacing (``CheckpointMeta.volume``)."""
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def for_checkpoint(
+        self, classes: ClassInfo, volume: dict | None, task: str = "multiclass"
+    ) -> SplitOptions:
+        """These options read the way a checkpoint was trained: its classes and task, and for
+        volumes its 2.5D context, intensity rule and target spacing (``CheckpointMeta.volume``)."""
         from dataclasses import replace
 
         from unet_resnet.data.medical import IntensityRule
@@ -78,6 +88,7 @@ class SplitOptions:
         return replace(
             self,
             classes=classes,
+            task=task,
             context_slices=int(volume.get("context_slices") or 0),
             intensity=IntensityRule.from_dict(volume.get("intensity")),
             target_spacing=volume.get("target_spacing"),
@@ -92,7 +103,13 @@ class SplitOptions:
         return VectorLabels(self.labels, self.label_field, classes)
 
     def resolve_classes(self, root: Path) -> ClassInfo:
-        return self.classes or resolve_classes(root, self.num_classes)
+        if self.classes is not None:
+            return self.classes
+        if self.multilabel:
+            from unet_resnet.data.multilabel import multilabel_classes
+
+            return multilabel_classes(root, self.num_classes)
+        return resolve_classes(root, self.num_classes)
 
 
 # open(root, split, options) -> a dataset with .load(i) and .classes, or None when the split
@@ -107,18 +124,21 @@ class Layout:
     description: str
     open: Opener
     check: Checker | None = None
+    #: reads per-class binary masks for ``task="multilabel"``
+    multilabel: bool = False
 
 
 LAYOUTS: dict[str, Layout] = {}
 
 
 def register_layout(
-    name: str, description: str, *, check: Checker | None = None
+    name: str, description: str, *, check: Checker | None = None, multilabel: bool = False
 ) -> Callable[[Opener], Opener]:
-    """Register ``open`` as the opener of layout ``name`` (and ``check`` as its checker)."""
+    """Register ``open`` as the opener of layout ``name`` (and ``check`` as its checker);
+    ``multilabel``: it also reads per-class masks (``SplitOptions.task == "multilabel"``)."""
 
     def register(opener: Opener) -> Opener:
-        LAYOUTS[name] = Layout(name, description, opener, check)
+        LAYOUTS[name] = Layout(name, description, opener, check, multilabel)
         return opener
 
     return register
@@ -133,13 +153,21 @@ def checkable_layouts() -> tuple[str, ...]:
     return tuple(name for name, layout in LAYOUTS.items() if layout.check is not None)
 
 
-def get_layout(name: str) -> Layout:
+def get_layout(name: str, options: SplitOptions | None = None) -> Layout:
+    """The layout ``name``; with ``options``, also checked to read their task."""
     try:
-        return LAYOUTS[name]
+        layout = LAYOUTS[name]
     except KeyError:
         raise DataError(
             f"Unknown dataset layout {name!r}. Choose one of: {', '.join(LAYOUTS)}."
         ) from None
+    if options is not None and options.multilabel and not layout.multilabel:
+        able = [n for n, entry in LAYOUTS.items() if entry.multilabel]
+        raise DataError(
+            f"The {name!r} layout has one class per pixel; --task multilabel reads "
+            f"{', '.join(able)} (per-class masks, see docs/data.md)."
+        )
+    return layout
 
 
 def open_split(
@@ -147,7 +175,8 @@ def open_split(
 ):
     """The labelled dataset of ``split`` in ``layout``, or None when the root has no such
     split."""
-    return get_layout(layout).open(Path(root), split, options or SplitOptions())
+    options = options or SplitOptions()
+    return get_layout(layout, options).open(Path(root), split, options)
 
 
 def check_layout(
@@ -159,17 +188,18 @@ def check_layout(
 ):
     """Check a dataset for every problem that would break training; None when the layout has
     no checker (the public datasets' adapters validate while opening)."""
-    entry = get_layout(layout)
+    options = options or SplitOptions()
+    entry = get_layout(layout, options)
     if entry.check is None:
         return None
-    return entry.check(Path(root), options or SplitOptions(), progress)
+    return entry.check(Path(root), options, progress)
 
 
 # The layouts ----------------------------------------------------------------------------------
 def _check_folder(root: Path, options: SplitOptions, progress: bool):
-    from unet_resnet.data.checks import check_dataset
+    from unet_resnet.data.checks import check_dataset, check_multilabel
 
-    return check_dataset(
+    return (check_multilabel if options.multilabel else check_dataset)(
         root, num_classes=options.num_classes, classes=options.classes, progress=progress
     )
 
@@ -198,11 +228,19 @@ def _check_raster(root: Path, options: SplitOptions, progress: bool):
 
 
 @register_layout(
-    "folder", "DATA/{train,val,test}/{images,masks} (+ classes.json)", check=_check_folder
+    "folder",
+    "DATA/{train,val,test}/{images,masks} (+ classes.json); multilabel: "
+    "masks/CLASSNAME/NAME.png or masks/NAME.tif with a band per class",
+    check=_check_folder,
+    multilabel=True,
 )
 def _open_folder(root: Path, split: str, options: SplitOptions):
     if not (root / split / "images").is_dir():
         return None
+    if options.multilabel:
+        from unet_resnet.data.multilabel import MultiLabelFolder
+
+        return MultiLabelFolder(root, split, classes=options.resolve_classes(root))
     return SegmentationFolder(root, split, num_classes=options.num_classes, classes=options.classes)
 
 
@@ -268,7 +306,13 @@ def _open_raster(root: Path, split: str, options: SplitOptions):
 def _check_coco(root: Path, options: SplitOptions, progress: bool):
     from unet_resnet.data.coco import check_coco
 
-    return check_coco(root, annotations=options.annotations, crowd=options.crowd, progress=progress)
+    return check_coco(
+        root,
+        annotations=options.annotations,
+        crowd=options.crowd,
+        progress=progress,
+        multilabel=options.multilabel,
+    )
 
 
 @register_layout(
@@ -276,6 +320,7 @@ def _check_coco(root: Path, options: SplitOptions, progress: bool):
     "COCO JSON (polygons, RLE): DATA/SPLIT/_annotations.coco.json (Roboflow) or "
     "DATA/annotations/instances_SPLIT*.json (COCO, CVAT); --annotations FILE overrides",
     check=_check_coco,
+    multilabel=True,
 )
 def _open_coco(root: Path, split: str, options: SplitOptions):
     from unet_resnet.data.coco import CocoSegmentation, find_coco
@@ -283,4 +328,6 @@ def _open_coco(root: Path, split: str, options: SplitOptions):
     found = find_coco(root, split, options.annotations)
     if found is None:
         return None
-    return CocoSegmentation(*found, classes=options.classes, crowd=options.crowd)
+    return CocoSegmentation(
+        *found, classes=options.classes, crowd=options.crowd, multilabel=options.multilabel
+    )

@@ -1,8 +1,9 @@
 """Ensembles: several checkpoints (cross-validation folds, seeds) predicting as one model.
 
-:class:`Ensemble` averages the members' class probabilities. Its ``forward`` returns the log of
-that mean, so the softmax every caller applies recovers the mean exactly: tiling, TTA, the fast
-path (each member folded, cast and packed), ``predict`` and ``evaluate`` work unchanged.
+:class:`Ensemble` averages the members' class probabilities. Its ``forward`` returns the logits
+of that mean (the log for softmax, the logit for the multilabel sigmoid), so the activation
+every caller applies recovers the mean exactly: tiling, TTA, the fast path (each member folded,
+cast and packed), ``predict`` and ``evaluate`` work unchanged.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import torch
 from torch import nn
 
 from unet_resnet.errors import ConfigError
+from unet_resnet.task import get_task
 
 __all__ = ["Ensemble", "check_members"]
 
 
 class Ensemble(nn.Module):
-    """The mean of the members' softmax outputs, as log-probabilities."""
+    """The mean of the members' probabilities (``task``'s activation), as logits."""
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], *, task: str = "multiclass") -> None:
         super().__init__()
+        self.task = get_task(task)
         if not members:
             raise ConfigError("An ensemble needs at least one model.")
         self.members = nn.ModuleList(members)
@@ -31,8 +34,8 @@ class Ensemble(nn.Module):
         self.config = {"ensemble": [getattr(m, "config", None) for m in members]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)
-        return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+        probabilities = torch.stack([self.task.activate(m(x)) for m in self.members]).mean(0)
+        return self.task.from_probabilities(probabilities)
 
 
 def check_members(sources: Sequence[str], metas: Sequence) -> None:
@@ -41,6 +44,8 @@ def check_members(sources: Sequence[str], metas: Sequence) -> None:
     first = metas[0]
     for source, meta in zip(sources[1:], metas[1:], strict=True):
         differences = []
+        if meta.task != first.task:
+            differences.append(f"task {meta.task} vs {first.task}")
         if meta.classes.names != first.classes.names:
             differences.append(f"classes {meta.classes.names} vs {first.classes.names}")
         if meta.model_config["in_channels"] != first.model_config["in_channels"]:

@@ -19,7 +19,7 @@ from unet_resnet.data.classes import DataError
 from unet_resnet.data.datasets import PairedSegmentationDataset
 from unet_resnet.inference.segmenter import Segmenter
 from unet_resnet.io import atomic_path
-from unet_resnet.metrics import SegmentationMetrics
+from unet_resnet.metrics import build_metrics
 
 __all__ = [
     "evaluate",
@@ -50,8 +50,12 @@ def evaluate(
     ``mean_hd95``.
     """
     classes = segmenter.classes
-    metrics = SegmentationMetrics(
-        classes.num_classes, ignore_index=classes.ignore_index, class_names=classes.names
+    metrics = build_metrics(
+        segmenter.task.name,
+        classes.num_classes,
+        ignore_index=classes.ignore_index,
+        class_names=classes.names,
+        thresholds=segmenter.thresholds,
     )
     volumes: dict[int, tuple[list, list]] = {}
     volumetric = hasattr(dataset, "spacings") and hasattr(dataset, "index")
@@ -59,7 +63,7 @@ def evaluate(
         image, mask = dataset.load(index)
         if mask is None:
             continue
-        bad = classes.check_values(mask)
+        bad = classes.check_values(mask) if mask.ndim == 2 else np.array([])
         if bad.size:
             raise DataError(
                 f"Labels of sample {index} hold values {bad[:8].tolist()} outside the "

@@ -3,7 +3,9 @@
 - ordinary images (PNG, JPEG, TIFF, ...) are predicted in memory (tiled when large) and written
   as palette PNG;
 - GeoTIFF scenes are streamed chunk by chunk and written as georeferenced GeoTIFF;
-- NIfTI volumes are predicted slice by slice and written as NIfTI with the input's affine.
+- NIfTI volumes are predicted slice by slice and written as NIfTI with the input's affine;
+- multilabel models (overlapping classes) write one band per class (0/1): a multi-band TIFF
+  for ordinary images, a multi-band GeoTIFF for GeoTIFF scenes.
 
 Every output is written to a temporary name beside its destination and renamed when complete,
 so an interrupted run never leaves a file that looks finished but is not.
@@ -26,7 +28,6 @@ from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.medical import case_name, is_dicom_series, is_volume
 from unet_resnet.errors import ConfigError, InputShapeError, OutputExistsError, UnetResnetError
 from unet_resnet.grid import chunk_margin, chunk_windows
-from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.inference.vectorize import VECTOR_FORMATS
 from unet_resnet.io import (
     IMAGE_SUFFIXES,
@@ -35,6 +36,7 @@ from unet_resnet.io import (
     read_image,
     remove_partials,
     write_mask_png,
+    write_planes_tiff,
 )
 from unet_resnet.visualize import overlay_with_legend
 
@@ -70,6 +72,13 @@ class ImagePredictor(Protocol):
 
     def predict(self, image: np.ndarray) -> np.ndarray: ...
 
+    def decide(self, probs: torch.Tensor) -> np.ndarray: ...
+
+
+def _overlapping(segmenter: ImagePredictor) -> bool:
+    task = getattr(segmenter, "task", None)
+    return bool(getattr(task, "overlapping", False))
+
 
 def _save_overlay(classes: ClassInfo, image: np.ndarray, labels: np.ndarray, path) -> None:
     picture = overlay_with_legend(
@@ -88,7 +97,8 @@ def predict_image_file(
     probabilities: str | os.PathLike | None = None,
     chunk_size: int = 4096,
 ) -> Path:
-    """Read an image, predict it (tiled if large), write a palette PNG of class indices.
+    """Read an image, predict it (tiled if large), write a palette PNG of class indices (a
+    multi-band TIFF of 0/1 planes for multilabel models).
 
     Large images are predicted in chunks of ``chunk_size`` (with the context margin the
     GeoTIFF path uses, so results do not depend on it) into one class-index plane, and
@@ -113,10 +123,10 @@ def predict_image_file(
             except InputShapeError as exc:
                 raise InputShapeError(f"{path_in}: {exc}") from None
             probs = probs[:, dy : dy + h, dx : dx + w]
-            part = labels_from_probs(probs)
+            part = segmenter.decide(probs)
             if labels is None:
-                labels = np.empty((height, width), dtype=part.dtype)
-            labels[top : top + h, left : left + w] = part
+                labels = np.empty((*part.shape[:-2], height, width), dtype=part.dtype)
+            labels[..., top : top + h, left : left + w] = part
             if tmp_prob is not None:
                 if stored is None:
                     shape = (probs.shape[0], height, width)
@@ -125,7 +135,9 @@ def predict_image_file(
         if stored is not None:
             stored.flush()
             del stored
-    if labels.dtype == np.uint8:
+    if labels.ndim == 3:
+        write_planes_tiff(path_out, labels, segmenter.classes.names)
+    elif labels.dtype == np.uint8:
         write_mask_png(path_out, labels, segmenter.classes.colors)
     else:
         with atomic_path(path_out.with_suffix(".npy")) as tmp:
@@ -151,7 +163,8 @@ def predict_raster_file(
     and written into its window. Peak memory depends on ``chunk_size`` and the tile batch, not
     on the scene. Pixels where every band equals the input's nodata value get nodata (255) in
     the output; the output keeps the input's CRS and geotransform. Probabilities, if asked for,
-    are written as a uint8 GeoTIFF (probability x 255), one band per class.
+    are written as a uint8 GeoTIFF (probability x 255), one band per class. Multilabel models
+    write one 0/1 band per class (band descriptions = class names).
     """
     try:
         import rasterio
@@ -177,11 +190,12 @@ def predict_raster_file(
                 f"{path_in} has {src.count} band(s); the model takes "
                 f"{segmenter.in_channels}. Select the bands the model was trained on."
             )
+        bands = len(classes) if _overlapping(segmenter) else 1
         profile = {
             "driver": "GTiff",
             "height": src.height,
             "width": src.width,
-            "count": 1,
+            "count": bands,
             "dtype": "uint8",
             "crs": src.crs,
             "transform": src.transform,
@@ -203,6 +217,8 @@ def predict_raster_file(
             if tmp_prob
             else contextlib.nullcontext() as pdst,
         ):
+            if bands > 1:
+                dst.descriptions = tuple(classes.names)
             for chunk in chunk_windows(src.height, src.width, chunk_size, margin):
                 top, left, h, w = chunk.core
                 t0, l0, rh, rw = chunk.read
@@ -210,12 +226,12 @@ def predict_raster_file(
                 data = src.read(window=Window(l0, t0, rw, rh))
                 probs = segmenter.image_probabilities(np.moveaxis(data, 0, -1))
                 probs = probs[:, dy : dy + h, dx : dx + w]
-                labels = labels_from_probs(probs)
+                labels = segmenter.decide(probs)
                 if src.nodata is not None:
                     core = data[:, dy : dy + h, dx : dx + w]
-                    labels[np.all(core == src.nodata, axis=0)] = nodata_out
+                    labels[..., np.all(core == src.nodata, axis=0)] = nodata_out
                 window = Window(left, top, w, h)
-                dst.write(labels, 1, window=window)
+                dst.write(labels.reshape(bands, h, w), window=window)
                 if pdst is not None:
                     scaled = probs.mul(255).round_().to(torch.uint8).cpu().numpy()
                     pdst.write(scaled, window=window)
@@ -223,7 +239,8 @@ def predict_raster_file(
         with rasterio.open(path_in) as src, rasterio.open(path_out) as out:
             if src.width * src.height <= MAX_OVERLAY_PIXELS:
                 image = np.moveaxis(src.read(), 0, -1)
-                _save_overlay(segmenter.classes, image, out.read(1), overlay)
+                mask = out.read() if bands > 1 else out.read(1)
+                _save_overlay(segmenter.classes, image, mask, overlay)
     return path_out
 
 
@@ -246,6 +263,11 @@ def predict_nifti(
         resample_in_plane,
     )
 
+    if _overlapping(segmenter):
+        raise ConfigError(
+            f"{path_in}: multilabel models predict images and GeoTIFFs; volumes (NIfTI, "
+            "DICOM) need a multiclass model for now."
+        )
     nib = load_nibabel()
     path_in, path_out = Path(path_in), Path(path_out)
     volume = read_volume(path_in)
@@ -353,8 +375,10 @@ def plan_outputs(
     probabilities: bool = False,
     vectorize: bool = False,
     vector_format: str = "gpkg",
+    multilabel: bool = False,
 ) -> list[OutputPaths]:
-    """Output names for each input: ``NAME.png`` (``.tif`` for GeoTIFF, ``.nii.gz`` for NIfTI),
+    """Output names for each input: ``NAME.png`` (``.tif`` for GeoTIFF and for ``multilabel``
+    masks, ``.nii.gz`` for NIfTI),
     ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson`` and ``NAME.gpkg``
     (or ``.fgb``).
 
@@ -379,7 +403,7 @@ def plan_outputs(
                 plan = OutputPaths(out / f"{stem}.nii.gz")
             else:
                 plan = OutputPaths(
-                    mask=out / f"{stem}{'.tif' if geo else '.png'}",
+                    mask=out / f"{stem}{'.tif' if geo or multilabel else '.png'}",
                     overlay=out / f"{stem}_overlay.png" if overlay else None,
                     probabilities=out / f"{stem}_proba{'.tif' if geo else '.npy'}"
                     if probabilities
@@ -426,6 +450,7 @@ def plan_predictions(
     vector_format: str = "gpkg",
     overwrite: bool = False,
     done: Callable[[Path, OutputPaths], bool] | None = None,
+    multilabel: bool = False,
 ) -> PredictPlan:
     """Expand ``inputs`` and name every output; an output that already exists is an error
     (before any work) unless ``overwrite``. Inputs for which ``done(path, outputs)`` holds (a
@@ -436,6 +461,11 @@ def plan_predictions(
         raise ConfigError(
             f"Unknown --vector-format {vector_format!r}: {', '.join(VECTOR_FORMATS)}."
         )
+    if multilabel and vectorize:
+        raise ConfigError(
+            "--vectorize turns class-index masks into polygons; a multilabel model writes "
+            "one band per class. Leave out --vectorize (each band is a binary mask)."
+        )
     plans = plan_outputs(
         files,
         out,
@@ -443,6 +473,7 @@ def plan_predictions(
         probabilities=probabilities,
         vectorize=vectorize,
         vector_format=vector_format,
+        multilabel=multilabel,
     )
     skipped: list[Path] = []
     if done is not None and not overwrite:

@@ -25,10 +25,10 @@ from unet_resnet.errors import ConfigError, InputShapeError
 from unet_resnet.grid import overlap_pixels
 from unet_resnet.hardware import PRECISIONS, Precision, resolve_device
 from unet_resnet.inference.fastpath import DTYPES, FastPathChoice, PackMode, prepare_model
-from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.inference.onnx import OnnxModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
+from unet_resnet.task import check_thresholds, get_task
 
 __all__ = ["Segmenter"]
 # numpy dtypes torch cannot hold (or compute with), and the lossless type they are read as.
@@ -67,6 +67,10 @@ class Segmenter:
             ``unet_resnet.fastpath``).
         volume: for volumes, the checkpoint's slice axis, 2.5D context and intensity rule
             (:attr:`CheckpointMeta.volume`), repeated by ``predict`` on NIfTI/DICOM input.
+        task: what the output channels mean (:mod:`unet_resnet.task`): ``"multiclass"``
+            (softmax, one class per pixel) or ``"multilabel"`` (a sigmoid per class;
+            ``predict`` returns ``C x H x W`` 0/1 planes decided by ``thresholds``, default
+            0.5 per class).
     """
 
     def __init__(
@@ -92,7 +96,10 @@ class Segmenter:
         progress: bool = False,
         explain: bool = False,
         volume: dict | None = None,
+        task: str = "multiclass",
+        thresholds: Sequence[float] | None = None,
     ) -> None:
+        self.task = get_task(task)
         if precision not in PRECISIONS:
             raise ConfigError(
                 f"Unknown precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}."
@@ -108,6 +115,7 @@ class Segmenter:
         self.in_channels = int(getattr(model, "in_channels", 3))
         self.num_classes = int(getattr(model, "n_classes", 0)) or None
         self.classes = classes or ClassInfo.generic(self.num_classes or 2)
+        self.thresholds = check_thresholds(thresholds, self.classes.num_classes)
         if mean is None and self.in_channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)[:, None, None]
@@ -169,7 +177,7 @@ class Segmenter:
             from unet_resnet.inference.ensemble import Ensemble, check_members
 
             check_members([str(p) for p in paths], [m for _, m in loaded])
-            model = Ensemble([member for member, _ in loaded])
+            model = Ensemble([member for member, _ in loaded], task=meta.task)
         return cls(
             model,
             classes=meta.classes,
@@ -179,6 +187,8 @@ class Segmenter:
             precision=precision,
             image_dtype=meta.image_dtype,
             volume=meta.volume,
+            task=meta.task,
+            thresholds=kwargs.pop("thresholds", None) or meta.thresholds,
             **kwargs,
         )
 
@@ -204,6 +214,8 @@ class Segmenter:
             mean=meta["mean"],
             std=meta["std"],
             image_dtype=meta.get("image_dtype"),
+            task=meta.get("task") or "multiclass",
+            thresholds=kwargs.pop("thresholds", None) or meta.get("thresholds"),
             precision="fp32",
             fold_bn=False,
             channels_last=False,
@@ -212,7 +224,8 @@ class Segmenter:
 
     # Arrays in, arrays out ------------------------------------------------------------------
     def probabilities(self, batch: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
-        """Softmax probabilities (fp32) for a normalised ``N x C x H x W`` batch.
+        """Probabilities (fp32; softmax, or a sigmoid per class for multilabel) for a
+        normalised ``N x C x H x W`` batch.
 
         The model's own forward pass on already-normalised input (no tiling), with test-time
         augmentation when ``tta`` (default: the segmenter's setting).
@@ -230,7 +243,7 @@ class Segmenter:
             for flip, k in views:
                 x = batch.flip(flip) if flip else batch
                 x = torch.rot90(x, k, (-2, -1)) if k else x
-                p = self._forward_model(x).float().softmax(1)
+                p = self.task.activate(self._forward_model(x))
                 p = torch.rot90(p, -k, (-2, -1)) if k else p  # invert on the output
                 p = p.flip(flip) if flip else p
                 total = p if total is None else total + p
@@ -314,7 +327,8 @@ class Segmenter:
         tta: bool | None = None,
         tile_size: int | None = None,
     ):
-        """Class probabilities ``C x H x W`` (float32) for an image, or a list for a list."""
+        """Class probabilities ``C x H x W`` (float32) for an image, or a list for a list; for
+        multilabel models each class's own probability (they need not sum to 1)."""
         if isinstance(image, list | tuple):
             return [self.predict_proba(i, tta=tta, tile_size=tile_size) for i in image]
         return self.image_probabilities(image, tta=tta, tile_size=tile_size).cpu().numpy()
@@ -326,14 +340,20 @@ class Segmenter:
         tta: bool | None = None,
         tile_size: int | None = None,
     ):
-        """Class indices ``H x W`` (uint8 for up to 256 classes) for an image, or a list.
+        """Class indices ``H x W`` (uint8 for up to 256 classes) for an image, or a list; for
+        multilabel models ``C x H x W`` uint8 planes (1 where the class's probability reaches
+        its threshold).
 
         ``tta`` and ``tile_size`` override the segmenter's settings for this call only (the
         HTTP service uses them per request).
         """
         if isinstance(image, list | tuple):
             return [self.predict(i, tta=tta, tile_size=tile_size) for i in image]
-        return labels_from_probs(self.image_probabilities(image, tta=tta, tile_size=tile_size))
+        return self.decide(self.image_probabilities(image, tta=tta, tile_size=tile_size))
+
+    def decide(self, probs: torch.Tensor) -> np.ndarray:
+        """Probabilities ``C x H x W`` -> what :meth:`predict` returns."""
+        return self.task.decide(probs, self.thresholds).cpu().numpy()
 
     def predict_file(
         self,
@@ -358,7 +378,8 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return (
-            f"Segmenter(classes={self.classes.names}, in_channels={self.in_channels}, "
+            f"Segmenter(classes={self.classes.names}, task={self.task.name}, "
+            f"in_channels={self.in_channels}, "
             f"device={self.device}, precision={self.precision}, tile_size={self.tile_size}, "
             f"tta={self.tta})"
         )

@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from unet_resnet.checkpoint import save_checkpoint, save_state_dict_checkpoint
 from unet_resnet.io import atomic_path
-from unet_resnet.visualize import colorize, display_rgb
+from unet_resnet.visualize import colorize, display_rgb, overlay
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -314,8 +314,8 @@ class ValidationImages(L.Callback):
         for image, pred, mask in list(zip(images, preds, masks, strict=True))[: self.max_images]:
             raw = image.float().cpu().numpy() * std + mean
             shown = display_rgb(np.moveaxis(raw, 0, -1))
-            truth = colorize(mask.cpu().numpy(), meta.classes.colors, meta.classes.ignore_index)
-            guess = colorize(pred.cpu().numpy(), meta.classes.colors, meta.classes.ignore_index)
+            truth = _paint(mask.cpu().numpy(), meta.classes)
+            guess = _paint(pred.cpu().numpy(), meta.classes)
             rows.append(np.concatenate([shown, truth, guess], axis=1))
         grid = np.concatenate(rows, axis=0)
         experiment.add_image(
@@ -323,6 +323,14 @@ class ValidationImages(L.Callback):
             torch.from_numpy(grid).permute(2, 0, 1),
             global_step=trainer.current_epoch,
         )
+
+
+def _paint(mask: np.ndarray, classes) -> np.ndarray:
+    """Class indices, or multilabel planes (overlaps in mixed colours), as RGB."""
+    if mask.ndim == 3:
+        black = np.zeros((*mask.shape[1:], 3), dtype=np.uint8)
+        return overlay(black, mask, classes.colors, alpha=1.0)
+    return colorize(mask, classes.colors, classes.ignore_index)
 
 
 class DistributedConsistency(L.Callback):

@@ -26,6 +26,7 @@ from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import PRECISION_ALIASES, Precision
 from unet_resnet.losses import LossName
 from unet_resnet.models.unet import UpsamplingMethod
+from unet_resnet.task import TaskName, check_thresholds
 from unet_resnet.training.loggers import check_logger_names
 
 __all__ = [
@@ -80,6 +81,12 @@ class TrainConfig:
     num_classes: int | None = opt(None, "needed when DATA has no classes.json", group="data")
     out: str = opt("runs/train", "run folder", group="run")
     image_size: int | str = opt(256, 'training crop: side, or "H,W" for wide crops', group="data")
+    task: TaskName = opt(
+        "multiclass",
+        "multiclass: one class per pixel (softmax); multilabel: overlapping classes, one "
+        "binary mask per class (a sigmoid each), see docs/data.md",
+        group="data",
+    )
     augment: AugmentPreset = opt(
         "auto",
         "augmentation preset; auto = light (crops, flips) for short schedules or small "
@@ -180,6 +187,12 @@ class TrainConfig:
     )
     class_weights: list[float] | str | None = opt(
         None, 'list, or "balanced" (median frequency)', group="optim"
+    )
+    thresholds: list[float] | str | None = opt(
+        None,
+        "multilabel: per-class decision thresholds (one value, or one per class; default "
+        '0.5), or "tune" to choose each on the validation split; saved in the checkpoint',
+        group="optim",
     )
     accumulate_grad_batches: int = opt(
         1, "sum gradients over this many batches per optimiser step", group="trainer"
@@ -306,6 +319,7 @@ class TrainConfig:
             raise ConfigError(
                 f"Invalid --class-weights {self.class_weights}: finite and >= 0 each."
             )
+        self._check_task()
         volume_flags = self.context_slices or self.modality != "none" or self.target_spacing
         if volume_flags and self.dataset != "nifti":
             raise ConfigError(
@@ -333,6 +347,34 @@ class TrainConfig:
             check_encoder_name(self.encoder)
         except ConfigError as exc:
             raise ConfigError(f"Invalid --encoder: {exc}") from None
+
+    def _check_task(self) -> None:
+        from unet_resnet.losses import LOSSES
+
+        if self.loss not in LOSSES[self.task]:
+            raise ConfigError(
+                f"--loss {self.loss} is not available for --task {self.task}. Choose one of: "
+                f"{', '.join(LOSSES[self.task])}."
+            )
+        if isinstance(self.thresholds, str) and self.thresholds != "tune":
+            try:
+                self.thresholds = [float(v) for v in self.thresholds.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"Invalid --thresholds {self.thresholds!r}: numbers between 0 and 1 "
+                    'separated by commas (one, or one per class), or "tune".'
+                ) from None
+        if isinstance(self.thresholds, int | float):
+            self.thresholds = [float(self.thresholds)]
+        if self.thresholds is None:
+            return
+        if self.task != "multilabel":
+            raise ConfigError(
+                "--thresholds applies to --task multilabel; a multiclass model takes the most "
+                "likely class."
+            )
+        if isinstance(self.thresholds, list):
+            check_thresholds(self.thresholds, len(self.thresholds))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

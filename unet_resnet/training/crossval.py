@@ -46,6 +46,11 @@ def cross_validate(config: TrainConfig, *, progress: bool = True) -> CrossValida
 
     if config.folds < 2:
         raise ConfigError(f"cross-validate needs --folds of at least 2, got {config.folds}.")
+    if config.task != "multiclass":
+        raise ConfigError(
+            "cross-validate pools one confusion matrix over the folds (multiclass); for "
+            "--task multilabel train each fold with `unet-resnet train --folds K --fold k`."
+        )
     out = Path(config.out)
     splits = config.splits or str(out / "splits.json")
     results, confusion, rows, per_fold = [], None, [], []

@@ -61,6 +61,8 @@ class SegmentationDataModule(L.LightningDataModule):
             rule (``ct``: fitted on the training foreground; ``mr``: per-case z-score;
             ``none``: as stored). ``volume_options()`` is what the checkpoint keeps.
         epochs: the schedule's length, for ``augment="auto"``.
+        task: ``multiclass`` (class-index masks) or ``multilabel`` (per-class masks,
+            :mod:`unet_resnet.data.multilabel`; ``C x H x W`` targets).
     """
 
     def __init__(
@@ -92,11 +94,14 @@ class SegmentationDataModule(L.LightningDataModule):
         modality: str = "none",
         target_spacing: float | None = None,
         epochs: int | None = None,
+        task: str = "multiclass",
     ) -> None:
         super().__init__()
         self.root = Path(data)
-        get_layout(dataset)  # an unknown layout fails here, naming the valid ones
+        # An unknown layout, or one that cannot read the task, fails here naming the valid ones.
+        get_layout(dataset, SplitOptions(task=task))
         self.dataset_format = dataset
+        self.task = task
         self.num_classes = num_classes
         self.image_size = image_size
         self.batch_size = batch_size
@@ -145,6 +150,7 @@ class SegmentationDataModule(L.LightningDataModule):
             context_slices=self.context_slices,
             intensity=self.intensity,
             target_spacing=self.target_spacing,
+            task=self.task,
         )
 
     def volume_options(self) -> dict | None:
@@ -266,6 +272,9 @@ class SegmentationDataModule(L.LightningDataModule):
         counts = np.zeros(self.classes.num_classes, dtype=np.int64)
         for index in range(len(self.train_set)):
             mask = self.train_set.load(index)[1]
+            if mask.ndim == 3:  # multilabel planes: pixels of each class
+                counts += (mask == 1).reshape(mask.shape[0], -1).sum(1)
+                continue
             valid = mask[(mask >= 0) & (mask < self.classes.num_classes)]
             counts += np.bincount(valid, minlength=self.classes.num_classes)
         return counts

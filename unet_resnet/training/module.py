@@ -18,8 +18,9 @@ import torch
 from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import UnetResnetError
 from unet_resnet.losses import build_loss
-from unet_resnet.metrics import SegmentationMetrics
+from unet_resnet.metrics import ThresholdTuner, build_metrics
 from unet_resnet.models import UNetWithResnet50Encoder
+from unet_resnet.task import check_thresholds, get_task
 
 __all__ = ["SegmentationModule", "TrainingDivergedError"]
 
@@ -35,8 +36,12 @@ class SegmentationModule(L.LightningModule):
         meta: the checkpoint metadata (model config, classes, normalisation, image size); it
             is saved in every checkpoint so prediction needs only the file.
         encoder_weights: initial encoder weights ("imagenet", a path, or None).
-        loss: see :func:`unet_resnet.losses.build_loss`.
+        loss: see :func:`unet_resnet.losses.build_loss` (for the task in ``meta``).
         class_weights: per-class loss weights, or None.
+        thresholds: multilabel: per-class decision thresholds (None = 0.5 each), or
+            ``"tune"``: after each validation the thresholds with the best IoU per class on
+            it (:class:`~unet_resnet.metrics.ThresholdTuner`) go into ``meta.thresholds``, so
+            the checkpoints carry them; validation scores are then at those thresholds.
         optimizer: "adam" (the guide's), "adamw" or "sgd".
         lr, weight_decay, momentum: optimiser settings.
         scheduler: "cosine" (linear warmup then cosine decay, per step), "poly", "onecycle",
@@ -54,6 +59,7 @@ class SegmentationModule(L.LightningModule):
         encoder_weights: str | None = "imagenet",
         loss: str = "ce",
         class_weights: list[float] | None = None,
+        thresholds: list[float] | str | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -73,14 +79,33 @@ class SegmentationModule(L.LightningModule):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         classes = self.meta.classes
+        self.task = get_task(self.meta.task)
         self.criterion = build_loss(
-            loss, ignore_index=classes.ignore_index, class_weights=class_weights
+            loss,
+            ignore_index=classes.ignore_index,
+            class_weights=class_weights,
+            task=self.task.name,
         )
-        self.val_metrics = SegmentationMetrics(
-            classes.num_classes, ignore_index=classes.ignore_index, class_names=classes.names
+        if isinstance(thresholds, list | tuple):
+            self.meta.thresholds = check_thresholds(thresholds, classes.num_classes)
+        self.tuner = (
+            ThresholdTuner(classes.num_classes, ignore_index=classes.ignore_index)
+            if thresholds == "tune"
+            else None
         )
+        self.val_metrics = self._metrics()
         self.last_val_scores: dict[str, Any] | None = None
         self._val_batch_for_images: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _metrics(self):
+        classes = self.meta.classes
+        return build_metrics(
+            self.task.name,
+            classes.num_classes,
+            ignore_index=classes.ignore_index,
+            class_names=classes.names,
+            thresholds=self.meta.thresholds,
+        )
 
     # Steps ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,17 +149,27 @@ class SegmentationModule(L.LightningModule):
             sync_dist=True,
             batch_size=images.shape[0],
         )
-        self.val_metrics.update(logits.float(), masks)
+        if self.tuner is not None:
+            self.tuner.update(logits.float(), masks)
+        else:
+            self.val_metrics.update(logits.float(), masks)
         if batch_idx == 0:
-            self._val_batch_for_images = (
-                images[:8].detach(),
-                logits[:8].detach().argmax(1),
-                masks[:8],
-            )
+            probs = self.task.activate(logits[:8].detach())
+            preds = torch.stack([self.task.decide(p, self.meta.thresholds) for p in probs])
+            self._val_batch_for_images = (images[:8].detach(), preds, masks[:8])
 
     def on_validation_epoch_end(self) -> None:
-        scores = self.val_metrics.compute()  # synchronised across processes by torchmetrics
-        self.val_metrics.reset()
+        if self.tuner is not None:
+            # Thresholds chosen on this validation pass; the scores at them come from the
+            # tuner's counts (a fixed-size state, synchronised like any torchmetrics metric).
+            thresholds = self.tuner.best()
+            if not self.trainer.sanity_checking:
+                self.meta.thresholds = thresholds
+            scores = self.tuner.scores_at(thresholds, self.meta.classes.names)
+            self.tuner.reset()
+        else:
+            scores = self.val_metrics.compute()  # synchronised across processes by torchmetrics
+            self.val_metrics.reset()
         self.last_val_scores = scores
         if self.trainer.sanity_checking:
             return

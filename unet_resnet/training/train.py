@@ -26,6 +26,7 @@ from unet_resnet.errors import ConfigError, OutputExistsError
 from unet_resnet.hardware import resolve_train_precision
 from unet_resnet.io import remove_partials
 from unet_resnet.models.encoders import encoder_mean_std
+from unet_resnet.task import check_thresholds
 from unet_resnet.training.callbacks import (
     AtomicCheckpointIO,
     DistributedConsistency,
@@ -275,11 +276,18 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         image_size=config.image_size,
         image_dtype=data.image_dtype,
         volume=data.volume_options(),
+        task=config.task,
     )
+    thresholds = config.thresholds
+    if isinstance(thresholds, list):
+        try:
+            thresholds = check_thresholds(thresholds, classes.num_classes)
+        except ConfigError as exc:
+            raise ConfigError(f"--thresholds: {exc}") from None
     module = SegmentationModule(
         meta.to_dict(),
         encoder_weights=encoder_weights,
-        **{**config.group("optim"), "class_weights": class_weights},
+        **{**config.group("optim"), "class_weights": class_weights, "thresholds": thresholds},
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = dataclasses.replace(config, augment=data.augment_chosen)
