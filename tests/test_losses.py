@@ -74,3 +74,56 @@ def test_all_ignored_batch_is_zero_not_nan(name):
 def test_unknown_loss_lists_choices():
     with pytest.raises(ValueError, match="ce, dice, ce_dice, focal, lovasz, tversky"):
         build_loss("hinge")
+
+
+# Multilabel: N x C x H x W targets of 0/1 with ignore_index, a sigmoid per class -----------
+ML_NAMES = ["bce", "dice", "bce_dice", "tversky", "ce", "ce_dice"]
+
+
+def _ml_batch(seed=0, c=3):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, c, 8, 8, generator=g, requires_grad=True)
+    target = torch.randint(0, 2, (2, c, 8, 8), generator=g)
+    target[:, 1, :2] = 255  # class 1 unlabelled in two rows; the others labelled there
+    return logits, target
+
+
+@pytest.mark.parametrize("name", ML_NAMES)
+def test_multilabel_ignore_is_per_class(name):
+    logits, target = _ml_batch()
+    loss = build_loss(name, task="multilabel")(logits, target)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert logits.grad[:, 1, :2].abs().max() == 0  # the ignored class there: no gradient
+    assert logits.grad[:, 0, :2].abs().max() > 0  # the labelled classes there: gradient
+
+
+@pytest.mark.parametrize("name", ML_NAMES)
+def test_multilabel_overlapping_truth_is_reachable(name):
+    target = torch.zeros(1, 2, 8, 8, dtype=torch.long)
+    target[0, :, 2:6, 2:6] = 1  # both classes on the same pixels
+    perfect = (target.float() * 2 - 1) * 50
+    wrong = -perfect
+    loss = build_loss(name, task="multilabel")
+    assert loss(perfect, target) < 1e-3 < loss(wrong, target)
+
+
+def test_bce_equals_torch_on_labelled_pixels_and_weights_scale_classes():
+    logits, target = _ml_batch(1)
+    valid = target != 255
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[valid], target[valid].float()
+    )
+    torch.testing.assert_close(build_loss("bce", task="multilabel")(logits, target), expected)
+    weighted = build_loss("bce", task="multilabel", class_weights=[0.0, 0.0, 1.0])
+    only_last = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:, 2], target[:, 2].float()
+    )
+    torch.testing.assert_close(weighted(logits, target), only_last)
+
+
+def test_losses_without_a_multilabel_form_are_refused():
+    with pytest.raises(ValueError, match="not available for the multilabel task.*bce"):
+        build_loss("lovasz", task="multilabel")
+    with pytest.raises(ValueError, match="not available for the multiclass task"):
+        build_loss("bce")

@@ -136,3 +136,49 @@ def test_summary_counts_misses_and_false_alarms():
     assert summary["dice"]["mean"] == pytest.approx(0.5)
     assert summary["dice"]["median"] == pytest.approx(0.5)
     assert summary["hd95"]["std"] == pytest.approx(np.std([0, 300, 6], ddof=1))
+
+
+# Multilabel ------------------------------------------------------------------------------
+def test_multilabel_scores_each_class_on_its_own_pixels():
+    from unet_resnet.metrics import MultilabelSegmentationMetrics
+
+    truth = torch.zeros(1, 2, 4, 4, dtype=torch.long)
+    truth[0, 0, :2] = 1  # class a: rows 0-1
+    truth[0, 1, 1:3] = 1  # class b: rows 1-2 (overlaps a on row 1)
+    truth[0, 1, 3] = 255  # class b unlabelled on row 3
+    pred = torch.zeros_like(truth)
+    pred[0, 0, :2] = 1  # a exact
+    pred[0, 1, :2] = 1  # b: row 1 right, row 0 false alarm, row 2 missed
+    pred[0, 1, 3] = 1  # on an ignored row: counts for nothing
+    metric = MultilabelSegmentationMetrics(2, class_names=["a", "b"])
+    metric.update(pred, truth)
+    scores = metric.compute()
+    assert scores["per_class"]["a"]["iou"] == 1.0
+    assert scores["per_class"]["b"]["iou"] == pytest.approx(4 / 12)
+    assert scores["per_class"]["b"]["dice"] == pytest.approx(8 / 16)
+    assert scores["per_class"]["b"]["support"] == 8
+    assert scores["miou"] == pytest.approx((1 + 4 / 12) / 2)
+    assert scores["pixel_accuracy"] == pytest.approx((16 + 4) / 28)
+    # Logits go through a sigmoid and each class's own threshold.
+    logits = torch.where(pred == 1, 1.0, -1.0)  # sigmoid 0.73 / 0.27
+    strict = MultilabelSegmentationMetrics(2, class_names=["a", "b"], thresholds=[0.5, 0.8])
+    strict.update(logits, truth)
+    assert strict.compute()["per_class"]["b"]["iou"] == 0.0  # nothing predicted, 8 missed
+
+
+def test_threshold_tuner_picks_the_best_iou_per_class():
+    from unet_resnet.metrics import ThresholdTuner
+
+    truth = torch.zeros(1, 2, 1, 10, dtype=torch.long)
+    truth[0, :, 0, :5] = 1
+    probs = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.35, 0.3, 0.2, 0.1, 0.1, 0.1])
+    # class 0: positives down to 0.35, negatives at most 0.3 -> best cut in (0.3, 0.35]
+    # class 1: everything certain -> every threshold ties, 0.5 is kept
+    logits = torch.stack([torch.logit(probs), torch.where(truth[0, 1, 0] == 1, 9.0, -9.0)])
+    tuner = ThresholdTuner(2)
+    tuner.update(logits[None, :, None], truth)
+    best = tuner.best()
+    assert best == [0.35, 0.5]
+    scores = tuner.scores_at(best, ["x", "y"])
+    assert scores["per_class"]["x"]["iou"] == 1.0 and scores["thresholds"] == best
+    assert tuner.scores_at([0.5, 0.5], ["x", "y"])["per_class"]["x"]["iou"] == 0.8

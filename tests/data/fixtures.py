@@ -128,7 +128,9 @@ def make_multilabel(
                     write_gray(root / split / "masks" / name / f"img{k}.png", plane * 255)
             else:
                 (root / split / "masks").mkdir(parents=True, exist_ok=True)
-                tifffile.imwrite(root / split / "masks" / f"img{k}.tif", planes)
+                tifffile.imwrite(
+                    root / split / "masks" / f"img{k}.tif", planes, photometric="minisblack"
+                )
     (root / "classes.json").write_text(
         json.dumps({"names": ["outer", "inner"], "colors": [[255, 0, 0], [0, 0, 255]]})
     )

@@ -173,3 +173,26 @@ def test_training_on_coco(roboflow, tmp_path):
     result = train(config)
     _, meta = load_checkpoint(result.best_checkpoint)
     assert meta.classes.names == ["background", "road", "car"]
+
+
+def test_multilabel_keeps_overlapping_instances_of_both_categories(roboflow):
+    root, expected = roboflow
+    dataset = open_split(root, "train", "coco", SplitOptions(task="multilabel"))
+    assert dataset.classes.names == ["road", "car"]  # no background plane
+    assert dataset.classes.colors == [(0x80, 0x40, 0x80), (0x00, 0x00, 0x8E)]
+    _, planes = dataset.load(0)
+    assert planes.shape == (2, H, W)
+    road = np.zeros((H, W), np.int64)
+    road[3:25, 2:30] = 1  # the whole large square, also under the car
+    car = np.zeros((H, W), np.int64)
+    car[10:15, 10:16] = 1
+    np.testing.assert_array_equal(planes[0], road)
+    np.testing.assert_array_equal(planes[1], car)
+    _, planes = dataset.load(1)
+    # The crowd region (category road) is unknown for road only; car is labelled there.
+    assert (planes[0, 0:4, 0:6] == 255).all() and (planes[1, 0:4, 0:6] == 0).all()
+    single = expected["train"]["img1.png"]
+    np.testing.assert_array_equal(planes[1] == 1, single == 2)
+    report = check_layout(root, "coco", SplitOptions(task="multilabel"), progress=False)
+    assert report.ok, report.summary()
+    assert report.splits["train"].class_pixels.tolist()[1] > 0

@@ -15,6 +15,12 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-classes", type=int, default=None, help="needed when DATA has no classes.json"
     )
     parser.add_argument("--dataset", default="folder", choices=checkable_layouts())
+    parser.add_argument(
+        "--task",
+        default="multiclass",
+        choices=("multiclass", "multilabel"),
+        help="multilabel: per-class masks (masks/CLASSNAME/NAME.png or a band per class)",
+    )
     parser.add_argument("--window", type=int, default=512, help="raster: window side")
     parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
     parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
@@ -39,6 +45,7 @@ def check_data(args: argparse.Namespace) -> int:
         annotations=args.annotations,
         labels=args.labels,
         label_field=args.label_field,
+        task=args.task,
     )
     report = check_layout(args.data, args.dataset, options, progress=not args.quiet)
     print(report.summary())

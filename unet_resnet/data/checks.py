@@ -172,6 +172,13 @@ def check_dataset(
         if not pairs:
             report.error(f"Split '{split}' is empty: no images in {root / split / 'images'}.")
             continue
+        masks = root / split / "masks"
+        folders = sorted(p.name for p in masks.iterdir() if p.is_dir()) if masks.is_dir() else []
+        if folders:
+            report.error(
+                f"{masks} holds folders ({', '.join(folders)}): per-class masks are read with "
+                "--task multilabel."
+            )
         for image, mask in pairs:
             if mask is None:
                 report.error(
@@ -228,9 +235,9 @@ def check_multilabel(
                     f"{image.stem}.png for its classes, or {root / split / 'masks'}/"
                     f"{image.stem}.tif with one band per class)."
                 )
-        if not pairs or any(sources is None for _, sources in pairs):
+        if all(sources is None for _, sources in pairs):
             continue
-        dataset = MultiLabelFolder(root, split, classes=report.classes)
+        dataset = MultiLabelFolder(root, split, classes=report.classes, skip_unlabelled=True)
         check_samples(report, stats, split, dataset, dataset.describe, progress)
         all_channels.update(stats.channels)
     finish(report, all_channels)

@@ -132,6 +132,7 @@ class MultiLabelFolder(PairedSegmentationDataset):
         classes: ClassInfo | None = None,
         num_classes: int | None = None,
         transform: Transform | None = None,
+        skip_unlabelled: bool = False,
     ) -> None:
         root = Path(root)
         if not (root / split / "images").is_dir():
@@ -147,7 +148,9 @@ class MultiLabelFolder(PairedSegmentationDataset):
                 f"{root / split / 'images'} holds no images ({', '.join(IMAGE_SUFFIXES)})."
             )
         unlabelled = [image for image, sources in pairs if sources is None]
-        if unlabelled:
+        if skip_unlabelled:  # check-data reports them itself and reads the others
+            pairs = [(image, sources) for image, sources in pairs if sources is not None]
+        elif unlabelled:
             raise DataError(
                 f"{len(unlabelled)} image(s) in {root / split / 'images'} have no mask in any "
                 f"class folder or as a multi-band file in {root / split / 'masks'}, e.g. "

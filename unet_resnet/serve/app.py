@@ -26,6 +26,7 @@ from PIL import Image
 
 from unet_resnet._version import __version__
 from unet_resnet.errors import (
+    ConfigError,
     ImageReadError,
     ImageTooLargeError,
     InputShapeError,
@@ -101,6 +102,11 @@ def create_app(
     ``body_timeout_s`` for the whole body to arrive; ``workers + queue_size`` requests
     predicted or waiting, beyond that 503.
     """
+    if segmenter.task.overlapping:
+        raise ConfigError(
+            "The service returns one class per pixel; this is a multilabel model (overlapping "
+            "classes). Use `unet-resnet predict` (a band per class) or Segmenter.predict_proba."
+        )
     pool: dict[str, ThreadPoolExecutor] = {}
 
     def executor() -> ThreadPoolExecutor:
