@@ -28,6 +28,7 @@ from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.medical import case_name, is_dicom_series, is_volume
 from unet_resnet.errors import ConfigError, InputShapeError, OutputExistsError, UnetResnetError
 from unet_resnet.grid import chunk_margin, chunk_windows
+from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.inference.vectorize import VECTOR_FORMATS
 from unet_resnet.io import (
     IMAGE_SUFFIXES,
@@ -72,7 +73,13 @@ class ImagePredictor(Protocol):
 
     def predict(self, image: np.ndarray) -> np.ndarray: ...
 
-    def decide(self, probs: torch.Tensor) -> np.ndarray: ...
+    # Optional: ``decide(probs)`` (probabilities -> what ``predict`` returns) and ``task``;
+    # without them the predictor is multiclass (arg-max).
+
+
+def _decide(segmenter: ImagePredictor, probs: torch.Tensor) -> np.ndarray:
+    decide = getattr(segmenter, "decide", None)
+    return decide(probs) if decide is not None else labels_from_probs(probs)
 
 
 def _overlapping(segmenter: ImagePredictor) -> bool:
@@ -123,7 +130,7 @@ def predict_image_file(
             except InputShapeError as exc:
                 raise InputShapeError(f"{path_in}: {exc}") from None
             probs = probs[:, dy : dy + h, dx : dx + w]
-            part = segmenter.decide(probs)
+            part = _decide(segmenter, probs)
             if labels is None:
                 labels = np.empty((*part.shape[:-2], height, width), dtype=part.dtype)
             labels[..., top : top + h, left : left + w] = part
@@ -226,7 +233,7 @@ def predict_raster_file(
                 data = src.read(window=Window(l0, t0, rw, rh))
                 probs = segmenter.image_probabilities(np.moveaxis(data, 0, -1))
                 probs = probs[:, dy : dy + h, dx : dx + w]
-                labels = segmenter.decide(probs)
+                labels = _decide(segmenter, probs)
                 if src.nodata is not None:
                     core = data[:, dy : dy + h, dx : dx + w]
                     labels[..., np.all(core == src.nodata, axis=0)] = nodata_out
