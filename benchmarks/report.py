@@ -75,8 +75,14 @@ def format_results(results: dict[str, Any]) -> str:
             f"Whole training epoch (demo data, guide's model, {e['size']}x{e['size']}, batch "
             f"{e['batch']}): {e['epoch_s']:.1f} s for {e['steps_per_epoch']} steps of "
             f"{e['isolated_step_s']:.2f} s isolated = {e['epoch_throughput_vs_step']:.2f} of "
-            "the isolated step throughput",
+            "the isolated step throughput (steady epochs)",
         ]
+        if "run_epoch_throughput_vs_step" in e:
+            lines.append(
+                f"  with the run's final writes ({e['final_writes_s']:.1f} s, once per run) "
+                f"spread over its {e['epochs'] - 1} timed epochs: "
+                f"{e['run_epoch_throughput_vs_step']:.2f}"
+            )
     if "data" in results:
         d = results["data"]
         lines += [

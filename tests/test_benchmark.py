@@ -49,6 +49,7 @@ def test_quick_benchmark_run(tmp_path, capsys):
     assert results["data"]["images_per_s"] > 0
     epoch = results["epoch"]
     assert epoch["epoch_s"] > 0 and epoch["epoch_throughput_vs_step"] > 0
+    assert epoch["run_epoch_s"] > 0 and epoch["final_writes_s"] >= 0
     assert "Whole training epoch" in text
     engines = {(r["engine"], r["workers"]) for r in results["scale"]}
     assert engines == {("local", 1), ("ray", 1), ("ray", 2)} and "Prediction engines" in text

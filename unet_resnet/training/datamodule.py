@@ -287,7 +287,10 @@ class SegmentationDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.workers,
             persistent_workers=self.workers > 0,
-            drop_last=shuffle and len(dataset) > batch_size,
+            # Every image counts in every epoch (dropping a partial last batch cost 7% of the
+            # steps on a 111-image set, and quality at short schedules); only a lone last
+            # sample is dropped, as BatchNorm cannot train on one value per channel.
+            drop_last=shuffle and len(dataset) > batch_size and len(dataset) % batch_size == 1,
             collate_fn=partial(pad_collate, ignore_index=self.classes.ignore_index),
         )
 
