@@ -182,3 +182,15 @@ def test_check_data_cli_reads_per_class_masks(tmp_path, capsys):
     assert main(["check-data", str(data), "--task", "multilabel", "--quiet"]) == 0
     assert "No problems found" in capsys.readouterr().out
     assert main(["check-data", str(data), "--quiet"]) == 1  # read as class-index masks
+
+
+def test_shared_model_keeps_task_and_thresholds(trained, tmp_path):
+    from unet_resnet.hub import export_hf
+
+    _, result = trained
+    export_hf(result.best_checkpoint, tmp_path / "shared")
+    shared = Segmenter.from_pretrained(tmp_path / "shared")
+    local = Segmenter.from_checkpoint(result.best_checkpoint)
+    assert shared.task.name == "multilabel" and shared.thresholds == local.thresholds
+    image = np.random.default_rng(6).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(shared.predict(image), local.predict(image))
