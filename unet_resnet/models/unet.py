@@ -44,6 +44,20 @@ __all__ = [
 UpsamplingMethod = Literal["conv_transpose", "bilinear"]
 
 
+#: What a shared model's config.json carries besides the architecture (written from
+#: :attr:`UNetWithResnet50Encoder.hub_metadata`, read back into it).
+HUB_METADATA_KEYS = (
+    "classes",
+    "mean",
+    "std",
+    "image_size",
+    "image_dtype",
+    "volume",
+    "task",
+    "thresholds",
+)
+
+
 class ConvBlock(nn.Module):
     """Conv -> BatchNorm -> ReLU (the ReLU can be left out)."""
 
@@ -422,11 +436,7 @@ class UNetWithResnet50Encoder(
             raise WeightsFileError(
                 f"{model_id} does not load: {type(exc).__name__}: {str(exc)[:300]}"
             ) from None
-        model.hub_metadata = {
-            key: config[key]
-            for key in ("classes", "mean", "std", "image_size", "image_dtype", "volume")
-            if key in config
-        }
+        model.hub_metadata = {key: config[key] for key in HUB_METADATA_KEYS if key in config}
         return model.eval()
 
     def _check_input(self, x: torch.Tensor) -> None:
