@@ -194,3 +194,5 @@ def test_shared_model_keeps_task_and_thresholds(trained, tmp_path):
     assert shared.task.name == "multilabel" and shared.thresholds == local.thresholds
     image = np.random.default_rng(6).integers(0, 255, (40, 48, 3), dtype=np.uint8)
     np.testing.assert_array_equal(shared.predict(image), local.predict(image))
+    card = (tmp_path / "shared" / "README.md").read_text()
+    assert "Multilabel: classes may overlap" in card and str(local.thresholds) in card

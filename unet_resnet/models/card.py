@@ -103,6 +103,17 @@ def build_model_card(
         f"Semantic segmentation into {len(names)} classes with a U-Net on a `{encoder}` encoder "
         "(the U-Net of `unet-resnet`, after the guide's `UNetWithResnet50Encoder`).",
         "",
+        *(
+            [
+                "Multilabel: classes may overlap; each has its own sigmoid output and a pixel "
+                "has a class where its probability reaches the class's threshold "
+                f"({config.get('thresholds') or 'default 0.5'}); predictions are one binary "
+                "mask per class.",
+                "",
+            ]
+            if config.get("task") == "multilabel"
+            else []
+        ),
         "## Classes",
         "",
         "| index | name | colour |",
