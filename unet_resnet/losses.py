@@ -164,6 +164,8 @@ class DiceLoss(TverskyLoss):
 class CrossEntropyDiceLoss(nn.Module):
     """Cross-entropy + Dice, the usual choice for small structures (nnU-Net's default)."""
 
+    cross_entropy: type[nn.Module] = CrossEntropyLoss
+
     def __init__(
         self,
         ignore_index: int = 255,
@@ -171,7 +173,7 @@ class CrossEntropyDiceLoss(nn.Module):
         dice_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.ce = CrossEntropyLoss(ignore_index, class_weights)
+        self.ce = self.cross_entropy(ignore_index, class_weights)
         self.dice = DiceLoss(ignore_index, class_weights)
         self.dice_weight = dice_weight
 
@@ -182,14 +184,7 @@ class CrossEntropyDiceLoss(nn.Module):
 class BinaryCrossEntropyDiceLoss(CrossEntropyDiceLoss):
     """Binary cross-entropy + Dice for multilabel targets."""
 
-    def __init__(
-        self,
-        ignore_index: int = 255,
-        class_weights: Sequence[float] | None = None,
-        dice_weight: float = 1.0,
-    ) -> None:
-        super().__init__(ignore_index, class_weights, dice_weight)
-        self.ce = BinaryCrossEntropyLoss(ignore_index, class_weights)
+    cross_entropy = BinaryCrossEntropyLoss
 
 
 class FocalLoss(nn.Module):

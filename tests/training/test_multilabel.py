@@ -70,6 +70,11 @@ def test_tuned_thresholds_are_saved_and_used(trained):
     np.testing.assert_array_equal(planes[1], probs[1] >= 0.001)
 
 
+def test_thresholds_on_a_multiclass_model_are_refused(checkpoint):
+    with pytest.raises(ConfigError, match="multilabel models"):
+        Segmenter.from_checkpoint(checkpoint, thresholds=[0.5])
+
+
 def test_given_thresholds_are_checked_and_kept(tmp_path):
     data = make_multilabel(tmp_path / "data", np.random.default_rng(2), n_train=4, n_val=2)
     result = train(tiny_config(data, tmp_path / "run", task="multilabel", thresholds="0.3,0.7"))
@@ -95,6 +100,9 @@ def test_predict_writes_a_band_per_class_and_an_overlay(trained, tmp_path, capsy
     image = open_split(data, "val", "folder", SplitOptions(task="multilabel")).load(0)[0]
     np.testing.assert_array_equal(written, segmenter.predict(image))
     assert (out / "img0_overlay.png").is_file()
+    loose = tmp_path / "loose"
+    assert main([*args, "--out", str(loose), "--thresholds", "0.001"]) == 0
+    assert tifffile.imread(loose / "img0.tif").sum() >= written.sum()
     assert main([*args, "--out", str(tmp_path / "v"), "--vectorize"]) == 2
     assert "multilabel" in capsys.readouterr().err
 

@@ -20,6 +20,15 @@ def weights_arg(value: str) -> str | None:
     return None if value.lower() == "none" else value
 
 
+def _thresholds(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers between 0 and 1 separated by commas, got {value!r}"
+        ) from None
+
+
 def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
@@ -34,6 +43,13 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=0.25, help="fraction (<1) or pixels")
     parser.add_argument("--blend", default="gaussian", choices=BLENDS)
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument(
+        "--thresholds",
+        type=_thresholds,
+        default=None,
+        help="multilabel models: per-class decision thresholds (one value, or one per class) "
+        "instead of the checkpoint's",
+    )
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument("--tta-rotations", action="store_true", help="also 90-degree turns")
     parser.add_argument(
@@ -61,6 +77,7 @@ def segmenter_options(args: argparse.Namespace, progress: bool = False) -> dict:
         "tta_rotations": args.tta_rotations,
         "compile": args.compile,
         "progress": progress,
+        **({"thresholds": args.thresholds} if getattr(args, "thresholds", None) else {}),
     }
 
 

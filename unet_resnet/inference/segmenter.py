@@ -115,6 +115,11 @@ class Segmenter:
         self.in_channels = int(getattr(model, "in_channels", 3))
         self.num_classes = int(getattr(model, "n_classes", 0)) or None
         self.classes = classes or ClassInfo.generic(self.num_classes or 2)
+        if thresholds is not None and not self.task.overlapping:
+            raise ConfigError(
+                "Thresholds apply to multilabel models; this model takes the most likely "
+                "class per pixel."
+            )
         self.thresholds = check_thresholds(thresholds, self.classes.num_classes)
         if mean is None and self.in_channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
