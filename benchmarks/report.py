@@ -40,6 +40,26 @@ def format_results(results: dict[str, Any]) -> str:
         first = next((r["first_call_s"] for r in results["inference"] if "first_call_s" in r), None)
         if first is not None:
             lines.append(f"compiled: first call (compilation) {first:.1f} s, not in the rows above")
+    if results.get("isa"):
+        lines += [
+            "",
+            "CPU classes (ONEDNN_MAX_CPU_ISA caps, a process each, batch 1): default path vs "
+            "plain PyTorch",
+            f"{'class':<22}{'model':<14}{'size':>5}{'eager s':>9}{'autocast s':>11}"
+            f"{'default s':>10}{'of peak':>9}{'vs plain':>9}  chosen (build s)",
+        ]
+        groups: dict[tuple, dict[str, dict]] = {}
+        for r in results["isa"]:
+            groups.setdefault((r["cpu_class"], r["model"], r["size"]), {})[r["variant"]] = r
+        for (name, model, size), by in groups.items():
+            d, autocast = by["default"], by.get("autocast_bf16_cl")
+            lines.append(
+                f"{name:<22}{model:<14}{size:>5}{by['eager_fp32']['latency_p50_s']:>9.3f}"
+                f"{autocast['latency_p50_s'] if autocast else float('nan'):>11.3f}"
+                f"{d['latency_p50_s']:>10.3f}"
+                f"{d['fraction_of_bf16_peak']:>6.2f} {d['peak_dtype']}"
+                f"{d['speedup_vs_best_plain']:>8.2f}x  {d['chosen']} ({d['build_s']:.1f})"
+            )
     if results.get("encoders"):
         first = results["encoders"][0]
         lines += [

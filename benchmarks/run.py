@@ -5,8 +5,8 @@ minutes apart in the same process: the model's achieved GFLOP/s against a large 
 product, the fast path against plain eager fp32, our training step against the guide's plain
 loop, the data loader against the training step, tiled prediction against its tile count.
 
-python -m benchmarks.run [--only inference encoders training data tiling serve] [--compile]
-[--quick]
+python -m benchmarks.run [--only peak inference isa encoders training epoch data tiling serve
+scale] [--compile] [--quick]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from benchmarks.report import format_results, save_results
 SECTIONS = (
     "peak",
     "inference",
+    "isa",
     "encoders",
     "training",
     "epoch",
@@ -59,6 +60,12 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
             reps=2 if quick else 5,
             compile=compile,
             onnx=not quick,
+        )
+    if "isa" in sections:
+        from benchmarks.isa import bench_isa
+
+        results["isa"] = (
+            bench_isa(sizes=(64,), reps=1, models=("light_decoder",)) if quick else bench_isa()
         )
     if "encoders" in sections:
         from benchmarks.encoders import bench_encoders

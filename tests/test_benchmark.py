@@ -66,6 +66,42 @@ def test_quick_benchmark_run(tmp_path, capsys):
     assert within["ok"] + within["shed_503"] == within["requests"]
 
 
+def test_cpu_classes_each_run_under_their_own_isa_cap(tmp_path, capsys):
+    from benchmarks.common import cpu_info
+    from benchmarks.isa import CLASSES, classes_below
+
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--only", "isa", "--json", str(out)]) == 0
+    assert "CPU classes" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["isa"]
+    expected = classes_below(cpu_info()["flags"])
+    assert [r["cpu_class"] for r in rows if r["variant"] == "default"] == expected
+    for row in rows:
+        assert row["onednn_max_cpu_isa"] == CLASSES[row["cpu_class"]]
+        assert row["images_per_s"] > 0 and row["speedup_vs_best_plain"] > 0
+        if row["variant"] == "default":
+            assert row["build_s"] > 0 and row["choice_source"] == "measured"  # empty cache
+    # A cap below native bf16 reached the worker's oneDNN: no bf16 anywhere in that process.
+    for row in rows:
+        if row["cpu_class"] in ("avx512 (no bf16)", "avx2"):
+            assert row["variant"] != "autocast_bf16_cl" and row["peak_dtype"] == "fp32"
+            if row["variant"] == "default":
+                assert row["chosen"].startswith("fp32")
+
+
+def test_classes_below_a_cpu_are_those_its_flags_reach():
+    from benchmarks.isa import classes_below
+
+    amx = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert classes_below(amx) == ["native", "avx512_bf16 (no AMX)", "avx512 (no bf16)", "avx2"]
+    assert classes_below(["avx2", "avx512f", "avx512_bf16"]) == [
+        "native",
+        "avx512 (no bf16)",
+        "avx2",
+    ]
+    assert classes_below(["avx2"]) == ["native"]
+
+
 def test_load_test_only_targets_loopback():
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://10.0.0.1:8000", b"")
