@@ -314,6 +314,78 @@ def test_photometric_jitter_only_for_camera_images():
     assert not has_jitter(build_train_transform("strong", size=32, photometric=False))
 
 
+def test_orientation_rule():
+    from unet_resnet.data.transforms import choose_orientation
+
+    assert choose_orientation("uint8")[0] == "upright"  # may be a photo of an upright world
+    for dtype in ("uint16", "float32", "int16"):  # measurements: microscopy, CT/MR, reflectance
+        assert choose_orientation(dtype)[0] == "free"
+    orientation, why = choose_orientation("uint8", layout_upright=False)  # overhead, slices
+    assert orientation == "free" and "layout" in why
+
+
+def test_layouts_of_overhead_imagery_and_scans_have_no_up():
+    from unet_resnet.data.registry import LAYOUTS
+
+    assert {name for name, layout in LAYOUTS.items() if not layout.upright} == {"nifti", "raster"}
+
+
+@pytest.mark.parametrize("preset", ["light", "default"])
+def test_free_orientation_flips_top_bottom_too(preset):
+    from torchvision import tv_tensors
+
+    from unet_resnet.data.transforms import build_train_transform
+
+    # Each mask pixel holds its source row and column, so where they went after scaling,
+    # rotation (up to 15 degrees) and flips is read back from the mask.
+    rows = torch.arange(32).view(32, 1).expand(32, 32)
+    image = tv_tensors.Image(torch.zeros(1, 32, 32))
+    mask = tv_tensors.Mask(rows + 32 * rows.T)
+    out_rows = torch.arange(16.0).view(16, 1).expand(16, 16)
+
+    def direction(source: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether ``source`` grows along ``out`` (not flipped)."""
+        return bool(((source - source.mean()) * (out - out.mean())).sum() > 0)
+
+    def flips(orientation: str) -> set[tuple[bool, bool]]:
+        seen = set()
+        transform = build_train_transform(
+            preset, size=16, photometric=False, orientation=orientation
+        )
+        for seed in range(40):
+            torch.manual_seed(seed)
+            _, out = transform(image, mask)
+            valid = out != 255
+            if valid.sum() < 8:
+                continue
+            source = out[valid].float()
+            down = direction(source % 32, out_rows[valid])
+            right = direction(source // 32, out_rows.T[valid])
+            seen.add((down, right))
+        return seen
+
+    assert {down for down, _ in flips("upright")} == {True}  # never upside down
+    free = flips("free")
+    assert {down for down, _ in free} == {True, False} and {r for _, r in free} == {True, False}
+    with pytest.raises(ValueError, match="upright or free"):
+        build_train_transform(preset, size=16, orientation="auto")
+
+
+def test_auto_orientation_is_saved_with_its_reason(data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1))  # the demo data: 8-bit RGB PNGs
+    text = (out / "config.yaml").read_text()
+    assert yaml.safe_load(text)["orientation"] == "upright"
+    assert "orientation: auto -> upright" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["orientation"] == {
+        "asked": "auto",
+        "chosen": "upright",
+        "why": summary["orientation"]["why"],
+    }
+    assert "8-bit" in summary["orientation"]["why"]
+
+
 def test_auto_augment_is_saved_and_kept_on_resume(data, tmp_path, monkeypatch):
     from unet_resnet.data import transforms
 

@@ -126,19 +126,28 @@ class Layout:
     check: Checker | None = None
     #: reads per-class binary masks for ``task="multilabel"``
     multilabel: bool = False
+    #: its images have an up and a down (photos); False for overhead imagery and scan
+    #: slices, which ``orientation="auto"`` then also flips top-bottom
+    upright: bool = True
 
 
 LAYOUTS: dict[str, Layout] = {}
 
 
 def register_layout(
-    name: str, description: str, *, check: Checker | None = None, multilabel: bool = False
+    name: str,
+    description: str,
+    *,
+    check: Checker | None = None,
+    multilabel: bool = False,
+    upright: bool = True,
 ) -> Callable[[Opener], Opener]:
     """Register ``open`` as the opener of layout ``name`` (and ``check`` as its checker);
-    ``multilabel``: it also reads per-class masks (``SplitOptions.task == "multilabel"``)."""
+    ``multilabel``: it also reads per-class masks (``SplitOptions.task == "multilabel"``);
+    ``upright=False``: its images have no up and down (overhead imagery, scan slices)."""
 
     def register(opener: Opener) -> Opener:
-        LAYOUTS[name] = Layout(name, description, opener, check, multilabel)
+        LAYOUTS[name] = Layout(name, description, opener, check, multilabel, upright)
         return opener
 
     return register
@@ -265,6 +274,7 @@ def _open_cityscapes(root: Path, split: str, options: SplitOptions):
     "nifti",
     "DATA/{split}/{images,labels}/CASE.nii.gz volumes, read as 2D slices",
     check=_check_nifti,
+    upright=False,
 )
 def _open_nifti(root: Path, split: str, options: SplitOptions):
     from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
@@ -287,6 +297,7 @@ def _open_nifti(root: Path, split: str, options: SplitOptions):
     "DATA/{split}/{images,masks}/SCENE.tif large rasters, read in windows (or vector "
     "labels: --labels FILE --label-field NAME)",
     check=_check_raster,
+    upright=False,
 )
 def _open_raster(root: Path, split: str, options: SplitOptions):
     if not (root / split / "images").is_dir():

@@ -20,15 +20,20 @@ __all__ = [
     "AUTO_MIN_IMAGES",
     "AUTO_MIN_STEPS",
     "AugmentPreset",
+    "Orientation",
     "RandomBrightnessContrast",
     "RandomRot90",
     "RandomScaleCrop",
     "build_eval_transform",
     "build_train_transform",
     "choose_augment",
+    "choose_orientation",
 ]
 
 AugmentPreset = Literal["auto", "none", "light", "default", "strong"]
+#: Whether the images have an up and a down. ``upright`` (photos, street scenes): flips are
+#: left-right only; ``free`` (microscopy, overhead imagery, scan slices): also top-bottom.
+Orientation = Literal["auto", "upright", "free"]
 
 #: ``auto`` picks ``light`` below either threshold and ``default`` above both: scale and
 #: rotation augmentation pays off only when the schedule is long enough to learn through it
@@ -172,6 +177,26 @@ def choose_augment(n_images: int, steps: int) -> tuple[str, str]:
     )
 
 
+def choose_orientation(image_dtype: str, layout_upright: bool = True) -> tuple[str, str]:
+    """What ``orientation="auto"`` stands for, and why.
+
+    Images with no up and down get top-bottom flips as well as left-right ones (the plain
+    recipe nnU-Net, torchgeo and most microscopy pipelines use): layouts of overhead imagery
+    and scan slices (registered with ``upright=False``), and images that are not 8-bit, whose
+    values are measurements (16-bit microscopy, CT/MR, reflectance) rather than a photo's.
+    8-bit images in other layouts may be photos of an upright world (street scenes, people):
+    turning them upside down would teach the model scenes it never meets, so only left-right.
+    """
+    if not layout_upright:
+        return "free", "the layout holds overhead imagery or scan slices: flips both ways"
+    if image_dtype != "uint8":
+        return "free", (
+            f"{image_dtype} images are measurements (microscopy, scans, reflectance), not "
+            "photos with an up and a down: flips both ways"
+        )
+    return "upright", "8-bit images may be photos with an up and a down: left-right flips only"
+
+
 def build_train_transform(
     preset: AugmentPreset = "default",
     *,
@@ -180,34 +205,47 @@ def build_train_transform(
     std: Sequence[float] | None = None,
     ignore_index: int = 255,
     photometric: bool = True,
+    orientation: Orientation = "upright",
 ) -> v2.Compose:
     """The augmentation for training, ending in a ``size`` crop and normalisation.
 
     ``photometric=False`` leaves out brightness, contrast and noise: for data whose values
     are measurements (CT in Hounsfield units, reflectance, 16-bit microscopy) rather than a
-    camera's exposure. ``auto`` must be resolved first (:func:`choose_augment`).
+    camera's exposure. ``orientation="free"`` adds vertical flips to ``light`` and
+    ``default`` (images with no up and down). ``auto`` presets and orientations must be
+    resolved first (:func:`choose_augment`, :func:`choose_orientation`).
 
     Presets (the guide's recipe is ``default``):
 
     - ``none``: random crop/pad to ``size`` only.
-    - ``light``: + horizontal flip.
-    - ``default``: scale 0.5-2x, horizontal flip, rotation up to 15 degrees,
-      brightness/contrast 0.2.
+    - ``light``: + horizontal flip (+ vertical flip for ``free`` orientation).
+    - ``default``: scale 0.5-2x, horizontal flip (+ vertical for ``free``), rotation up to
+      15 degrees, brightness/contrast 0.2.
     - ``strong``: scale 0.5-2x, both flips, 90-degree turns, rotation up to 30 degrees,
       brightness/contrast 0.3, Gaussian noise.
     """
     size = _size2(size)
     fill = _fill(ignore_index)
     crop = v2.RandomCrop(size, pad_if_needed=True, fill=fill)
+    match orientation:
+        case "upright":
+            flips: list[v2.Transform] = [v2.RandomHorizontalFlip()]
+        case "free":
+            flips = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        case _:
+            raise ValueError(
+                f"Unknown orientation {orientation!r}: upright or free ('auto' is resolved by "
+                "choose_orientation() before this)."
+            )
     match preset:
         case "none":
             steps: list[v2.Transform] = [crop]
         case "light":
-            steps = [crop, v2.RandomHorizontalFlip()]
+            steps = [crop, *flips]
         case "default":
             steps = [
                 RandomScaleCrop(size, (0.5, 2.0), ignore_index),
-                v2.RandomHorizontalFlip(),
+                *flips,
                 v2.RandomApply([v2.RandomRotation(15, fill=fill)], p=0.5),
                 *([RandomBrightnessContrast(0.2, 0.2)] if photometric else []),
             ]

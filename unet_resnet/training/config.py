@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from unet_resnet.data.registry import layout_names
-from unet_resnet.data.transforms import AugmentPreset
+from unet_resnet.data.transforms import AugmentPreset, Orientation
 from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import PRECISION_ALIASES, Precision
 from unet_resnet.losses import LossName
@@ -91,6 +91,13 @@ class TrainConfig:
         "auto",
         "augmentation preset; auto = light (crops, flips) for short schedules or small "
         "datasets, default (+ scale, rotation, brightness/contrast) for long ones",
+        group="data",
+    )
+    orientation: Orientation = opt(
+        "auto",
+        "do the images have an up? upright: flips left-right only; free: also top-bottom; "
+        "auto = free for raster/volume layouts and images that are not 8-bit (microscopy, "
+        "scans, reflectance), else upright",
         group="data",
     )
     normalization: Normalization = opt(

@@ -22,7 +22,12 @@ from unet_resnet.data import (
     pad_collate,
 )
 from unet_resnet.data.registry import SplitOptions, check_layout, get_layout, open_split
-from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, choose_augment
+from unet_resnet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    choose_augment,
+    choose_orientation,
+)
 
 __all__ = ["SegmentationDataModule"]
 
@@ -42,6 +47,9 @@ class SegmentationDataModule(L.LightningDataModule):
             ``strong``); ``auto`` is resolved in :meth:`setup` by
             :func:`~unet_resnet.data.transforms.choose_augment` from the training set's size
             and the schedule (``epochs``), and the choice kept in ``augment_chosen``.
+        orientation: ``upright`` (left-right flips only), ``free`` (also top-bottom) or
+            ``auto``: :func:`~unet_resnet.data.transforms.choose_orientation` from the
+            layout and the images' dtype, kept in ``orientation_chosen``.
         normalization: ``imagenet``, ``dataset`` (statistics of the training images), or
             ``auto``: ImageNet for 8-bit 3-channel images with ImageNet weights, else dataset.
         pretrained: whether the encoder starts from ImageNet weights (for ``auto``).
@@ -75,6 +83,7 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size: int = 8,
         workers: int = 2,
         augment: str = "auto",
+        orientation: str = "auto",
         normalization: str = "auto",
         pretrained: bool = True,
         pretrained_stats: tuple[Sequence[float], Sequence[float]] | None = None,
@@ -107,6 +116,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.workers = workers
         self.augment = augment
+        self.orientation = orientation
         self.normalization = normalization
         self.pretrained = pretrained
         self.pretrained_stats = pretrained_stats
@@ -129,6 +139,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.epochs = epochs
         self.augment_chosen: str | None = None
         self.augment_reason = ""
+        self.orientation_chosen: str | None = None
+        self.orientation_reason = ""
         self.sampler = None
         self.classes: ClassInfo | None = None
         self.mean: list[float] | None = None
@@ -236,6 +248,11 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.augment == "auto":
             steps = (self.epochs or 0) * math.ceil(len(train) / self.batch_size)
             self.augment_chosen, self.augment_reason = choose_augment(len(train), steps)
+        self.orientation_chosen, self.orientation_reason = self.orientation, "chosen by the user"
+        if self.orientation == "auto":
+            self.orientation_chosen, self.orientation_reason = choose_orientation(
+                self.image_dtype, get_layout(self.dataset_format).upright
+            )
         # Brightness/contrast jitter models a camera's exposure: only for 8-bit images.
         photometric = self.image_dtype == "uint8"
         train.transform = build_train_transform(
@@ -245,6 +262,7 @@ class SegmentationDataModule(L.LightningDataModule):
             std=self.std,
             ignore_index=classes.ignore_index,
             photometric=photometric,
+            orientation=self.orientation_chosen,
         )
         for ds in (self.val_set, self.test_set):
             if ds is not None:

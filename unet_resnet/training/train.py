@@ -290,14 +290,21 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         **{**config.group("optim"), "class_weights": class_weights, "thresholds": thresholds},
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = dataclasses.replace(config, augment=data.augment_chosen)
+    saved = dataclasses.replace(
+        config, augment=data.augment_chosen, orientation=data.orientation_chosen
+    )
     if _launcher_rank() == 0:
         saved.save(
             run_dir / "config.yaml",
-            comment=f"augment: {config.augment} -> {data.augment_chosen} ({data.augment_reason})",
+            comment=(
+                f"augment: {config.augment} -> {data.augment_chosen} ({data.augment_reason})\n"
+                f"orientation: {config.orientation} -> {data.orientation_chosen} "
+                f"({data.orientation_reason})"
+            ),
         )
     if config.progress:
         print(f"augmentation: {data.augment_chosen} ({data.augment_reason})")
+        print(f"orientation: {data.orientation_chosen} ({data.orientation_reason})")
     val_every = config.val_every
     if val_every == "auto":
         # The plateau schedule steps on each epoch's validation score.
@@ -356,6 +363,11 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
                 "asked": config.augment,
                 "chosen": data.augment_chosen,
                 "why": data.augment_reason,
+            },
+            "orientation": {
+                "asked": config.orientation,
+                "chosen": data.orientation_chosen,
+                "why": data.orientation_reason,
             },
             "last_val": None
             if result.val_scores is None
