@@ -41,10 +41,12 @@ def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> fl
 
     from unet_resnet.hardware import cpu_has_fast_bf16
     from unet_resnet.models import UNetWithResnet50Encoder
+    from unet_resnet.training import use_gemm_convolutions
 
     torch.manual_seed(0)
     model = UNetWithResnet50Encoder(classes, encoder_weights=None).train()
     model = model.to(memory_format=torch.channels_last)
+    use_gemm_convolutions(model)  # the step as SegmentationModule runs it
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch, size, size))

@@ -94,7 +94,11 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
                     batch=4,
                     steps=2,
                     peak=peak,
-                    variants=("guide_plain_fp32", "channels_last_bf16_mixed"),
+                    variants=(
+                        "guide_plain_fp32",
+                        "channels_last_bf16_mixed",
+                        "gemm_channels_last_bf16_mixed",
+                    ),
                 )
             ),
         ]

@@ -23,8 +23,12 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
     if variant == "guide_plain_fp32":  # the guide's loop, verbatim
         optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
         autocast = False
-    else:  # what SegmentationModule does: channels_last, fused Adam, bf16 autocast
+    else:  # what SegmentationModule does: channels_last, GEMM convolutions, fused Adam, bf16
+        from unet_resnet.training import use_gemm_convolutions
+
         model = model.to(memory_format=torch.channels_last)
+        if variant.startswith("gemm_"):
+            use_gemm_convolutions(model)
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.001, fused=True)
         autocast = variant.endswith("bf16_mixed")
@@ -55,7 +59,12 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
     )
 
 
-VARIANTS = ("guide_plain_fp32", "channels_last_fp32", "channels_last_bf16_mixed")
+VARIANTS = (
+    "guide_plain_fp32",
+    "channels_last_fp32",
+    "channels_last_bf16_mixed",
+    "gemm_channels_last_bf16_mixed",
+)
 
 
 def bench_training(

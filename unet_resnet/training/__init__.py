@@ -2,6 +2,7 @@
 
 from unet_resnet.training.config import TrainConfig
 from unet_resnet.training.datamodule import SegmentationDataModule
+from unet_resnet.training.gemm_conv import use_gemm_convolutions
 from unet_resnet.training.module import SegmentationModule, TrainingDivergedError
 from unet_resnet.training.train import TrainResult, train
 
@@ -12,4 +13,5 @@ __all__ = [
     "TrainResult",
     "TrainingDivergedError",
     "train",
+    "use_gemm_convolutions",
 ]

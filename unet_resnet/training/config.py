@@ -219,6 +219,13 @@ class TrainConfig:
     channels_last: bool = opt(
         True, "NHWC memory format (faster convolutions on CPU and tensor cores)", group="optim"
     )
+    gemm_convolutions: bool = opt(
+        True,
+        "CPU: train 2x2 upsampling and convolutions over few pixels (the bridge) as matrix "
+        "products, where oneDNN's kernels are slow (docs/performance.md); false = PyTorch's "
+        "kernels everywhere",
+        group="optim",
+    )
     accelerator: str = opt("auto", "cpu | gpu | auto", group="trainer")
     devices: str = opt("auto", "number of devices, or auto", group="trainer")
     strategy: str = opt("auto", "auto | ddp | ddp_spawn | ...", group="trainer")

@@ -21,6 +21,7 @@ from unet_resnet.losses import build_loss
 from unet_resnet.metrics import ThresholdTuner, build_metrics
 from unet_resnet.models import UNetWithResnet50Encoder
 from unet_resnet.task import check_thresholds, get_task
+from unet_resnet.training.gemm_conv import use_gemm_convolutions
 
 __all__ = ["SegmentationModule", "TrainingDivergedError"]
 
@@ -49,6 +50,8 @@ class SegmentationModule(L.LightningModule):
         warmup_epochs: warmup length for "cosine".
         freeze_encoder_epochs: epochs to train the decoder only before unfreezing.
         channels_last: NHWC memory format, faster for convolutions on CPU and tensor cores.
+        gemm_convolutions: on CPU, the layers oneDNN trains slowly run as matrix products
+            (:mod:`unet_resnet.training.gemm_conv`); weights and state-dict keys unchanged.
         log_images_every: epochs between validation image grids in TensorBoard (0 = never).
     """
 
@@ -68,6 +71,7 @@ class SegmentationModule(L.LightningModule):
         warmup_epochs: float = 1.0,
         freeze_encoder_epochs: int = 0,
         channels_last: bool = True,
+        gemm_convolutions: bool = True,
         log_images_every: int = 5,
     ) -> None:
         super().__init__()
@@ -78,6 +82,8 @@ class SegmentationModule(L.LightningModule):
         )
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if gemm_convolutions:
+            use_gemm_convolutions(self.model)
         classes = self.meta.classes
         self.task = get_task(self.meta.task)
         self.criterion = build_loss(

@@ -1,0 +1,222 @@
+"""Training convolutions as matrix products where oneDNN's own kernels are slow.
+
+Profiling a bf16 training step of the guide's model on a CPU (docs/performance.md) found two
+kinds of layer far below the matrix-unit peak that the rest reach:
+
+- the **2x2, stride-2 transposed convolutions** that upsample in the decoder: oneDNN has no
+  fast backward-weights kernel for them and falls back to a generic one (0.05-0.2 of the
+  peak, a third of a second per step at 256x256, batch 8);
+- **3x3 convolutions over few pixels and many channels** (the bridge's 2048x2048 at 8x8):
+  the weight gradient reduces over only ``batch x H x W`` pixels into a 38M-value weight,
+  which oneDNN's direct kernels do at 0.16 of the peak, and every call re-lays the weight
+  out three times (forward, backward-data, backward-weights).
+
+Both are matrix products in disguise. A 2x2/stride-2 transposed convolution maps each input
+pixel to its own 2x2 output patch: one GEMM and a pixel shuffle. A stride-1 convolution is a
+GEMM over the ``kh x kw`` shifted copies of its input (im2col), cheap when there are few
+pixels. Here they are computed so, forward and backward, in whatever dtype autocast gives
+(bf16 GEMMs run on AMX/AVX-512 BF16 near the peak), with the weights read in their
+channels_last layout without a copy.
+
+:func:`use_gemm_convolutions` swaps the class of the matching layers of a model for training:
+parameters, names and state-dict keys are unchanged; evaluation (no gradients), GPUs and
+layers outside the rule run PyTorch's own convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GemmConv2d", "GemmConvTranspose2d", "gemm_rule", "use_gemm_convolutions"]
+
+#: A stride-1 convolution takes the GEMM path when the batch's output pixels are at most
+#: this share of its reduction size ``C_in x kh x kw`` (weight gradients over few pixels are
+#: what the direct kernels do slowly; above it oneDNN's direct kernels win). Measured per
+#: layer on AMX and AVX-512 BF16: docs/performance.md.
+PIXELS_PER_REDUCTION = 0.25
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``N x H x W x C`` contiguous (a free view of a channels_last tensor)."""
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _as_nchw(x_nhwc: torch.Tensor) -> torch.Tensor:
+    """The NCHW-shaped, channels_last view of an ``N x H x W x C`` tensor."""
+    return x_nhwc.permute(0, 3, 1, 2)
+
+
+def _im2col(x: torch.Tensor, kh: int, kw: int, ph: int, pw: int) -> torch.Tensor:
+    """``(N*Ho*Wo) x (kh*kw*C)`` rows of shifted input, in the (kh, kw, C) order of a
+    channels_last weight."""
+    n, h, w, c = x.shape
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    padded = F.pad(x, (0, 0, pw, pw, ph, ph))
+    cols = x.new_empty(n, ho, wo, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = padded[:, i : i + ho, j : j + wo, :]
+    return cols.view(n * ho * wo, kh * kw * c)
+
+
+def _col2im(cols: torch.Tensor, shape, kh: int, kw: int, ph: int, pw: int) -> torch.Tensor:
+    """The adjoint of :func:`_im2col`: sums each shifted copy back into place."""
+    n, h, w, c = shape
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    parts = cols.view(n, ho, wo, kh, kw, c)
+    padded = cols.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, i : i + ho, j : j + wo, :] += parts[:, :, :, i, j, :]
+    return padded[:, ph : ph + h, pw : pw + w, :]
+
+
+class _ConvGemm(torch.autograd.Function):
+    """Stride-1, zero-padded, ungrouped convolution as GEMMs (forward and backward)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ph: int, pw: int):
+        o, c, kh, kw = weight.shape
+        x_nhwc = _nhwc(x)
+        w2 = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)  # free if channels_last
+        cols = _im2col(x_nhwc, kh, kw, ph, pw)
+        out = cols @ w2.t() if bias is None else torch.addmm(bias, cols, w2.t())
+        n, h, w, _ = x_nhwc.shape
+        ctx.save_for_backward(x_nhwc, w2)
+        ctx.geometry = (weight.shape, ph, pw, bias is not None)
+        return _as_nchw(out.view(n, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1, o))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_nhwc, w2 = ctx.saved_tensors
+        (o, c, kh, kw), ph, pw, has_bias = ctx.geometry
+        g2 = _nhwc(grad).view(-1, o)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            cols_grad = g2 @ w2
+            grad_x = _as_nchw(_col2im(cols_grad, x_nhwc.shape, kh, kw, ph, pw))
+        if ctx.needs_input_grad[1]:
+            cols = _im2col(x_nhwc, kh, kw, ph, pw)  # recomputed: cheaper than keeping it
+            grad_w = (g2.t().contiguous() @ cols).view(o, kh, kw, c).permute(0, 3, 1, 2)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _ConvTranspose2x2Gemm(torch.autograd.Function):
+    """Transposed convolution with kernel == stride (no overlap) as one GEMM and a shuffle."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        c, o, kh, kw = weight.shape
+        x_nhwc = _nhwc(x)
+        n, h, w, _ = x_nhwc.shape
+        w2 = weight.permute(0, 2, 3, 1).reshape(c, kh * kw * o)  # columns in (kh, kw, O) order
+        y = x_nhwc.view(-1, c) @ w2
+        y = y.view(n, h, w, kh, kw, o).permute(0, 1, 3, 2, 4, 5).reshape(n, h * kh, w * kw, o)
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(x_nhwc, w2)
+        ctx.geometry = (weight.shape, bias is not None)
+        return _as_nchw(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_nhwc, w2 = ctx.saved_tensors
+        (c, o, kh, kw), has_bias = ctx.geometry
+        n, h, w, _ = x_nhwc.shape
+        g = _nhwc(grad).view(n, h, kh, w, kw, o).permute(0, 1, 3, 2, 4, 5)
+        g2 = g.reshape(n * h * w, kh * kw * o)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _as_nchw((g2 @ w2.t()).view(n, h, w, c))
+        if ctx.needs_input_grad[1]:
+            grad_w = (x_nhwc.view(-1, c).t() @ g2).view(c, kh, kw, o).permute(0, 3, 1, 2)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.view(-1, o).sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def _cast(dtype: torch.dtype | None, *tensors: torch.Tensor | None):
+    if dtype is None:
+        return tensors
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def _wants_gradients(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A CPU training call (GPU libraries have fast kernels for these layers)."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (x.requires_grad or weight.requires_grad)
+    )
+
+
+def gemm_rule(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv`` on input ``x`` takes the GEMM path: stride 1, no dilation or groups,
+    zero padding, and few output pixels for its reduction size (:data:`PIXELS_PER_REDUCTION`)."""
+    kh, kw = conv.kernel_size
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+        return False
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or kh * kw == 1:
+        return False
+    ph, pw = conv.padding
+    pixels = x.shape[0] * (x.shape[2] + 2 * ph - kh + 1) * (x.shape[3] + 2 * pw - kw + 1)
+    return pixels <= PIXELS_PER_REDUCTION * conv.in_channels * kh * kw
+
+
+class GemmConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose training calls over few pixels run as GEMMs (:func:`gemm_rule`)."""
+
+    def _conv_forward(self, x, weight, bias):
+        if x.dim() != 4 or not _wants_gradients(x, weight) or not gemm_rule(self, x):
+            return super()._conv_forward(x, weight, bias)
+        x, weight, bias = _cast(_autocast_dtype(x), x, weight, bias)
+        with torch.autocast(x.device.type, enabled=False):
+            return _ConvGemm.apply(x, weight, bias, *self.padding)
+
+
+class GemmConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with kernel == stride: training calls run as a GEMM + shuffle."""
+
+    def forward(self, x, output_size=None):
+        if output_size is not None or x.dim() != 4 or not _wants_gradients(x, self.weight):
+            return super().forward(x, output_size)
+        x, weight, bias = _cast(_autocast_dtype(x), x, self.weight, self.bias)
+        with torch.autocast(x.device.type, enabled=False):
+            return _ConvTranspose2x2Gemm.apply(x, weight, bias)
+
+
+def _transposed_fits(conv: nn.ConvTranspose2d) -> bool:
+    return (
+        conv.kernel_size == conv.stride
+        and conv.padding == (0, 0)
+        and conv.output_padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def use_gemm_convolutions(model: nn.Module) -> int:
+    """Give ``model``'s plain convolutions the GEMM training paths, in place; returns how
+    many layers were changed. Only the class changes (parameters, buffers, names, hooks and
+    state-dict keys stay), so checkpoints are unaffected."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = GemmConv2d
+            changed += 1
+        elif type(module) is nn.ConvTranspose2d and _transposed_fits(module):
+            module.__class__ = GemmConvTranspose2d
+            changed += 1
+    return changed
