@@ -51,10 +51,13 @@ def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> fl
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch, size, size))
 
+    bf16 = cpu_has_fast_bf16()
+    inputs = x.to(torch.bfloat16) if bf16 else x  # as SegmentationModule.forward does
+
     def step() -> None:
         optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_fast_bf16()):
-            loss = F.cross_entropy(model(x).float(), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(inputs).float(), y)
         loss.backward()
         optimizer.step()
 

@@ -97,7 +97,7 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
                     variants=(
                         "guide_plain_fp32",
                         "channels_last_bf16_mixed",
-                        "gemm_channels_last_bf16_mixed",
+                        "default_bf16_mixed",
                     ),
                 )
             ),

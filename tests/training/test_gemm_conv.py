@@ -195,3 +195,24 @@ def test_the_training_module_uses_them_unless_told_not_to():
     assert {GemmConv2d, GemmConvTranspose2d} <= kinds
     assert not {GemmConv2d, GemmConvTranspose2d} & {type(m) for m in off.model.modules()}
     assert list(on.model.state_dict()) == list(off.model.state_dict())
+
+
+def test_under_autocast_the_model_sees_the_autocast_dtype_throughout():
+    """The full-resolution skip (the input) would otherwise promote the decoder's widest
+    concatenation to fp32."""
+    from unet_resnet.checkpoint import CheckpointMeta
+    from unet_resnet.data import ClassInfo
+    from unet_resnet.models import UNetWithResnet50Encoder
+    from unet_resnet.training import SegmentationModule
+
+    config = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None).config
+    meta = CheckpointMeta(config, ClassInfo.generic(2)).to_dict()
+    module = SegmentationModule(meta, encoder_weights=None)
+    seen = []
+    last = module.model.up_blocks[-1]
+    last.register_forward_pre_hook(lambda m, args: seen.append([a.dtype for a in args]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module(torch.randn(2, 3, 32, 32))
+    assert seen == [[torch.bfloat16, torch.bfloat16]]
+    module(torch.randn(2, 3, 32, 32))  # without autocast nothing is cast
+    assert seen[-1] == [torch.float32, torch.float32]

@@ -115,6 +115,11 @@ class SegmentationModule(L.LightningModule):
 
     # Steps ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # The decoder's last skip is the input itself: left in fp32, it would promote the
+            # largest activation of the network (the full-resolution concatenation) to fp32,
+            # forward and backward. The first convolution casts it anyway: same values.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
