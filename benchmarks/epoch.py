@@ -39,7 +39,7 @@ class _EpochClock(L.Callback):
 def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> float:
     import torch.nn.functional as F
 
-    from unet_resnet.hardware import cpu_has_fast_bf16
+    from unet_resnet.hardware import cpu_has_fast_bf16, keep_freed_memory
     from unet_resnet.models import UNetWithResnet50Encoder
     from unet_resnet.training import use_gemm_convolutions
 
@@ -61,7 +61,8 @@ def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> fl
         loss.backward()
         optimizer.step()
 
-    return statistics.median(timeit(step, reps=reps))
+    with keep_freed_memory():  # as train() runs the steps
+        return statistics.median(timeit(step, reps=reps))
 
 
 def bench_epoch(

@@ -44,7 +44,10 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
         loss.backward()
         optimizer.step()
 
-    times = timeit(step, reps=steps)
+    from unet_resnet.hardware import keep_freed_memory
+
+    with keep_freed_memory(variant.startswith("default_")):  # as train() runs the steps
+        times = timeit(step, reps=steps)
     peak_mb = peak_rss_mb()
     from torch.utils.flop_counter import FlopCounterMode
 

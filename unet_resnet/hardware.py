@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import os
+import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -17,6 +21,7 @@ __all__ = [
     "cache_dir",
     "cpu_has_fast_bf16",
     "cpu_signature",
+    "keep_freed_memory",
     "resolve_device",
     "resolve_train_precision",
 ]
@@ -116,3 +121,45 @@ def resolve_train_precision(precision: str, accelerator: str = "auto") -> str:
         )
         precision = auto_precision("cuda" if use_cuda else "cpu")
     return _LIGHTNING[precision]
+
+
+# glibc's mallopt parameters (malloc.h) and its defaults, restored afterwards.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.malloc_trim.argtypes = [ctypes.c_int] * 2, [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, memory freed by the process is kept for reuse (glibc on Linux).
+
+    glibc serves every large block (a tensor of more than a few hundred KB) with a fresh
+    ``mmap`` and unmaps it when freed, so the next training step touches all its activations
+    as new pages: measured on the guide's model at 256x256, batch 8, about 930,000 page faults
+    per step, a quarter of the step's time. Here large blocks come from the heap and freed
+    memory stays there (peak memory about 10-25% higher); on leaving, the defaults are set
+    back and the unused memory is returned to the system. Yields whether it took effect (False
+    when ``enabled`` is False or the C library is not glibc)."""
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)

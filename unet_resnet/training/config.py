@@ -226,6 +226,13 @@ class TrainConfig:
         "kernels everywhere",
         group="optim",
     )
+    keep_freed_memory: bool = opt(
+        True,
+        "Linux: keep memory freed between steps for reuse instead of handing it back to the "
+        "system (1.4x faster CPU steps, about 10-25% more peak memory; returned when "
+        "training ends)",
+        group="run",
+    )
     accelerator: str = opt("auto", "cpu | gpu | auto", group="trainer")
     devices: str = opt("auto", "number of devices, or auto", group="trainer")
     strategy: str = opt("auto", "auto | ddp | ddp_spawn | ...", group="trainer")
@@ -506,7 +513,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
             kwargs["type"] = _parse_optional(kind) if type(None) in get_args(annotation) else kind
         if f.name == "resume":
             kwargs.update(nargs="?", const="last")
-        parser.add_argument(flag, help=default, **kwargs)
+        # argparse %-formats help texts: a literal "%" in one ("10% of") must be doubled.
+        parser.add_argument(flag, help=default.replace("%", "%%"), **kwargs)
 
 
 def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:

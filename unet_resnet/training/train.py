@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
 from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import ConfigError, OutputExistsError
-from unet_resnet.hardware import resolve_train_precision
+from unet_resnet.hardware import keep_freed_memory, resolve_train_precision
 from unet_resnet.io import remove_partials
 from unet_resnet.models.encoders import encoder_mean_std
 from unet_resnet.task import check_thresholds
@@ -324,7 +324,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*not supported by the model summary.*")
         try:
-            trainer.fit(module, datamodule=data, ckpt_path=resume_path)
+            with keep_freed_memory(config.keep_freed_memory):
+                trainer.fit(module, datamodule=data, ckpt_path=resume_path)
         except SystemExit:
             # Lightning shuts down gracefully on Ctrl-C, then exits; the last completed epoch
             # is in checkpoints/last.ckpt. Report instead of exiting from library code.

@@ -1,0 +1,76 @@
+"""Machine settings: keeping freed memory for reuse during training."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from unet_resnet.hardware import _glibc, keep_freed_memory
+
+needs_glibc = pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt (Linux) only")
+
+
+def _faults_of_repeated_allocations(n: int = 8, mib: int = 64) -> int:
+    """Page faults of allocating, touching and freeing a large tensor ``n`` times."""
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        t = torch.empty(mib * 2**20, dtype=torch.uint8)
+        t.fill_(1)
+        del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+@needs_glibc
+def test_freed_memory_is_reused_inside():
+    pages = 64 * 2**20 // resource.getpagesize()
+    before = _faults_of_repeated_allocations()
+    assert before > 4 * pages  # glibc's default: every allocation is fresh pages
+    with keep_freed_memory() as active:
+        assert active
+        inside = _faults_of_repeated_allocations()
+    assert inside <= 2 * pages  # the first allocation or two fault, the others reuse them
+
+
+@needs_glibc
+def test_freed_memory_is_handed_back_after():
+    with keep_freed_memory():
+        t = torch.empty(256 * 2**20, dtype=torch.uint8)
+        t.fill_(1)
+        del t
+        kept = _resident_mib()
+    assert _resident_mib() < kept - 200  # returned to the system on leaving
+
+
+def test_turned_off_it_changes_nothing():
+    with keep_freed_memory(False) as active:
+        assert active is False
+
+
+def test_training_runs_inside_it(monkeypatch, tmp_path):
+    import importlib
+
+    from tests.conftest import tiny_config
+    from unet_resnet.data import make_demo_dataset
+    from unet_resnet.training import train
+
+    # (the package's ``train`` attribute is the function, which hides the module)
+    train_py = importlib.import_module("unet_resnet.training.train")
+    entered = []
+    real = train_py.keep_freed_memory
+
+    def spy(enabled=True):
+        entered.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(train_py, "keep_freed_memory", spy)
+    data = make_demo_dataset(tmp_path / "d", 8, 4, 32, seed=0)
+    train(tiny_config(data, tmp_path / "a"))
+    train(tiny_config(data, tmp_path / "b", keep_freed_memory=False))
+    assert entered == [True, False]
