@@ -216,3 +216,26 @@ def test_under_autocast_the_model_sees_the_autocast_dtype_throughout():
     assert seen == [[torch.bfloat16, torch.bfloat16]]
     module(torch.randn(2, 3, 32, 32))  # without autocast nothing is cast
     assert seen[-1] == [torch.float32, torch.float32]
+
+
+def test_a_trained_module_model_gets_the_full_inference_fast_path():
+    from unet_resnet.checkpoint import CheckpointMeta
+    from unet_resnet.data import ClassInfo
+    from unet_resnet.inference.fastpath import prepare_model
+    from unet_resnet.models import UNetWithResnet50Encoder
+    from unet_resnet.training import SegmentationModule
+
+    config = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None).config
+    meta = CheckpointMeta(config, ClassInfo.generic(2)).to_dict()
+    module = SegmentationModule(meta, encoder_weights=None)
+    built, _ = prepare_model(
+        module.model,
+        device=torch.device("cpu"),
+        precision="fp32",
+        in_channels=3,
+        pack_weights=False,
+    )
+    kinds = {type(m) for m in built.modules()}
+    assert not {GemmConv2d, GemmConvTranspose2d} & kinds
+    assert nn.BatchNorm2d not in kinds  # every BatchNorm folded, as for a plain model
+    assert GemmConv2d in {type(m) for m in module.model.modules()}  # the module's own is kept

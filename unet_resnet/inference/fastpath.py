@@ -255,6 +255,12 @@ def prepare_model(
     from unet_resnet.inference import onednn
 
     base = copy.deepcopy(model).eval()
+    for module in base.modules():
+        # A training-only layer class (training/gemm_conv.py) names the plain class it computes
+        # like; folding and packing recognise that one.
+        plain = getattr(type(module), "inference_class", None)
+        if plain is not None:
+            module.__class__ = plain
     generator = torch.Generator().manual_seed(0)
     size = CALIBRATION_SIZE
     example = torch.randn(1, in_channels, size, size, generator=generator).to(device)

@@ -177,6 +177,9 @@ def gemm_rule(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 class GemmConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose training calls over few pixels run as GEMMs (:func:`gemm_rule`)."""
 
+    #: What the inference fast path turns it back into (folding and packing match classes).
+    inference_class = nn.Conv2d
+
     def _conv_forward(self, x, weight, bias):
         if x.dim() != 4 or not _wants_gradients(x, weight) or not gemm_rule(self, x):
             return super()._conv_forward(x, weight, bias)
@@ -187,6 +190,8 @@ class GemmConv2d(nn.Conv2d):
 
 class GemmConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` with kernel == stride: training calls run as a GEMM + shuffle."""
+
+    inference_class = nn.ConvTranspose2d
 
     def forward(self, x, output_size=None):
         if output_size is not None or x.dim() != 4 or not _wants_gradients(x, self.weight):
