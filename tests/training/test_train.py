@@ -386,6 +386,19 @@ def test_auto_orientation_is_saved_with_its_reason(data, tmp_path):
     assert "8-bit" in summary["orientation"]["why"]
 
 
+def test_resume_keeps_the_orientation_the_run_started_with(data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1, orientation="free"))
+    train(tiny_config(data, out, epochs=2, resume="last"))  # auto would say upright here
+    assert yaml.safe_load((out / "config.yaml").read_text())["orientation"] == "free"
+    # A run folder from before the option existed trained upright: resuming keeps that.
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["orientation"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    train(tiny_config(data, out, epochs=3, resume="last"))
+    assert yaml.safe_load((out / "config.yaml").read_text())["orientation"] == "upright"
+
+
 def test_auto_augment_is_saved_and_kept_on_resume(data, tmp_path, monkeypatch):
     from unet_resnet.data import transforms
 

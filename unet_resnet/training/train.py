@@ -174,10 +174,13 @@ def _launcher_rank() -> int:
     return 0
 
 
-def _saved_augment(path: Path) -> str | None:
-    """The concrete preset an earlier run of this folder trained with, if it saved one."""
+def _saved_choice(path: Path, key: str, missing: str | None = None) -> str | None:
+    """The concrete value of ``key`` an earlier run of this folder trained with; ``missing``
+    when its config.yaml predates the key (the value that release used), None when unreadable.
+    """
     try:
-        value = yaml.safe_load(path.read_text()).get("augment")
+        saved = yaml.safe_load(path.read_text())
+        value = saved.get(key, missing)
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return value if value not in (None, "auto") else None
@@ -238,10 +241,15 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
                 (run_dir / name).unlink(missing_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data_options = config.group("data")
-    if resume_path is not None and config.augment == "auto":
-        # The resumed run keeps the preset auto chose when it started, even if the schedule
-        # is extended now.
-        data_options["augment"] = _saved_augment(run_dir / "config.yaml") or "auto"
+    if resume_path is not None:
+        # The resumed run keeps what auto chose when it started, even if the schedule is
+        # extended now (augment) or the rule changed since (orientation: upright before it
+        # existed).
+        saved = run_dir / "config.yaml"
+        if config.augment == "auto":
+            data_options["augment"] = _saved_choice(saved, "augment") or "auto"
+        if config.orientation == "auto":
+            data_options["orientation"] = _saved_choice(saved, "orientation", "upright") or "auto"
     if config.folds and not config.splits:
         data_options["splits"] = str(run_dir / "splits.json")
     data = SegmentationDataModule(
