@@ -59,8 +59,13 @@ def test_every_documented_command_parses(page, command):
 
 def test_documented_scripts_and_make_targets_exist():
     for page, command in _commands("python "):
-        script = shlex.split(command)[1]
-        assert (ROOT / script).is_file(), f"{page}: {script} does not exist"
+        argv = shlex.split(command)[1:]
+        if argv[0] == "-m":  # a module of the repository: its file or package must exist
+            module = ROOT.joinpath(*argv[1].split("."))
+            found = module.with_suffix(".py").is_file() or (module / "__main__.py").is_file()
+            assert found, f"{page}: module {argv[1]} does not exist"
+        else:
+            assert (ROOT / argv[0]).is_file(), f"{page}: {argv[0]} does not exist"
     targets = set(re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
     for page, command in _commands("make "):
         assert command.split()[1] in targets, f"{page}: make {command.split()[1]} is no target"

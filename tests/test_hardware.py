@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from unet_resnet.hardware import _glibc, keep_freed_memory
 
+ROOT = Path(__file__).resolve().parents[1]
 needs_glibc = pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt (Linux) only")
 
 
@@ -27,14 +31,28 @@ def _resident_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+_REUSE_CHECK = """
+import resource, sys
+from tests.test_hardware import _faults_of_repeated_allocations
+from unet_resnet.hardware import keep_freed_memory
+before = _faults_of_repeated_allocations()
+with keep_freed_memory() as active:
+    inside = _faults_of_repeated_allocations()
+print(before, inside, int(active))
+"""
+
+
 @needs_glibc
 def test_freed_memory_is_reused_inside():
+    # In a fresh process: earlier tests leave free chunks in this one's heap, which glibc then
+    # reuses whatever its settings, so "before" would not show the default behaviour.
+    result = subprocess.run(
+        [sys.executable, "-c", _REUSE_CHECK], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    before, inside, active = map(int, result.stdout.split())
     pages = 64 * 2**20 // resource.getpagesize()
-    before = _faults_of_repeated_allocations()
+    assert active
     assert before > 4 * pages  # glibc's default: every allocation is fresh pages
-    with keep_freed_memory() as active:
-        assert active
-        inside = _faults_of_repeated_allocations()
     assert inside <= 2 * pages  # the first allocation or two fault, the others reuse them
 
 
