@@ -56,6 +56,11 @@ def test_the_fastest_candidate_is_chosen_and_cached(tmp_path, monkeypatch, faste
     Segmenter(_model(classes=5), device="cpu", precision="fp32")
     assert len(timed) == 2
     assert len(json.loads((tmp_path / "fastpath.json").read_text())) == 2
+    # Packing that covers more layers (a new onednn.VERSION) measures again.
+    timed.clear()
+    monkeypatch.setattr(onednn, "VERSION", onednn.VERSION + 1)
+    assert Segmenter(_model(), device="cpu", precision="fp32").fastpath.source == "measured"
+    assert len(timed) == 2
 
 
 @needs_onednn

@@ -114,3 +114,71 @@ def test_compiled_segmenter_agrees_with_the_packed_one():
     np.testing.assert_allclose(
         compiled.predict_proba(image), packed.predict_proba(image), atol=1e-4
     )
+
+
+@needs_onednn
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("shape", [(5, 24), (2, 7, 9, 24)])  # rows, or NHWC as in ConvNeXt
+def test_packed_linear_equals_linear(dtype, atol, shape):
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 40).to(dtype)
+    packed = onednn.pack_for_cpu(copy.deepcopy(linear))
+    assert isinstance(packed, onednn.PackedLinear)
+    x = torch.randn(*shape, dtype=dtype)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).float(), linear(x).float(), atol=atol, rtol=0)
+
+
+def _timm_activations():
+    activations = pytest.importorskip("timm.layers.activations")
+    return [
+        nn.GELU,
+        lambda: nn.GELU(approximate="tanh"),
+        activations.GELU,
+        activations.GELUTanh,
+    ]
+
+
+@needs_onednn
+@pytest.mark.parametrize("which", range(4))
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("use_conv", [False, True])  # ConvNeXt's two MLP forms
+def test_timm_mlp_gets_its_gelu_fused(which, dtype, atol, use_conv):
+    from timm.layers import Mlp
+
+    act = _timm_activations()[which]
+    torch.manual_seed(0)
+    mlp = Mlp(24, 96, act_layer=act, use_conv=use_conv).eval().to(dtype)
+    packed = onednn.pack_for_cpu(copy.deepcopy(mlp))
+    kind = onednn.PackedConv2d if use_conv else onednn.PackedLinear
+    assert isinstance(packed.fc1, kind) and packed.fc1.activation == "gelu"
+    assert isinstance(packed.act, nn.Identity) and isinstance(packed.fc2, kind)
+    x = torch.randn(2, 6, 6, 24, dtype=dtype)
+    if use_conv:
+        x = x.permute(0, 3, 1, 2)  # NCHW shape, channels_last layout
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).float(), mlp(x).float(), atol=atol, rtol=0)
+
+
+@needs_onednn
+def test_mlp_with_another_activation_is_left_unfused():
+    from timm.layers import Mlp
+
+    mlp = Mlp(8, 16, act_layer=nn.ReLU).eval()
+    packed = onednn.pack_for_cpu(copy.deepcopy(mlp))
+    assert isinstance(packed.act, nn.ReLU) and packed.fc1.activation == "none"
+
+
+@needs_onednn
+def test_convnext_unet_packs_its_mlps_and_agrees():
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder="tu-convnext_atto", encoder_weights=None).eval()
+    segmenter = Segmenter(model, device="cpu", precision="bf16", pack_weights=True)
+    modules = list(segmenter.model.modules())
+    assert any(getattr(m, "activation", None) == "gelu" for m in modules)
+    assert not any("GELU" in type(m).__name__ for m in modules)  # every GELU fused
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    plain = Segmenter(model, device="cpu", precision="bf16", pack_weights=False)
+    agree = (segmenter.predict(image) == plain.predict(image)).mean()
+    assert agree > 0.99

@@ -170,11 +170,21 @@ def _seconds(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
 
 def _architecture_key(model: nn.Module, candidates: Sequence[tuple[str, bool]], device) -> str:
     """Cache key: the model's layer types and parameter shapes (not its values), the
-    candidates, the device and the CPU signature."""
+    candidates, the device, the CPU signature and what packing covers."""
+    from unet_resnet.inference import onednn
+
     layers = [(name, type(m).__name__) for name, m in model.named_modules()]
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     blob = json.dumps(
-        [layers, shapes, list(candidates), str(device), cpu_signature(), CALIBRATION_SIZE],
+        [
+            layers,
+            shapes,
+            list(candidates),
+            str(device),
+            cpu_signature(),
+            CALIBRATION_SIZE,
+            onednn.VERSION,
+        ],
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

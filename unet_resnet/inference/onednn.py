@@ -1,4 +1,5 @@
-"""CPU inference with oneDNN: convolution weights packed once, ReLU and residual adds fused.
+"""CPU inference with oneDNN: convolution and linear weights packed once, ReLU, GELU and
+residual adds fused.
 
 In eager PyTorch every ``Conv2d`` call hands oneDNN a plain ``OIHW`` weight, which oneDNN
 re-lays out into the blocked format its AMX/AVX-512 kernels read, on every call. For the
@@ -17,6 +18,7 @@ Inputs: any float dtype the operators take (bf16, fp32), best in channels_last.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -26,7 +28,19 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from unet_resnet.models.unet import ConvBlock
 
-__all__ = ["PackedConv2d", "PackedConvTranspose2d", "available", "pack_checked", "pack_for_cpu"]
+__all__ = [
+    "PackedConv2d",
+    "PackedConvTranspose2d",
+    "PackedLinear",
+    "available",
+    "pack_checked",
+    "pack_for_cpu",
+]
+
+
+#: What packing covers; part of the fast path's cache key, so a change re-measures cached
+#: choices. 2: linear layers, and GELUs fused into timm MLPs.
+VERSION = 2
 
 
 def available() -> bool:
@@ -39,6 +53,8 @@ def available() -> bool:
             "_convolution_pointwise",
             "_reorder_convolution_transpose_weight",
             "_convolution_transpose_pointwise",
+            "_reorder_linear_weight",
+            "_linear_pointwise",
         )
     )
 
@@ -51,7 +67,7 @@ class PackedConv2d(nn.Module):
     """A ``Conv2d`` with its weight pre-packed for oneDNN, optionally followed by a fused ReLU
     and, when ``forward`` gets a ``residual``, a fused ``relu(conv(x) + residual)``."""
 
-    def __init__(self, conv: nn.Conv2d, activation: str = "none") -> None:
+    def __init__(self, conv: nn.Conv2d, activation: str = "none", algorithm: str = "") -> None:
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("Only zero padding given as numbers can be packed.")
@@ -60,13 +76,15 @@ class PackedConv2d(nn.Module):
             conv.weight.detach(), *self.args, None
         )
         self.bias = None if conv.bias is None else conv.bias.detach()
-        self.activation = activation
+        # activation: oneDNN's name ("none", "relu", "gelu"); algorithm: for "gelu", "none"
+        # (exact erf) or "tanh"
+        self.activation, self.algorithm = activation, algorithm
         self.extra = f"{conv.in_channels}, {conv.out_channels}, k={conv.kernel_size}"
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, *self.args, self.activation, [], ""
+                x, self.weight, self.bias, *self.args, self.activation, [], self.algorithm
             )
         unary = None if self.activation == "none" else self.activation
         return torch.ops.mkldnn._convolution_pointwise.binary(
@@ -104,6 +122,61 @@ class PackedConvTranspose2d(nn.Module):
 
     def extra_repr(self) -> str:
         return self.extra
+
+
+class PackedLinear(nn.Module):
+    """A ``Linear`` with its weight pre-packed for oneDNN, optionally followed by a fused
+    GELU (the MLPs of ConvNeXt-style encoders: in bf16, a separate GELU over their widest
+    activations costs more than the matrix product before it)."""
+
+    def __init__(self, linear: nn.Linear, gelu: str | None = None) -> None:
+        super().__init__()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        # oneDNN's names: GELU with the exact erf ("none") or the tanh approximation
+        self.activation, self.algorithm = ("none", "") if gelu is None else ("gelu", gelu)
+        self.extra = f"{linear.in_features}, {linear.out_features}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(
+            x, self.weight, self.bias, self.activation, [], self.algorithm
+        )
+
+    def extra_repr(self) -> str:
+        gelu = "" if self.activation == "none" else f", gelu={self.algorithm}"
+        return f"{self.extra}{gelu}"
+
+
+def _gelu_algorithm(act: nn.Module) -> str | None:
+    """oneDNN's GELU algorithm for a GELU module (PyTorch's or timm's), else None."""
+    if type(act) is nn.GELU:
+        return act.approximate
+    timm_activations = sys.modules.get("timm.layers.activations")
+    if timm_activations is not None:
+        if type(act) is timm_activations.GELU:
+            return "none"
+        if type(act) is timm_activations.GELUTanh:
+            return "tanh"
+    return None
+
+
+def _fuse_mlp(mlp: nn.Module) -> nn.Module | None:
+    """timm's ``Mlp`` (fc1, act, drop1, norm, fc2, drop2; fc1 and fc2 are linear layers, or
+    1x1 convolutions with ``use_conv``): the GELU fused into fc1."""
+    gelu = _gelu_algorithm(mlp.act)
+    if gelu is None:
+        return None
+    if type(mlp.fc1) is nn.Linear:
+        mlp.fc1 = PackedLinear(mlp.fc1, gelu)
+    elif type(mlp.fc1) is nn.Conv2d:
+        mlp.fc1 = PackedConv2d(mlp.fc1, "gelu", gelu)
+    else:
+        return None
+    mlp.act = nn.Identity()
+    mlp.fc2 = _convert(mlp.fc2)
+    for name in ("drop1", "norm", "drop2"):
+        setattr(mlp, name, _convert(getattr(mlp, name)))
+    return mlp
 
 
 def _folded(*modules: nn.Module) -> bool:
@@ -174,12 +247,21 @@ _RULES: dict[type, Callable[[nn.Module], nn.Module | None]] = {
     ),
     nn.Conv2d: PackedConv2d,
     nn.ConvTranspose2d: PackedConvTranspose2d,
+    nn.Linear: PackedLinear,
     nn.Sequential: _fuse_sequential,
 }
 
 
-def _convert(module: nn.Module) -> nn.Module:
+def _rule(module: nn.Module) -> Callable[[nn.Module], nn.Module | None] | None:
     rule = _RULES.get(type(module))
+    timm_layers = sys.modules.get("timm.layers")  # loaded when a timm encoder was built
+    if rule is None and timm_layers is not None and type(module) is timm_layers.Mlp:
+        return _fuse_mlp
+    return rule
+
+
+def _convert(module: nn.Module) -> nn.Module:
+    rule = _rule(module)
     replaced = rule(module) if rule is not None else None
     if replaced is not None:
         return replaced
