@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from benchmarks.common import timeit
 
@@ -37,31 +36,12 @@ class _EpochClock(L.Callback):
 
 
 def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> float:
-    import torch.nn.functional as F
-
+    from benchmarks.training import training_step
     from unet_resnet.hardware import cpu_has_fast_bf16, keep_freed_memory
-    from unet_resnet.models import UNetWithResnet50Encoder
-    from unet_resnet.training import use_gemm_convolutions
 
-    torch.manual_seed(0)
-    model = UNetWithResnet50Encoder(classes, encoder_weights=None).train()
-    model = model.to(memory_format=torch.channels_last)
-    use_gemm_convolutions(model)  # the step as SegmentationModule runs it
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch, size, size))
-
-    bf16 = cpu_has_fast_bf16()
-    inputs = x.to(torch.bfloat16) if bf16 else x  # as SegmentationModule.forward does
-
-    def step() -> None:
-        optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(inputs).float(), y)
-        loss.backward()
-        optimizer.step()
-
-    with keep_freed_memory():  # as train() runs the steps
+    variant = "default_bf16_mixed" if cpu_has_fast_bf16() else "default_fp32"
+    step = training_step(variant, size, batch, classes)  # the step as train() runs it
+    with keep_freed_memory():
         return statistics.median(timeit(step, reps=reps))
 
 

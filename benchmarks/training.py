@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from benchmarks.common import in_subprocess, peak_rss_mb, timeit
+from unet_resnet.hardware import keep_freed_memory
 
 
-def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> None:
-    """One training variant in a fresh process, so its peak memory is its own."""
+def training_step(variant: str, size: int, batch: int, classes: int = 4) -> Callable[[], None]:
+    """One training step of the guide's model as ``variant`` runs it: ``guide_plain_fp32``
+    (the guide's loop, verbatim), ``channels_last_fp32`` / ``channels_last_bf16_mixed`` (a
+    plain loop with channels_last, fused Adam and autocast), ``default_bf16_mixed`` /
+    ``default_fp32`` (as ``unet-resnet train`` runs it: also the GEMM layers and the batch in
+    the autocast dtype; run it inside :func:`keep_freed_memory` as ``train`` does)."""
     import torch.nn.functional as F
 
     from unet_resnet.models import UNetWithResnet50Encoder
 
     torch.manual_seed(0)
-    model = UNetWithResnet50Encoder(4, encoder_weights=None).train()
+    model = UNetWithResnet50Encoder(classes, encoder_weights=None).train()
     x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 4, (batch, size, size))
-    if variant == "guide_plain_fp32":  # the guide's loop, verbatim
+    y = torch.randint(0, classes, (batch, size, size))
+    if variant == "guide_plain_fp32":
         optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
         autocast = False
-    else:  # channels_last, fused Adam (+ bf16 autocast); default_*: as SegmentationModule
+    else:
         from unet_resnet.training import use_gemm_convolutions
 
         model = model.to(memory_format=torch.channels_last)
@@ -37,15 +43,19 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
     # the decoder's last skip); the other variants are what a plain loop does.
     inputs = x.to(torch.bfloat16) if variant == "default_bf16_mixed" else x
 
-    def step():
+    def step() -> None:
         optimizer.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(model(inputs).float(), y)
         loss.backward()
         optimizer.step()
 
-    from unet_resnet.hardware import keep_freed_memory
+    return step
 
+
+def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> None:
+    """One training variant in a fresh process, so its peak memory is its own."""
+    step = training_step(variant, size, batch)
     with keep_freed_memory(variant.startswith("default_")):  # as train() runs the steps
         times = timeit(step, reps=steps)
     peak_mb = peak_rss_mb()

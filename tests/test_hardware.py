@@ -53,7 +53,9 @@ def test_freed_memory_is_reused_inside():
     pages = 64 * 2**20 // resource.getpagesize()
     assert active
     assert before > 4 * pages  # glibc's default: every allocation is fresh pages
-    assert inside <= 2 * pages  # the first allocation or two fault, the others reuse them
+    # The first one or two allocations fault while the heap grows to hold them (two in about
+    # half of the runs measured: 16384 or 32769 faults); the other six or more reuse them.
+    assert inside < 2.5 * pages
 
 
 @needs_glibc
