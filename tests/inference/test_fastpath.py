@@ -64,6 +64,31 @@ def test_the_fastest_candidate_is_chosen_and_cached(tmp_path, monkeypatch, faste
 
 
 @needs_onednn
+def test_layers_measured_faster_plain_are_cached_with_the_choice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    _fake_timer(monkeypatch, {"fp32": 2.0, "fp32+packed": 1.0})
+    timed = []
+
+    def fake(layer, args, kwargs):  # the upsampling layers measure faster plain
+        timed.append(layer)
+        plain_wins = isinstance(layer, onednn.PackedConvTranspose2d)
+        return 1.0 if layer.packed != plain_wins else 2.0
+
+    monkeypatch.setattr(onednn, "_layer_seconds", fake)
+    seg = Segmenter(_model(), device="cpu", precision="fp32", explain=True)
+    plain = seg.fastpath.plain_layers
+    assert seg.packed and plain and all(name.endswith("upsample") for name in plain)
+    assert "layers measured faster unpacked, left plain: up_blocks" in capsys.readouterr().out
+    layers = dict(seg.model.named_modules())
+    assert all(not layers[name].packed for name in plain)
+    # From the cache: the same layers run plain, none is timed again.
+    timed.clear()
+    again = Segmenter(_model(), device="cpu", precision="fp32")
+    assert again.fastpath.source == "cache" and timed == []
+    assert onednn.plain_layers(again.model) == plain == again.fastpath.plain_layers
+
+
+@needs_onednn
 def test_the_choice_is_per_cpu(tmp_path, monkeypatch):
     """A different CPU (here: oneDNN capped to AVX2) does not reuse another CPU's choice."""
     monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))

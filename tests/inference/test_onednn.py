@@ -80,7 +80,7 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
     model is kept and the user is told, instead of wrong masks."""
 
     class Wrong(nn.Module):
-        def __init__(self, inner):
+        def __init__(self, inner, example=None):
             super().__init__()
             self.inner = inner
 
@@ -94,7 +94,7 @@ def test_packing_that_disagrees_is_refused_with_a_warning(monkeypatch):
         seg = Segmenter(model, device="cpu", precision="fp32", pack_weights=True)
     assert not seg.packed and not isinstance(seg.model, Wrong)
 
-    def broken(_):
+    def broken(_, example=None):
         raise RuntimeError("no such kernel")
 
     monkeypatch.setattr(onednn, "pack_for_cpu", broken)
@@ -182,3 +182,75 @@ def test_convnext_unet_packs_its_mlps_and_agrees():
     plain = Segmenter(model, device="cpu", precision="bf16", pack_weights=False)
     agree = (segmenter.predict(image) == plain.predict(image)).mean()
     assert agree > 0.99
+
+
+def _timm_unet(encoder: str, dtype: torch.dtype = torch.float32):
+    """A timm U-Net with non-trivial BatchNorm statistics, folded along a forward pass."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder=encoder, encoder_weights=None)
+    with torch.no_grad():
+        model.train()(torch.randn(2, 3, 64, 64))
+    model = fold_batchnorm(model.eval(), torch.randn(1, 3, 64, 64))
+    return model.to(dtype).to(memory_format=torch.channels_last)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    ("encoder", "activations"),
+    [("tu-efficientnet_b0", {"swish"}), ("tu-mobilenetv3_small_050", {"hardswish", "relu"})],
+)
+def test_activations_after_timm_convolutions_are_fused(encoder, activations):
+    """timm's blocks call their convolutions conv_pw/conv_dw and their activations bn1.act;
+    the forward pass finds the pairs and each activation runs inside its convolution."""
+    model = _timm_unet(encoder)
+    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    packed = onednn.pack_for_cpu(copy.deepcopy(model), x)
+    onednn.settle(packed)
+    fused = {m.activation for m in packed.modules() if isinstance(m, onednn.PackedConv2d)}
+    assert activations <= fused
+    left = [m for m in packed.modules() if type(m) in (nn.SiLU, nn.Hardswish)]
+    # what is left is a squeeze-excite gate's activation or one fed by more than a conv
+    assert len(left) < len([m for m in model.modules() if type(m) in (nn.SiLU, nn.Hardswish)]) / 2
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).softmax(1), model(x).softmax(1), atol=1e-4, rtol=0)
+
+
+def _fake_layer_timer(monkeypatch, plain_wins):
+    """Layers for which ``plain_wins(layer)`` measure twice as fast plain, the others twice as
+    fast packed; returns the layers timed."""
+    timed = []
+
+    def fake(layer, args, kwargs):
+        layer(*args, **kwargs)  # both modes must run on the real input
+        timed.append(layer)
+        return 1.0 if layer.packed != plain_wins(layer) else 2.0
+
+    monkeypatch.setattr(onednn, "_layer_seconds", fake)
+    return timed
+
+
+@needs_onednn
+def test_each_layer_runs_packed_or_plain_whichever_measured_faster(monkeypatch):
+    model = _folded("resnet18", "conv_transpose", torch.float32)
+
+    def narrow(layer):  # layers with at most 32 output channels measure faster plain
+        weight = getattr(layer, "plain_weight", None)
+        return weight is not None and weight.shape[0] <= 32
+
+    timed = _fake_layer_timer(monkeypatch, narrow)
+    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    packed = onednn.pack_for_cpu(copy.deepcopy(model), x)
+    kinds = (onednn.PackedConv2d, onednn.PackedConvTranspose2d)
+    layers = {n: m for n, m in packed.named_modules() if isinstance(m, kinds)}
+    expect_plain = sorted(n for n, m in layers.items() if narrow(m))
+    plain = onednn.choose_per_layer(packed, x)
+    assert len(timed) == 2 * len(set(map(id, timed)))  # every layer timed in both modes
+    assert sorted(plain) == expect_plain and expect_plain  # and some, not all, run plain
+    assert sorted(onednn.plain_layers(packed)) == expect_plain
+    assert len(expect_plain) < len(layers)
+    for name, layer in layers.items():  # each keeps only the weight it runs with
+        assert (layer.weight is None) == (name in plain)
+        assert (layer.plain_weight is None) == (name not in plain)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x).softmax(1), model(x).softmax(1), atol=1e-4, rtol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -135,6 +136,51 @@ def test_fold_batchnorm_keeps_outputs():
         got = folded(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_batchnorm_follows_the_forward_pass_whatever_the_names():
+    """timm's EfficientNet blocks pair conv_pw with bn1 and conv_dw with bn2: names alone
+    miss them; given an example input, folding finds every pair from the forward pass."""
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = UNetWithResnet50Encoder(3, encoder="tu-mobilenetv3_small_050", encoder_weights=None)
+    with torch.no_grad():
+        model.train()(torch.randn(2, 3, 64, 64))
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+
+    def batchnorms(m):
+        return sum(isinstance(b, torch.nn.BatchNorm2d) for b in m.modules())
+
+    assert batchnorms(fold_batchnorm(copy.deepcopy(model))) > batchnorms(model) / 2
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batchnorm(copy.deepcopy(model), x)
+        got = folded(x)
+    assert batchnorms(folded) == 0
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_readers_sees_through_identities_not_in_place_results():
+    from unet_resnet.inference.trace import conv_readers
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (torch.nn.Conv2d(4, 4, 1) for _ in range(3))
+            self.skip = torch.nn.Identity()
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.relu = torch.nn.ReLU(inplace=True)
+            self.act = torch.nn.SiLU()
+
+        def forward(self, x):
+            x = self.relu(self.a(x))  # a -> relu, whose result b then reads: b is not a's
+            y = self.bn(self.skip(self.b(x)))  # b -> Identity -> bn
+            z = self.c(y)
+            return self.act(z) + torch.sigmoid(z)  # c read by act (and a function)
+
+    pairs = conv_readers(Net().eval(), torch.randn(1, 4, 8, 8))
+    assert sorted(pairs) == [("a", "relu"), ("b", "bn"), ("c", "act")]
 
 
 def test_original_state_dict_works_as_checkpoint(tmp_path):

@@ -63,6 +63,8 @@ class FastPathChoice:
     source: Literal["measured", "cache", "fixed"]
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    #: packed layers measured faster unpacked on this CPU, which therefore run plain
+    plain_layers: list[str] = field(default_factory=list)
 
     def explain(self) -> str:
         lines = [
@@ -71,26 +73,34 @@ class FastPathChoice:
         ]
         if self.reason:
             lines.append(f"  why: {self.reason}")
+        if self.packed and self.plain_layers:
+            shown = ", ".join(self.plain_layers[:6])
+            more = len(self.plain_layers) - 6
+            lines.append(
+                f"  {len(self.plain_layers)} layers measured faster unpacked, left plain: "
+                f"{shown}{f' and {more} more' if more > 0 else ''}"
+            )
         for name, seconds in sorted(self.timings.items(), key=lambda kv: kv[1]):
             lines.append(f"  {name:<12} {1000 * seconds:8.1f} ms per {CALIBRATION_SIZE}px image")
         return "\n".join(lines)
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
     """Fold every eval-mode BatchNorm that directly follows a convolution into it.
 
     Covers the guide's ConvBlocks, the ResNet stem, bottleneck/basic blocks and their
     downsample branches, and timm's conv + BatchNormAct pairs; the folded BatchNorm becomes an
     Identity (or its activation). Saves a full pass over every activation at inference;
     outputs are unchanged up to float rounding. Pairs are found by position in a Sequential or
-    by name (``convN``/``bnN``, ``conv``/``bn``), which assumes the BatchNorm directly follows
-    the convolution: :func:`prepare_model` checks the folded model against the original and
-    keeps the original if they differ.
+    by name (``convN``/``bnN``, ``conv``/``bn``), and, given an ``example`` input, by following
+    a forward pass (a BatchNorm whose only input is a convolution's output, whatever their
+    names). Folding assumes nothing else reads the convolution's output: :func:`prepare_model`
+    checks the folded model against the original and keeps the original if they differ.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    def fold(parent: nn.Module, conv_name: str, bn_name: str) -> None:
-        conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+    def fold(parent: nn.Module, conv_name: str, bn_parent: nn.Module, bn_name: str) -> None:
+        conv, bn = getattr(parent, conv_name, None), getattr(bn_parent, bn_name, None)
         if type(conv) is not nn.Conv2d or not isinstance(bn, nn.BatchNorm2d):
             return
         if not bn.track_running_stats or bn.running_mean is None:
@@ -103,17 +113,26 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         else:
             return  # a BatchNorm subclass that does more than we know how to keep
         setattr(parent, conv_name, fuse_conv_bn_eval(conv.eval(), bn.eval()))
-        setattr(parent, bn_name, rest)
+        setattr(bn_parent, bn_name, rest)
 
+    def split(name: str) -> tuple[nn.Module, str]:
+        parent, _, child = name.rpartition(".")
+        return model.get_submodule(parent), child
+
+    if example is not None:
+        from unet_resnet.inference.trace import conv_readers
+
+        for conv, reader in conv_readers(model, example):
+            fold(*split(conv), *split(reader))
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
             for a, b in itertools.pairwise(names):
-                fold(module, a, b)
+                fold(module, a, module, b)
         for conv_name in [n for n, m in module.named_children() if isinstance(m, nn.Conv2d)]:
             for bn_name in (conv_name.replace("conv", "bn"), "bn"):
                 if bn_name != conv_name and hasattr(module, bn_name):
-                    fold(module, conv_name, bn_name)
+                    fold(module, conv_name, module, bn_name)
                     break
     return model
 
@@ -124,7 +143,7 @@ def fold_checked(
     """``(folded model, True)``, or ``(model, False)`` with a warning when folding changed the
     softmax outputs on ``example`` by more than ``atol`` (a BatchNorm that did not directly
     follow its convolution)."""
-    folded = fold_batchnorm(copy.deepcopy(model))
+    folded = fold_batchnorm(copy.deepcopy(model), example.float())
     with torch.inference_mode():
         expected = model.float()(example.float()).float().softmax(1)
         error = (folded(example.float()).float().softmax(1) - expected).abs().max().item()
@@ -146,6 +165,8 @@ def _build(
     channels_last: bool,
     pack: bool,
     example: torch.Tensor,
+    timing_input: torch.Tensor | None = None,
+    plain: Sequence[str] | None = None,
 ) -> tuple[nn.Module, bool]:
     model = copy.deepcopy(base).to(device, DTYPES[precision])
     if channels_last:
@@ -154,7 +175,13 @@ def _build(
         return model, False
     from unet_resnet.inference.onednn import pack_checked
 
-    return pack_checked(model, example.to(DTYPES[precision]))
+    dtype = DTYPES[precision]
+    return pack_checked(
+        model,
+        example.to(dtype),
+        timing_input=None if timing_input is None else timing_input.to(dtype),
+        plain=plain,
+    )
 
 
 def _seconds(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
@@ -281,7 +308,7 @@ def prepare_model(
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
 
-    def build(precision: str, pack: bool) -> tuple[nn.Module, bool]:
+    def build(precision: str, pack: bool, **per_layer) -> tuple[nn.Module, bool]:
         return _build(
             base,
             device=device,
@@ -289,6 +316,7 @@ def prepare_model(
             channels_last=channels_last,
             pack=pack,
             example=example[..., :64, :64],
+            **per_layer,
         )
 
     if len(candidates) == 1:
@@ -299,7 +327,8 @@ def prepare_model(
     key = _architecture_key(base, candidates, device)
     cached = _cache_read(key)
     if cached is not None and (cached.get("precision"), cached.get("packed")) in candidates:
-        chosen, packed = build(cached["precision"], cached["packed"])
+        plain = list(cached.get("plain_layers", []))
+        chosen, packed = build(cached["precision"], cached["packed"], plain=plain)
         if packed == cached["packed"]:
             choice = FastPathChoice(
                 cached["precision"],
@@ -308,13 +337,15 @@ def prepare_model(
                 dict(cached.get("timings", {})),
                 "measured earlier on this CPU for this architecture (cache "
                 f"{cache_dir() / CACHE_FILE})",
+                plain if packed else [],
             )
             return chosen, choice
 
     timings: dict[str, float] = {}
     best: tuple[float, nn.Module, str, bool] | None = None
     for prec, pack in candidates:
-        built, packed = build(prec, pack)
+        # each packed layer is timed against its plain kernel on the calibration input
+        built, packed = build(prec, pack, timing_input=example)
         if pack and not packed:
             continue  # packing was refused (checked against plain): not a candidate
         seconds = _seconds(built, example.to(DTYPES[prec]))
@@ -327,7 +358,9 @@ def prepare_model(
         f"fastest of {len(timings)} candidates timed on a {size}x{size} input on this CPU "
         f"({cpu_signature()['model']})"
     )
-    choice = FastPathChoice(prec, packed, "measured", timings, reason)
+    from unet_resnet.inference.onednn import plain_layers
+
+    choice = FastPathChoice(prec, packed, "measured", timings, reason, plain_layers(chosen))
     _cache_write(key, asdict(choice))
     logger.info("%s", choice.explain())
     return chosen, choice
