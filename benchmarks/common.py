@@ -16,12 +16,14 @@ import torch
 
 __all__ = [
     "bench_peak",
+    "copy_gbps",
     "cpu_info",
     "in_subprocess",
     "machine_info",
     "matmul_tflops",
     "model_gflop",
     "peak_rss_mb",
+    "roofline_seconds",
     "stats",
     "timeit",
 ]
@@ -61,6 +63,70 @@ def bench_peak() -> dict[str, float]:
         "bf16_matmul_tflops": matmul_tflops(torch.bfloat16, 4096),
         "fp32_matmul_tflops": matmul_tflops(torch.float32, 2048),
     }
+
+
+def copy_gbps(megabytes: int = 512, reps: int = 5) -> float:
+    """Memory bandwidth in GB/s: a large bf16 copy (each byte read once and written once),
+    best of ``reps``."""
+    src = torch.ones(megabytes * 2**20 // 2, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    seconds = min(timeit(lambda: dst.copy_(src), reps=reps))
+    return 2 * src.numel() * src.element_size() / seconds / 1e9
+
+
+#: Activations that a fast path fuses into the convolution before them (no pass of their own).
+_FUSABLE = ("relu", "relu_", "silu", "silu_", "hardswish", "hardswish_", "gelu", "gelu_")
+
+
+def roofline_seconds(model: torch.nn.Module, size: int, tflops: float, gbps: float) -> float:
+    """A lower bound on one bf16 forward pass at ``size`` (batch 1): every operator of the
+    model's forward at the larger of its FLOPs at the matmul peak (``tflops``) and its bytes at
+    the copy bandwidth (``gbps``), bytes being its inputs (weights included) read once and its
+    outputs written once, 2 bytes an element. BatchNorms are folded first and an activation
+    right after a convolution counts nothing (both are fused in the fast path); views are free.
+    Depthwise and small layers are bound by bytes, not FLOPs: this says what they can reach."""
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    from torch.utils.flop_counter import flop_registry
+
+    from unet_resnet.inference.fastpath import fold_batchnorm
+
+    x = torch.randn(1, model.in_channels, size, size)
+    folded = fold_batchnorm(copy.deepcopy(model).eval(), x[..., :64, :64])
+
+    class Roofline(TorchDispatchMode):
+        seconds = 0.0
+        conv_out: torch.Tensor | None = None
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            packet = func._overloadpacket
+            inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            if func.is_view or not outputs:
+                return out
+            if packet.__name__ in _FUSABLE and inputs and inputs[0] is self.conv_out:
+                self.conv_out = outputs[0]  # fused: the convolution writes this instead
+                return out
+            flops = (
+                flop_registry[packet](*args, **kwargs, out_val=out)
+                if packet in flop_registry
+                else 0
+            )
+            moved = 2 * sum(t.numel() for t in inputs + outputs)
+            self.seconds += max(flops / (tflops * 1e12), moved / (gbps * 1e9))
+            self.conv_out = (
+                outputs[0] if packet.__name__ in ("convolution", "_convolution") else None
+            )
+            return out
+
+    mode = Roofline()
+    with torch.no_grad(), mode:  # (inference_mode would hide conv2d's decomposition)
+        folded(x)
+    return mode.seconds
 
 
 def model_gflop(model: torch.nn.Module, size: int) -> float:

@@ -27,7 +27,7 @@ MODELS = {
 PLAIN = ("eager_fp32", "autocast_bf16_cl")
 
 
-def _plain_variants(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+def plain_variants(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Eager fp32, and autocast bf16 + channels_last where the CPU runs bf16 natively (without
     it oneDNN falls back to reference kernels, minutes per image: nobody's best plain path)."""
     import copy
@@ -67,7 +67,7 @@ def bench_inference(
         start = time.perf_counter()
         fast = Segmenter(model)  # builds the fast path: calibrates on a first build
         build_s = time.perf_counter() - start
-        variants = _plain_variants(model)
+        variants = plain_variants(model)
         variants["default"] = fast.probabilities
         first_call: dict[str, float] = {}
         if compile and model_name == "guide":

@@ -67,13 +67,16 @@ def format_results(results: dict[str, Any]) -> str:
             f"Encoders in the guide's U-Net ({first['size']}x{first['size']}, batch "
             f"{first['batch']}, default Segmenter path, random init)",
             f"{'encoder':<26}{'params M':>9}{'GFLOP':>8}{'img/s':>8}{'of peak':>9}"
-            f"{'vs eager':>9}  chosen",
+            f"{'vs eager':>9}{'vs plain':>9}{'roofline ms':>12}{'of roofline':>12}  chosen",
         ]
         for r in results["encoders"]:
             lines.append(
                 f"{r['encoder']:<26}{r['params_m']:>9.1f}{r['gflop_per_image']:>8.1f}"
                 f"{r['images_per_s']:>8.2f}{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
-                f"{r['speedup_vs_eager_fp32']:>8.2f}x  {r['chosen']}"
+                f"{r['speedup_vs_eager_fp32']:>8.2f}x"
+                f"{r.get('speedup_vs_best_plain', float('nan')):>8.2f}x"
+                f"{1000 * r.get('roofline_s', float('nan')):>12.1f}"
+                f"{r.get('fraction_of_roofline', float('nan')):>12.2f}  {r['chosen']}"
             )
     if "training" in results:
         lines += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks.loadtest import run_load
 from benchmarks.run import main
@@ -60,6 +61,8 @@ def test_quick_benchmark_run(tmp_path, capsys):
     for row in encoders.values():
         assert row["params_m"] > 0 and row["gflop_per_image"] > 0
         assert row["images_per_s"] > 0 and row["speedup_vs_eager_fp32"] > 0
+        assert row["speedup_vs_best_plain"] > 0 and row["copy_gbps"] > 0
+        assert 0 < row["fraction_of_roofline"] and row["roofline_s"] > 0
     assert results["tiling"][0]["tiles"] >= 1 and results["tiling"][0]["peak_rss_mb"] > 0
     within, over = results["serve"]
     assert within["errors"] == 0 and over["errors"] == 0
@@ -105,3 +108,24 @@ def test_classes_below_a_cpu_are_those_its_flags_reach():
 def test_load_test_only_targets_loopback():
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://10.0.0.1:8000", b"")
+
+
+def test_roofline_takes_flops_or_bytes_whichever_binds():
+    from torch import nn
+
+    from benchmarks.common import roofline_seconds
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+    model.in_channels = 64
+    flops = 2 * 32 * 64 * 9 * 16 * 16  # multiply-adds of a 3x3 conv on a 16x16 map
+    # input, weight, bias and output once, 2 bytes each; BatchNorm folded, ReLU fused
+    moved = 2 * (64 * 16 * 16 + 32 * 64 * 9 + 32 + 32 * 16 * 16)
+    compute_bound = roofline_seconds(model, 16, tflops=1.0, gbps=1e9)
+    memory_bound = roofline_seconds(model, 16, tflops=1e9, gbps=1.0)
+    assert compute_bound == pytest.approx(flops / 1e12)
+    assert memory_bound == pytest.approx(moved / 1e9)
+    # a separate pass (the activation not right after a convolution) moves its bytes
+    model.append(nn.Tanh())
+    extra = roofline_seconds(model, 16, tflops=1e9, gbps=1.0) - memory_bound
+    assert extra == pytest.approx(2 * 2 * 32 * 16 * 16 / 1e9)
