@@ -406,6 +406,8 @@ def choose_per_layer(model: nn.Module, example: torch.Tensor) -> list[str]:
     return the names left plain. Packed kernels lose on some shapes: a 1x1 convolution on the
     1x1 map of a squeeze-excite gate takes 2.7 ms packed against 0.1 ms plain on AMX, and
     convolutions with few channels at full resolution about 2x."""
+    from unet_resnet.inference.trace import forward_with_hooks
+
     inputs: dict[str, tuple[tuple, dict]] = {}
     handles = []
     for name, module in model.named_modules():
@@ -415,12 +417,7 @@ def choose_per_layer(model: nn.Module, example: torch.Tensor) -> list[str]:
                 inputs.setdefault(name, (args, kwargs))
 
             handles.append(module.register_forward_pre_hook(grab, with_kwargs=True))
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     plain = []
     modules = dict(model.named_modules())
     with torch.inference_mode():

@@ -16,7 +16,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["conv_readers"]
+__all__ = ["conv_readers", "forward_with_hooks"]
+
+
+def forward_with_hooks(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """One forward pass of ``model`` on ``example`` (inference mode), then the hooks behind
+    ``handles`` removed, also when the pass fails."""
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def conv_readers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
@@ -62,12 +73,7 @@ def conv_readers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str
             handles.append(module.register_forward_pre_hook(before(name, module)))
             if not isinstance(module, nn.Identity):
                 handles.append(module.register_forward_hook(after))
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     return [
         (conv, users[0])
         for conv, users in readers.items()
