@@ -16,8 +16,9 @@ def training_step(variant: str, size: int, batch: int, classes: int = 4) -> Call
     """One training step of the guide's model as ``variant`` runs it: ``guide_plain_fp32``
     (the guide's loop, verbatim), ``channels_last_fp32`` / ``channels_last_bf16_mixed`` (a
     plain loop with channels_last, fused Adam and autocast), ``default_bf16_mixed`` /
-    ``default_fp32`` (as ``unet-resnet train`` runs it: also the GEMM layers and the batch in
-    the autocast dtype; run it inside :func:`keep_freed_memory` as ``train`` does)."""
+    ``default_fp32`` (as ``unet-resnet train`` runs it: also the GEMM layers, our fused Adam
+    that updates channels_last weights without copies, and the batch in the autocast dtype;
+    run it inside :func:`keep_freed_memory` as ``train`` does)."""
     import torch.nn.functional as F
 
     from unet_resnet.models import UNetWithResnet50Encoder
@@ -31,12 +32,14 @@ def training_step(variant: str, size: int, batch: int, classes: int = 4) -> Call
         autocast = False
     else:
         from unet_resnet.training import use_gemm_convolutions
+        from unet_resnet.training.optim import Adam
 
         model = model.to(memory_format=torch.channels_last)
         if variant.startswith("default_"):
             use_gemm_convolutions(model)
         x = x.contiguous(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.001, fused=True)
+        adam = Adam if variant.startswith("default_") else torch.optim.Adam
+        optimizer = adam(model.parameters(), lr=0.001, fused=True)
         autocast = variant.endswith("bf16_mixed")
 
     # SegmentationModule hands the model its batch in the autocast dtype (the input is also

@@ -75,15 +75,24 @@ def test_gemm_transposed_convolution_equals_pytorchs(kernel, channels_last):
     _compare(reference, converted, x)
 
 
-def test_gradcheck_of_both_functions():
+@pytest.mark.parametrize("weights_channels_last", [True, False])
+def test_gradcheck_of_both_functions(weights_channels_last):
+    """Both weight layouts (the GEMMs read the weight in its own memory order)."""
     torch.manual_seed(0)
+    layout = torch.channels_last if weights_channels_last else torch.contiguous_format
+
+    def weight(*shape):
+        w = torch.randn(*shape, dtype=torch.double).contiguous(memory_format=layout)
+        assert gemm_conv._kernel_last(w) == weights_channels_last
+        return w.requires_grad_()
+
     x = torch.randn(2, 3, 4, 3, dtype=torch.double, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, dtype=torch.double, requires_grad=True)
+    w = weight(4, 3, 3, 3)
     b = torch.randn(4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, w, b: gemm_conv._ConvGemm.apply(x, w, b, 1, 1), (x, w, b)
     )
-    wt = torch.randn(3, 2, 2, 2, dtype=torch.double, requires_grad=True)
+    wt = weight(3, 2, 2, 2)
     bt = torch.randn(2, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(gemm_conv._ConvTranspose2x2Gemm.apply, (x, wt, bt))
 
@@ -239,3 +248,32 @@ def test_a_trained_module_model_gets_the_full_inference_fast_path():
     assert not {GemmConv2d, GemmConvTranspose2d} & kinds
     assert nn.BatchNorm2d not in kinds  # every BatchNorm folded, as for a plain model
     assert GemmConv2d in {type(m) for m in module.model.modules()}  # the module's own is kept
+
+
+@pytest.mark.parametrize("layer", ["conv", "transposed"])
+@pytest.mark.parametrize("weights_channels_last", [True, False])
+def test_gradients_come_back_in_the_weights_dtype_and_layout(layer, weights_channels_last):
+    """Under autocast the GEMM layers cast the fp32 master weight themselves and hand back an
+    fp32 gradient laid out as the weight is: autograd then keeps it as it is (no cast, no
+    re-layout copy), and the fused optimiser needs no contiguous copy."""
+    torch.manual_seed(0)
+    if layer == "conv":
+        module, x = nn.Conv2d(64, 16, 3, padding=1), torch.randn(2, 64, 3, 3)
+    else:
+        module, x = nn.ConvTranspose2d(16, 8, 2, stride=2), torch.randn(2, 16, 3, 3)
+    if weights_channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(module)
+    use_gemm_convolutions(module)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grads = []
+    for m in (reference, module):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+        # autograd.grad hands back what the layer produced (.grad would be re-laid out)
+        grads.append(torch.autograd.grad(y.float().square().sum(), (m.weight, m.bias)))
+    for grad, param in zip(grads[1], (module.weight, module.bias), strict=True):
+        assert grad.dtype == torch.float32 and grad.stride() == param.stride()
+    for ours, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, theirs, atol=0.5, rtol=0.03)

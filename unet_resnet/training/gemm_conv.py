@@ -15,8 +15,9 @@ Both are matrix products in disguise. A 2x2/stride-2 transposed convolution maps
 pixel to its own 2x2 output patch: one GEMM and a pixel shuffle. A stride-1 convolution is a
 GEMM over the ``kh x kw`` shifted copies of its input (im2col), cheap when there are few
 pixels. Here they are computed so, forward and backward, in whatever dtype autocast gives
-(bf16 GEMMs run on AMX/AVX-512 BF16 near the peak), with the weights read in their
-channels_last layout without a copy.
+(bf16 GEMMs run on AMX/AVX-512 BF16 near the peak). The fp32 master weights go in as they
+are: their cast and re-layout into the GEMM's matrix is one copy, and their gradients come
+back in fp32 and in the weights' own layout (one copy, nothing left for autograd to redo).
 
 :func:`use_gemm_convolutions` swaps the class of the matching layers of a model for training:
 parameters, names and state-dict keys are unchanged; evaluation (no gradients), GPUs and
@@ -55,24 +56,57 @@ def _as_nchw(x_nhwc: torch.Tensor) -> torch.Tensor:
     return x_nhwc.permute(0, 3, 1, 2)
 
 
-def _im2col(x: torch.Tensor, kh: int, kw: int, ph: int, pw: int) -> torch.Tensor:
-    """``(N*Ho*Wo) x (kh*kw*C)`` rows of shifted input, in the (kh, kw, C) order of a
-    channels_last weight."""
+def _kernel_last(weight: torch.Tensor) -> bool:
+    """Whether the weight (``A x B x kh x kw``) lies in memory as ``A, kh, kw, B``
+    (channels_last) rather than ``A, B, kh, kw``: the GEMMs read it in its own order."""
+    return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _weight_matrix(weight: torch.Tensor, dtype: torch.dtype, kernel_last: bool) -> torch.Tensor:
+    """``weight`` as the ``A x (kh*kw*B)`` (kernel last) or ``A x (B*kh*kw)`` matrix the GEMMs
+    read, in ``dtype``: one sequential copy (the cast), the weight's memory order kept."""
+    a, b, kh, kw = weight.shape
+    if kernel_last:
+        matrix = torch.empty(a, kh, kw, b, dtype=dtype, device=weight.device)
+        return matrix.copy_(weight.permute(0, 2, 3, 1)).view(a, -1)
+    return weight.to(dtype, memory_format=torch.contiguous_format).view(a, -1)
+
+
+def _weight_gradient(matrix: torch.Tensor, weight: torch.Tensor, kernel_last: bool):
+    """The inverse of :func:`_weight_matrix` for a gradient: in the weight's dtype and memory
+    layout (what autograd's accumulation and the fused optimisers expect), one copy."""
+    a, b, kh, kw = weight.shape
+    grad = torch.empty_like(weight)  # the weight's strides
+    if kernel_last:
+        return grad.copy_(matrix.view(a, kh, kw, b).permute(0, 3, 1, 2))
+    return grad.copy_(matrix.view(a, b, kh, kw))
+
+
+def _im2col(x: torch.Tensor, kh: int, kw: int, ph: int, pw: int, kernel_last: bool):
+    """``(N*Ho*Wo) x (kh*kw*C)`` rows of shifted input (or ``C*kh*kw`` when the weight is
+    not kernel last), in the order of the weight matrix's columns."""
     n, h, w, c = x.shape
     ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     padded = F.pad(x, (0, 0, pw, pw, ph, ph))
-    cols = x.new_empty(n, ho, wo, kh, kw, c)
+    cols = x.new_empty(n, ho, wo, kh, kw, c) if kernel_last else x.new_empty(n, ho, wo, c, kh, kw)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, :, i, j, :] = padded[:, i : i + ho, j : j + wo, :]
-    return cols.view(n * ho * wo, kh * kw * c)
+            shifted = padded[:, i : i + ho, j : j + wo, :]
+            if kernel_last:
+                cols[:, :, :, i, j, :] = shifted
+            else:
+                cols[:, :, :, :, i, j] = shifted
+    return cols.view(n * ho * wo, -1)
 
 
-def _col2im(cols: torch.Tensor, shape, kh: int, kw: int, ph: int, pw: int) -> torch.Tensor:
+def _col2im(cols: torch.Tensor, shape, kh: int, kw: int, ph: int, pw: int, kernel_last: bool):
     """The adjoint of :func:`_im2col`: sums each shifted copy back into place."""
     n, h, w, c = shape
     ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    parts = cols.view(n, ho, wo, kh, kw, c)
+    if kernel_last:
+        parts = cols.view(n, ho, wo, kh, kw, c)
+    else:
+        parts = cols.view(n, ho, wo, c, kh, kw).permute(0, 1, 2, 4, 5, 3)
     padded = cols.new_zeros(n, h + 2 * ph, w + 2 * pw, c)
     for i in range(kh):
         for j in range(kw):
@@ -81,75 +115,88 @@ def _col2im(cols: torch.Tensor, shape, kh: int, kw: int, ph: int, pw: int) -> to
 
 
 class _ConvGemm(torch.autograd.Function):
-    """Stride-1, zero-padded, ungrouped convolution as GEMMs (forward and backward)."""
+    """Stride-1, zero-padded, ungrouped convolution as GEMMs (forward and backward) in the
+    dtype of ``x``; the weight and bias stay in their own dtype (fp32 master weights under
+    autocast) and get gradients in it."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, ph: int, pw: int):
-        o, c, kh, kw = weight.shape
+        o, _, kh, kw = weight.shape
+        kernel_last = _kernel_last(weight)
         x_nhwc = _nhwc(x)
-        w2 = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)  # free if channels_last
-        cols = _im2col(x_nhwc, kh, kw, ph, pw)
-        out = cols @ w2.t() if bias is None else torch.addmm(bias, cols, w2.t())
+        w2 = _weight_matrix(weight, x.dtype, kernel_last)
+        cols = _im2col(x_nhwc, kh, kw, ph, pw, kernel_last)
+        out = cols @ w2.t() if bias is None else torch.addmm(bias.to(x.dtype), cols, w2.t())
         n, h, w, _ = x_nhwc.shape
-        ctx.save_for_backward(x_nhwc, w2)
-        ctx.geometry = (weight.shape, ph, pw, bias is not None)
+        ctx.save_for_backward(x_nhwc, w2, weight)
+        ctx.geometry = (ph, pw, kernel_last, None if bias is None else bias.dtype)
         return _as_nchw(out.view(n, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1, o))
 
     @staticmethod
     def backward(ctx, grad):
-        x_nhwc, w2 = ctx.saved_tensors
-        (o, c, kh, kw), ph, pw, has_bias = ctx.geometry
-        g2 = _nhwc(grad).view(-1, o)
+        x_nhwc, w2, weight = ctx.saved_tensors
+        ph, pw, kernel_last, bias_dtype = ctx.geometry
+        o, _, kh, kw = weight.shape
+        g2 = _nhwc(grad.to(w2.dtype)).view(-1, o)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             cols_grad = g2 @ w2
-            grad_x = _as_nchw(_col2im(cols_grad, x_nhwc.shape, kh, kw, ph, pw))
+            grad_x = _col2im(cols_grad, x_nhwc.shape, kh, kw, ph, pw, kernel_last)
+            grad_x = _as_nchw(grad_x)
         if ctx.needs_input_grad[1]:
-            cols = _im2col(x_nhwc, kh, kw, ph, pw)  # recomputed: cheaper than keeping it
-            grad_w = (g2.t().contiguous() @ cols).view(o, kh, kw, c).permute(0, 3, 1, 2)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
+            cols = _im2col(x_nhwc, kh, kw, ph, pw, kernel_last)  # cheaper than keeping it
+            grad_w = _weight_gradient(g2.t().contiguous() @ cols, weight, kernel_last)
+        if bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0).to(bias_dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
 class _ConvTranspose2x2Gemm(torch.autograd.Function):
-    """Transposed convolution with kernel == stride (no overlap) as one GEMM and a shuffle."""
+    """Transposed convolution with kernel == stride (no overlap) as one GEMM and a shuffle,
+    in the dtype of ``x`` (weight and bias as in :class:`_ConvGemm`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         c, o, kh, kw = weight.shape
+        kernel_last = _kernel_last(weight)
         x_nhwc = _nhwc(x)
         n, h, w, _ = x_nhwc.shape
-        w2 = weight.permute(0, 2, 3, 1).reshape(c, kh * kw * o)  # columns in (kh, kw, O) order
+        w2 = _weight_matrix(weight, x.dtype, kernel_last)
         y = x_nhwc.view(-1, c) @ w2
-        y = y.view(n, h, w, kh, kw, o).permute(0, 1, 3, 2, 4, 5).reshape(n, h * kh, w * kw, o)
+        # to (n, h, kh, w, kw, o): each input pixel's kh x kw patch in place
+        if kernel_last:
+            y = y.view(n, h, w, kh, kw, o).permute(0, 1, 3, 2, 4, 5)
+        else:
+            y = y.view(n, h, w, o, kh, kw).permute(0, 1, 4, 2, 5, 3)
+        y = y.reshape(n, h * kh, w * kw, o)
         if bias is not None:
-            y = y + bias
-        ctx.save_for_backward(x_nhwc, w2)
-        ctx.geometry = (weight.shape, bias is not None)
+            y = y + bias.to(x.dtype)
+        ctx.save_for_backward(x_nhwc, w2, weight)
+        ctx.geometry = (kernel_last, None if bias is None else bias.dtype)
         return _as_nchw(y)
 
     @staticmethod
     def backward(ctx, grad):
-        x_nhwc, w2 = ctx.saved_tensors
-        (c, o, kh, kw), has_bias = ctx.geometry
+        x_nhwc, w2, weight = ctx.saved_tensors
+        kernel_last, bias_dtype = ctx.geometry
+        c, o, kh, kw = weight.shape
         n, h, w, _ = x_nhwc.shape
-        g = _nhwc(grad).view(n, h, kh, w, kw, o).permute(0, 1, 3, 2, 4, 5)
-        g2 = g.reshape(n * h * w, kh * kw * o)
+        g = _nhwc(grad.to(w2.dtype)).view(n, h, kh, w, kw, o)
+        g2 = g.permute(0, 1, 3, 2, 4, 5) if kernel_last else g.permute(0, 1, 3, 5, 2, 4)
+        g2 = g2.reshape(n * h * w, -1)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _as_nchw((g2 @ w2.t()).view(n, h, w, c))
         if ctx.needs_input_grad[1]:
-            grad_w = (x_nhwc.view(-1, c).t() @ g2).view(c, kh, kw, o).permute(0, 3, 1, 2)
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.view(-1, o).sum(0)
+            grad_w = _weight_gradient(x_nhwc.view(-1, c).t() @ g2, weight, kernel_last)
+        if bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = g.sum((0, 1, 2, 3, 4)).to(bias_dtype)
         return grad_x, grad_w, grad_b
 
 
-def _cast(dtype: torch.dtype | None, *tensors: torch.Tensor | None):
-    if dtype is None:
-        return tensors
-    return tuple(None if t is None else t.to(dtype) for t in tensors)
+def _cast(dtype: torch.dtype | None, x: torch.Tensor) -> torch.Tensor:
+    """The input in the autocast dtype (the weights are cast inside the GEMM functions)."""
+    return x if dtype is None else x.to(dtype)
 
 
 def _wants_gradients(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -183,7 +230,7 @@ class GemmConv2d(nn.Conv2d):
     def _conv_forward(self, x, weight, bias):
         if x.dim() != 4 or not _wants_gradients(x, weight) or not gemm_rule(self, x):
             return super()._conv_forward(x, weight, bias)
-        x, weight, bias = _cast(_autocast_dtype(x), x, weight, bias)
+        x = _cast(_autocast_dtype(x), x)
         with torch.autocast(x.device.type, enabled=False):
             return _ConvGemm.apply(x, weight, bias, *self.padding)
 
@@ -196,9 +243,9 @@ class GemmConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x, output_size=None):
         if output_size is not None or x.dim() != 4 or not _wants_gradients(x, self.weight):
             return super().forward(x, output_size)
-        x, weight, bias = _cast(_autocast_dtype(x), x, self.weight, self.bias)
+        x = _cast(_autocast_dtype(x), x)
         with torch.autocast(x.device.type, enabled=False):
-            return _ConvTranspose2x2Gemm.apply(x, weight, bias)
+            return _ConvTranspose2x2Gemm.apply(x, self.weight, self.bias)
 
 
 def _transposed_fits(conv: nn.ConvTranspose2d) -> bool:
