@@ -1,4 +1,4 @@
-"""Machine settings: keeping freed memory for reuse during training."""
+"""Machine settings: keeping freed memory for reuse (training, predicting commands, workers)."""
 
 from __future__ import annotations
 
@@ -94,3 +94,62 @@ def test_training_runs_inside_it(monkeypatch, tmp_path):
     train(tiny_config(data, tmp_path / "a"))
     train(tiny_config(data, tmp_path / "b", keep_freed_memory=False))
     assert entered == [True, False]
+
+
+_NESTED_CHECK = """
+from tests.test_hardware import _faults_of_repeated_allocations
+from unet_resnet import hardware
+with hardware.keep_freed_memory():
+    with hardware.keep_freed_memory():
+        _faults_of_repeated_allocations()
+    after_inner = _faults_of_repeated_allocations()  # the outer block still keeps memory
+    depth = hardware._kept_depth
+print(after_inner, depth, hardware._kept_depth)
+"""
+
+
+@needs_glibc
+def test_blocks_nest_and_only_the_outermost_restores():
+    result = subprocess.run(
+        [sys.executable, "-c", _NESTED_CHECK], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    after_inner, depth, final_depth = map(int, result.stdout.split())
+    pages = 64 * 2**20 // resource.getpagesize()
+    assert depth == 1 and final_depth == 0
+    assert after_inner < 0.5 * pages  # reused: the inner block's exit changed nothing
+
+
+def test_commands_that_predict_keep_freed_memory(monkeypatch):
+    from unet_resnet import cli, hardware
+    from unet_resnet.cli.registry import COMMANDS, Command
+
+    keeping = {name for name, cmd in COMMANDS.items() if cmd.keeps_freed_memory}
+    assert keeping == {"predict", "evaluate", "serve"}  # train has its own (--keep-freed-memory)
+    seen = []
+
+    def handler(args):
+        seen.append(hardware._kept_depth)
+        return 0
+
+    monkeypatch.setitem(
+        COMMANDS, "probe-keeps", Command("probe-keeps", "", handler, lambda p: None, True)
+    )
+    monkeypatch.setitem(
+        COMMANDS, "probe-plain", Command("probe-plain", "", handler, lambda p: None)
+    )
+    assert cli.main(["probe-keeps"]) == 0 and cli.main(["probe-plain"]) == 0
+    assert seen == [1 if hardware._glibc() else 0, 0]
+    assert hardware._kept_depth == 0
+
+
+def test_a_ray_worker_keeps_freed_memory_for_its_life(checkpoint):
+    from unet_resnet import hardware
+    from unet_resnet.inference.scale import _Worker
+
+    worker = _Worker([str(checkpoint)], {"device": "cpu"}, 1)
+    try:
+        assert worker.kept_memory is (hardware._glibc() is not None)
+        assert hardware._kept_depth == int(worker.kept_memory)
+    finally:
+        worker._memory.close()
+    assert hardware._kept_depth == 0

@@ -18,6 +18,7 @@ from unet_resnet._version import __version__
 from unet_resnet.cli import data, demo, models, predict, serve, train  # noqa: F401 (registers)
 from unet_resnet.cli.registry import COMMANDS
 from unet_resnet.errors import UnetResnetError
+from unet_resnet.hardware import keep_freed_memory
 
 __all__ = ["build_parser", "main"]
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.setup(p)
-        p.set_defaults(func=cmd.run)
+        p.set_defaults(func=cmd.run, keeps_freed_memory=cmd.keeps_freed_memory)
     return parser
 
 
@@ -63,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_notice
-            return args.func(args)
+            with keep_freed_memory(args.keeps_freed_memory):
+                return args.func(args)
     except UnetResnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

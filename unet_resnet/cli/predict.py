@@ -63,6 +63,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     "predict",
     "predict masks for images, folders or GeoTIFF scenes of any size",
     _predict_arguments,
+    keeps_freed_memory=True,
 )
 def predict_command(args: argparse.Namespace) -> int:
     from unet_resnet.checkpoint import read_meta
@@ -165,6 +166,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     "evaluate",
     "score a checkpoint on a labelled split (mIoU, Dice, per-class table)",
     _evaluate_arguments,
+    keeps_freed_memory=True,
 )
 def evaluate_command(args: argparse.Namespace) -> int:
     from unet_resnet.data import DataError

@@ -18,6 +18,9 @@ class Command:
     help: str
     run: Handler
     setup: Setup
+    #: Runs inside :func:`unet_resnet.hardware.keep_freed_memory`: commands that run a model
+    #: over many inputs (each would otherwise page in its activations afresh).
+    keeps_freed_memory: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
@@ -27,14 +30,20 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-def command(name: str, help: str, arguments: Setup = _no_arguments) -> Callable[[Handler], Handler]:
+def command(
+    name: str,
+    help: str,
+    arguments: Setup = _no_arguments,
+    *,
+    keeps_freed_memory: bool = False,
+) -> Callable[[Handler], Handler]:
     """Register the decorated function as subcommand ``name``; ``arguments`` adds its options.
 
     The function takes the parsed arguments and returns the exit code.
     """
 
     def register(func: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help, func, arguments)
+        COMMANDS[name] = Command(name, help, func, arguments, keeps_freed_memory)
         return func
 
     return register

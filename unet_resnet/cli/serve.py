@@ -32,7 +32,10 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @command(
-    "serve", "HTTP service and web page for a checkpoint (FastAPI + uvicorn)", _serve_arguments
+    "serve",
+    "HTTP service and web page for a checkpoint (FastAPI + uvicorn)",
+    _serve_arguments,
+    keeps_freed_memory=True,
 )
 def serve_command(args: argparse.Namespace) -> int:
     try:

@@ -14,6 +14,7 @@ failed (with reasons), seconds, and throughput per worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_resnet.errors import ConfigError, UnetResnetError
+from unet_resnet.hardware import keep_freed_memory
 from unet_resnet.inference.files import OutputPaths, PredictPlan, PredictReport
 from unet_resnet.io import atomic_path, remove_partials
 
@@ -112,6 +114,9 @@ class _Worker:
         torch.set_num_threads(max(1, threads))
         source = checkpoints if len(checkpoints) > 1 else checkpoints[0]
         self.segmenter = Segmenter.from_checkpoint(source, **options)
+        # The actor's process only predicts: freed activations are kept for the next file.
+        self._memory = contextlib.ExitStack()
+        self.kept_memory = self._memory.enter_context(keep_freed_memory())
 
     def predict(self, path: str, outputs: dict, slice_axis: int, simplify: float | None):
         from unet_resnet.inference.files import predict_one
