@@ -83,13 +83,14 @@ def format_results(results: dict[str, Any]) -> str:
             "",
             "Training step (fwd+bwd+Adam), guide's model",
             f"{'variant':<28}{'size':>6}{'batch':>6}{'img/s':>8}{'vs guide':>10}{'of peak':>9}"
-            f"{'peak MB':>9}",
+            f"{'peak TF':>9}{'peak MB':>9}",
         ]
         for r in results["training"]:
             lines.append(
                 f"{r['variant']:<28}{r['size']:>6}{r['batch']:>6}{r['images_per_s']:>8.2f}"
                 f"{r['speedup_vs_guide_loop']:>9.2f}x"
-                f"{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}{r['peak_rss_mb']:>9.0f}"
+                f"{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
+                f"{r.get('bf16_peak_tflops', float('nan')):>9.2f}{r['peak_rss_mb']:>9.0f}"
             )
     if "epoch" in results:
         e = results["epoch"]

@@ -83,7 +83,7 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
             *bench_training(
                 size=64 if quick else 256,
                 batch=2 if quick else 8,
-                steps=1 if quick else 3,
+                steps=1 if quick else 5,
                 peak=peak,
             ),
             *(
@@ -92,7 +92,7 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
                 else bench_training(
                     size=512,
                     batch=4,
-                    steps=2,
+                    steps=3,
                     peak=peak,
                     variants=(
                         "guide_plain_fp32",

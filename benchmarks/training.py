@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import in_subprocess, peak_rss_mb, timeit
+from benchmarks.common import in_subprocess, matmul_tflops, peak_rss_mb, timeit
 from unet_resnet.hardware import keep_freed_memory
 
 
@@ -57,10 +57,15 @@ def training_step(variant: str, size: int, batch: int, classes: int = 4) -> Call
 
 
 def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> None:
-    """One training variant in a fresh process, so its peak memory is its own."""
+    """One training variant in a fresh process, so its peak memory is its own. The bf16
+    matmul peak is measured here too, just before and after the steps: on a shared machine
+    it moves by a third between minutes, so a fraction of a peak measured elsewhere and
+    earlier says more about the neighbours than about the step."""
     step = training_step(variant, size, batch)
+    peaks = [matmul_tflops(torch.bfloat16, 4096)]
     with keep_freed_memory(variant.startswith("default_")):  # as train() runs the steps
         times = timeit(step, reps=steps)
+    peaks.append(matmul_tflops(torch.bfloat16, 4096))
     peak_mb = peak_rss_mb()
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -75,6 +80,7 @@ def _train_worker(variant: str, size: int, batch: int, steps: int, queue) -> Non
             "gflop_per_step": counter.get_total_flops() / 1e9,
             "step_s": statistics.median(times),
             "peak_rss_mb": peak_mb,
+            "bf16_peak_tflops": max(peaks),  # the higher: the fraction is not flattered
         }
     )
 
@@ -94,8 +100,9 @@ def bench_training(
     peak: float | None = None,
     variants: tuple[str, ...] = VARIANTS,
 ) -> list[dict[str, Any]]:
-    """Images/s of fwd+bwd+step: the guide's plain fp32 loop vs our defaults; with ``peak``
-    (bf16 matmul TFLOP/s of this run) also the achieved fraction of it."""
+    """Images/s of fwd+bwd+step: the guide's plain fp32 loop vs our defaults, and the
+    achieved fraction of the bf16 matmul peak measured beside each variant (``peak``, the
+    run's, when a worker has none)."""
     rows = [in_subprocess(_train_worker, v, size, batch, steps) for v in variants]
     base = rows[0]["images_per_s"]
     # One FLOP count for every row, the guide's model as written (convolutions): the GEMM
@@ -103,6 +110,7 @@ def bench_training(
     gflop = rows[0]["gflop_per_step"]
     for row in rows:
         row["speedup_vs_guide_loop"] = row["images_per_s"] / base
-        if peak:
-            row["fraction_of_bf16_peak"] = gflop / row["step_s"] / (peak * 1000)
+        here = row.get("bf16_peak_tflops") or peak
+        if here:
+            row["fraction_of_bf16_peak"] = gflop / row["step_s"] / (here * 1000)
     return rows

@@ -129,3 +129,25 @@ def test_roofline_takes_flops_or_bytes_whichever_binds():
     model.append(nn.Tanh())
     extra = roofline_seconds(model, 16, tflops=1e9, gbps=1.0) - memory_bound
     assert extra == pytest.approx(2 * 2 * 32 * 16 * 16 / 1e9)
+
+
+def test_training_fractions_use_the_peak_measured_beside_each_variant(monkeypatch):
+    from benchmarks import training
+
+    rows = {
+        "guide_plain_fp32": {"step_s": 4.0, "gflop_per_step": 100.0, "bf16_peak_tflops": 0.5},
+        "default_bf16_mixed": {"step_s": 1.0, "gflop_per_step": 90.0},  # no peak of its own
+    }
+
+    def fake(worker, variant, size, batch, steps):
+        return {"variant": variant, "images_per_s": batch / rows[variant]["step_s"]} | rows[variant]
+
+    monkeypatch.setattr(training, "in_subprocess", fake)
+    out = training.bench_training(
+        size=64, batch=2, peak=0.2, variants=("guide_plain_fp32", "default_bf16_mixed")
+    )
+    guide, default = out
+    # one FLOP count (the guide's model as written) for every row
+    assert guide["fraction_of_bf16_peak"] == pytest.approx(100 / 4.0 / 500)
+    assert default["fraction_of_bf16_peak"] == pytest.approx(100 / 1.0 / 200)
+    assert default["speedup_vs_guide_loop"] == pytest.approx(4.0)
