@@ -146,10 +146,12 @@ def test_a_ray_worker_keeps_freed_memory_for_its_life(checkpoint):
     from unet_resnet import hardware
     from unet_resnet.inference.scale import _Worker
 
-    worker = _Worker([str(checkpoint)], {"device": "cpu"}, 1)
+    threads = torch.get_num_threads()
+    worker = _Worker([str(checkpoint)], {"device": "cpu"}, threads)
     try:
         assert worker.kept_memory is (hardware._glibc() is not None)
         assert hardware._kept_depth == int(worker.kept_memory)
     finally:
         worker._memory.close()
+        torch.set_num_threads(threads)  # the worker sets the process's threads
     assert hardware._kept_depth == 0

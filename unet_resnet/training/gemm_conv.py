@@ -88,14 +88,15 @@ def _im2col(x: torch.Tensor, kh: int, kw: int, ph: int, pw: int, kernel_last: bo
     n, h, w, c = x.shape
     ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
     padded = F.pad(x, (0, 0, pw, pw, ph, ph))
-    cols = x.new_empty(n, ho, wo, kh, kw, c) if kernel_last else x.new_empty(n, ho, wo, c, kh, kw)
+    if kernel_last:
+        cols = x.new_empty(n, ho, wo, kh, kw, c)
+        parts = cols
+    else:
+        cols = x.new_empty(n, ho, wo, c, kh, kw)
+        parts = cols.permute(0, 1, 2, 4, 5, 3)  # indexed (kh, kw, C) as above
     for i in range(kh):
         for j in range(kw):
-            shifted = padded[:, i : i + ho, j : j + wo, :]
-            if kernel_last:
-                cols[:, :, :, i, j, :] = shifted
-            else:
-                cols[:, :, :, :, i, j] = shifted
+            parts[:, :, :, i, j, :] = padded[:, i : i + ho, j : j + wo, :]
     return cols.view(n * ho * wo, -1)
 
 

@@ -5,12 +5,11 @@ PyTorch's fused CPU kernels walk a parameter, its gradient and its moments as fl
 Handed a channels_last weight they first copy it (and its gradient and moments) to a
 contiguous tensor and back: measured on the guide's model (148M parameters, nearly all in
 channels_last convolution weights) the optimiser step took 180 ms, 115 ms without the
-copies (docs/performance.md).
-A channels_last tensor *is* contiguous in another index order (``N, H, W, C``), so the
-kernels are given that view of every such tensor: same memory, same elementwise update, no
-copy. And where a gradient or a moment does not share its parameter's layout (a gradient
-set by hand, optimiser state saved under the other layout as from a run with
-``--channels-last`` switched), PyTorch's fused kernel (torch 2.14) silently updates the
+copies (docs/performance.md). A channels_last tensor *is* contiguous in another index order
+(``N, H, W, C``), so the kernels are given that view of every such tensor: same memory, same
+elementwise update, no copy. And where a gradient or a moment does not share its parameter's
+layout (a gradient set by hand, optimiser state saved under the other layout as from a run
+with ``--channels-last`` switched), PyTorch's fused kernel (torch 2.14) silently updates the
 wrong elements: ours first re-lays such tensors out as their parameter is.
 """
 
@@ -29,23 +28,19 @@ def _channels_last_only(t: torch.Tensor) -> bool:
     )
 
 
-def _memory_order(lists: tuple[list, ...]) -> int:
+def _memory_order(lists: tuple[list, ...]) -> None:
     """In the per-parameter lists a fused step is given (parameters first), replace each
     channels_last parameter and its same-shaped gradient and state by their contiguous
-    ``N, H, W, C`` views when all share its strides; returns how many parameters."""
+    ``N, H, W, C`` views when all share its strides (as :func:`_match_layout` made them)."""
     params = lists[0]
     aligned = [items for items in lists if len(items) == len(params)]
-    changed = 0
     for i, param in enumerate(params):
         if not _channels_last_only(param):
             continue
         peers = [items for items in aligned if items[i].shape == param.shape]
-        if any(items[i].stride() != param.stride() for items in peers):
-            continue  # mixed layouts: PyTorch's own handling (see match_state_layouts)
-        for items in peers:
-            items[i] = items[i].permute(0, 2, 3, 1)
-        changed += 1
-    return changed
+        if all(items[i].stride() == param.stride() for items in peers):
+            for items in peers:
+                items[i] = items[i].permute(0, 2, 3, 1)
 
 
 class _MemoryOrder:
@@ -77,14 +72,10 @@ def _relaid(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor | None:
     return torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def _match_layout(param: torch.Tensor, state: dict) -> int:
-    """Re-lay ``param``'s gradient and state out as ``param`` is; returns how many."""
-    changed = 0
+def _match_layout(param: torch.Tensor, state: dict) -> None:
+    """Re-lay ``param``'s gradient and per-element state out as ``param`` is."""
     if param.grad is not None and (grad := _relaid(param.grad, param)) is not None:
         param.grad = grad
-        changed += 1
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and (relaid := _relaid(value, param)) is not None:
             state[key] = relaid
-            changed += 1
-    return changed
