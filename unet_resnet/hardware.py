@@ -157,8 +157,9 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
     of it. Here large blocks come from the heap and freed memory stays there (the heap holds
     the peak of the work done inside, as PyTorch's CUDA allocator does on a GPU); on leaving
     the outermost block, the defaults are set back and the unused memory is returned to the
-    system. Blocks nest (training inside a command that keeps memory). Yields whether it took
-    effect (False when ``enabled`` is False or the C library is not glibc)."""
+    system. Blocks nest (training inside a command that keeps memory, a file's tiles inside
+    a folder's). Yields whether it took effect (False when ``enabled`` is False or the C
+    library is not glibc)."""
     global _kept_depth
     libc = _glibc() if enabled else None
     if libc is None:

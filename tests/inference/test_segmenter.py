@@ -382,3 +382,32 @@ def test_the_users_model_is_never_modified(checkpoint):
     after = model.state_dict()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
     assert next(model.parameters()).is_contiguous()
+
+
+def test_tiled_and_file_predictions_keep_freed_memory(monkeypatch, tmp_path):
+    """Many tiles (or a file's chunks) reuse each other's memory; one tile has nothing to
+    reuse and leaves the allocator alone."""
+    from unet_resnet import hardware
+    from unet_resnet.inference import segmenter as segmenter_module
+
+    depths = []
+    real = hardware.keep_freed_memory
+
+    def spy(enabled=True):
+        depths.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(segmenter_module, "keep_freed_memory", spy)
+    model = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None).eval()
+    seg = Segmenter(model, precision="fp32", tile_size=64, progress=False)
+    image = (np.random.default_rng(0).random((64, 48, 3)) * 255).astype(np.uint8)
+    seg.predict(image)
+    assert depths == [False]
+    seg.predict(np.concatenate([image, image], axis=0))  # 128 x 48: two tiles
+    assert depths == [False, True]
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "in.png")
+    seg.predict_file(tmp_path / "in.png", tmp_path / "out.png")
+    assert depths[2] is True  # the whole file, then its (one-tile) image
+    assert (tmp_path / "out.png").is_file() and hardware._kept_depth == 0
