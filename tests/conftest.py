@@ -106,3 +106,18 @@ def tiny_config(data, out, **overrides):
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def spy_keep_freed_memory(monkeypatch, module) -> list[bool]:
+    """Record the ``enabled`` of every ``keep_freed_memory`` block ``module`` enters (the
+    real blocks still run)."""
+    from unet_resnet import hardware
+
+    entered: list[bool] = []
+
+    def spy(enabled=True):
+        entered.append(enabled)
+        return hardware.keep_freed_memory(enabled)
+
+    monkeypatch.setattr(module, "keep_freed_memory", spy)
+    return entered

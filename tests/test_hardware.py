@@ -42,14 +42,18 @@ print(before, inside, int(active))
 """
 
 
+def _in_fresh_process(code: str) -> list[int]:
+    """The integers ``code`` prints, run in a fresh interpreter: earlier tests leave free
+    chunks in this process's heap, which glibc reuses whatever its settings."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return [int(v) for v in result.stdout.split()]
+
+
 @needs_glibc
 def test_freed_memory_is_reused_inside():
-    # In a fresh process: earlier tests leave free chunks in this one's heap, which glibc then
-    # reuses whatever its settings, so "before" would not show the default behaviour.
-    result = subprocess.run(
-        [sys.executable, "-c", _REUSE_CHECK], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    before, inside, active = map(int, result.stdout.split())
+    before, inside, active = _in_fresh_process(_REUSE_CHECK)
     pages = 64 * 2**20 // resource.getpagesize()
     assert active
     assert before > 4 * pages  # glibc's default: every allocation is fresh pages
@@ -76,20 +80,13 @@ def test_turned_off_it_changes_nothing():
 def test_training_runs_inside_it(monkeypatch, tmp_path):
     import importlib
 
-    from tests.conftest import tiny_config
+    from tests.conftest import spy_keep_freed_memory, tiny_config
     from unet_resnet.data import make_demo_dataset
     from unet_resnet.training import train
 
     # (the package's ``train`` attribute is the function, which hides the module)
     train_py = importlib.import_module("unet_resnet.training.train")
-    entered = []
-    real = train_py.keep_freed_memory
-
-    def spy(enabled=True):
-        entered.append(enabled)
-        return real(enabled)
-
-    monkeypatch.setattr(train_py, "keep_freed_memory", spy)
+    entered = spy_keep_freed_memory(monkeypatch, train_py)
     data = make_demo_dataset(tmp_path / "d", 8, 4, 32, seed=0)
     train(tiny_config(data, tmp_path / "a"))
     train(tiny_config(data, tmp_path / "b", keep_freed_memory=False))
@@ -110,10 +107,7 @@ print(after_inner, depth, hardware._kept_depth)
 
 @needs_glibc
 def test_blocks_nest_and_only_the_outermost_restores():
-    result = subprocess.run(
-        [sys.executable, "-c", _NESTED_CHECK], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    after_inner, depth, final_depth = map(int, result.stdout.split())
+    after_inner, depth, final_depth = _in_fresh_process(_NESTED_CHECK)
     pages = 64 * 2**20 // resource.getpagesize()
     assert depth == 1 and final_depth == 0
     assert after_inner < 0.5 * pages  # reused: the inner block's exit changed nothing

@@ -387,17 +387,11 @@ def test_the_users_model_is_never_modified(checkpoint):
 def test_tiled_and_file_predictions_keep_freed_memory(monkeypatch, tmp_path):
     """Many tiles (or a file's chunks) reuse each other's memory; one tile has nothing to
     reuse and leaves the allocator alone."""
+    from tests.conftest import spy_keep_freed_memory
     from unet_resnet import hardware
     from unet_resnet.inference import segmenter as segmenter_module
 
-    depths = []
-    real = hardware.keep_freed_memory
-
-    def spy(enabled=True):
-        depths.append(enabled)
-        return real(enabled)
-
-    monkeypatch.setattr(segmenter_module, "keep_freed_memory", spy)
+    depths = spy_keep_freed_memory(monkeypatch, segmenter_module)
     model = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None).eval()
     seg = Segmenter(model, precision="fp32", tile_size=64, progress=False)
     image = (np.random.default_rng(0).random((64, 48, 3)) * 255).astype(np.uint8)
