@@ -92,6 +92,24 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{r.get('fraction_of_bf16_peak', float('nan')):>9.2f}"
                 f"{r.get('bf16_peak_tflops', float('nan')):>9.2f}{r['peak_rss_mb']:>9.0f}"
             )
+    if "profile" in results:
+        p = results["profile"]
+        lines += [
+            "",
+            f"Where the default training step goes ({p['size']}x{p['size']}, batch "
+            f"{p['batch']}, one profiled step; {p['step_s']:.2f} s unprofiled, "
+            f"{p['fraction_of_bf16_peak']:.2f} of the peak)",
+            f"{'part':<28}{'ms':>8}{'share':>8}{'GB/s':>8}",
+        ]
+        for r in p["categories"]:
+            gbps = f"{r['gbps']:>8.1f}" if r.get("gbps") is not None else f"{'':>8}"
+            lines.append(f"{r['category']:<28}{r['ms']:>8.0f}{100 * r['share']:>7.0f}%{gbps}")
+        lines.append(
+            f"matrix operators: {100 * p['matrix_share']:.0f}% of the step at "
+            f"{p['matrix_fraction_of_bf16_peak']:.2f} of the peak while they run; copy "
+            f"bandwidth {p['copy_gbps_in_cache']:.0f} GB/s in cache, "
+            f"{p['copy_gbps_out_of_cache']:.0f} GB/s out of it"
+        )
     if "epoch" in results:
         e = results["epoch"]
         lines += [

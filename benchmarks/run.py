@@ -5,8 +5,8 @@ minutes apart in the same process: the model's achieved GFLOP/s against a large 
 product, the fast path against plain eager fp32, our training step against the guide's plain
 loop, the data loader against the training step, tiled prediction against its tile count.
 
-python -m benchmarks.run [--only peak inference isa encoders training epoch data tiling serve
-scale] [--compile] [--quick]
+python -m benchmarks.run [--only peak inference isa encoders training profile epoch data tiling
+serve scale] [--compile] [--quick]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SECTIONS = (
     "isa",
     "encoders",
     "training",
+    "profile",
     "epoch",
     "data",
     "tiling",
@@ -102,6 +103,10 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
                 )
             ),
         ]
+    if "profile" in sections:
+        from benchmarks.step_profile import bench_profile
+
+        results["profile"] = bench_profile(*((64, 2) if quick else (256, 8)))
     if "epoch" in sections:
         from benchmarks.epoch import bench_epoch
 

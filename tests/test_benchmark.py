@@ -20,6 +20,7 @@ def test_quick_benchmark_run(tmp_path, capsys):
             "peak",
             "inference",
             "encoders",
+            "profile",
             "epoch",
             "data",
             "tiling",
@@ -52,6 +53,13 @@ def test_quick_benchmark_run(tmp_path, capsys):
     assert epoch["epoch_s"] > 0 and epoch["epoch_throughput_vs_step"] > 0
     assert epoch["run_epoch_s"] > 0 and epoch["final_writes_s"] >= 0
     assert "Whole training epoch" in text
+    profile = results["profile"]
+    parts = {r["category"]: r for r in profile["categories"]}
+    assert {"convolution", "batch norm", "activation", "optimizer"} <= set(parts)
+    assert sum(r["share"] for r in parts.values()) == pytest.approx(1.0)
+    assert 0 < profile["matrix_share"] < 1 and profile["matrix_fraction_of_bf16_peak"] > 0
+    assert parts["batch norm"]["gbps"] > 0 and profile["copy_gbps_out_of_cache"] > 0
+    assert "Where the default training step goes" in text
     engines = {(r["engine"], r["workers"]) for r in results["scale"]}
     assert engines == {("local", 1), ("ray", 1), ("ray", 2)} and "Prediction engines" in text
     assert all(r["inputs_per_s"] > 0 and r["vs_local"] > 0 for r in results["scale"])
@@ -151,3 +159,31 @@ def test_training_fractions_use_the_peak_measured_beside_each_variant(monkeypatc
     assert guide["fraction_of_bf16_peak"] == pytest.approx(100 / 4.0 / 500)
     assert default["fraction_of_bf16_peak"] == pytest.approx(100 / 1.0 / 200)
     assert default["speedup_vs_guide_loop"] == pytest.approx(4.0)
+
+
+def test_step_profile_splits_time_into_matrix_and_memory_parts():
+    from benchmarks.step_profile import OpTime, breakdown, tensor_bytes
+
+    bf16 = "c10::BFloat16"
+    x = [8, 64, 32, 32]  # 524,288 values, 1 MiB in bf16
+    ops = [
+        OpTime("aten::convolution_backward", 0.030, [x, x, [64, 64, 3, 3]], [bf16] * 3),
+        OpTime("aten::mm", 0.010, [[64, 64], [64, 64]], [bf16, bf16]),
+        OpTime("aten::add_", 0.002, [x, x, []], [bf16, bf16, "Scalar"]),
+        OpTime("aten::threshold_backward", 0.003, [x, x, []], [bf16, bf16, "Scalar"]),
+        OpTime("aten::cat", 0.001, [[], []], ["TensorList", "Scalar"]),  # no sizes recorded
+        OpTime("aten::nll_loss2d_forward", 0.004, [[8, 4, 32, 32]], ["float"]),
+    ]
+    # arguments read once, a result the size of the first written: add_ reads 2, writes 1
+    assert tensor_bytes(ops[2]) == 3 * 2 * 524_288
+    rows, matrix_fraction = breakdown(ops, step_s=0.050, gflop=20.0, peak_tflops=1.0)
+    parts = {r["category"]: r for r in rows}
+    assert [r["category"] for r in rows][:2] == ["convolution", "matrix product"]
+    assert parts["convolution"]["share"] == pytest.approx(0.6)
+    assert parts["other"]["ms"] == pytest.approx(4.0) and parts["other"]["kind"] == "other"
+    # 20 GFLOP over the 40 ms of matrix operators against a 1 TFLOP/s peak
+    assert matrix_fraction == pytest.approx(20e9 / 0.040 / 1e12)
+    adds = parts["gradient and residual adds"]
+    assert adds["kind"] == "memory" and adds["gbps"] == pytest.approx(3 * 2 * 524_288 / 0.002 / 1e9)
+    assert parts["copies and casts"]["gbps"] is None  # time without sizes: no bandwidth
+    assert "gbps" not in parts["convolution"]
