@@ -14,7 +14,7 @@ category of :data:`CATEGORIES`:
   optimiser) do a few operations per byte; each row's effective bandwidth (bytes of its
   tensor arguments and one result the size of the first, over its time) is compared with two
   copies measured in the same process: one that fits in the last-level cache and one that
-  does not. In a step whose activations do not fit in cache they run at the second.
+  does not. In a step whose activations do not fit in cache, the second is their ceiling.
 """
 
 from __future__ import annotations
