@@ -75,15 +75,23 @@ class CrossEntropyLoss(nn.Module):
         self.register_buffer("weight", _weights(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not (target != self.ignore_index).any():
-            return logits.sum() * 0.0  # an all-ignored batch: zero loss, not NaN
-        return F.cross_entropy(
+        # PyTorch's mean: the summed loss over the summed weights of the valid pixels' classes.
+        # Written out so that an all-ignored batch gives zero, not NaN, without asking the
+        # device whether it is one (a wait for the GPU every step).
+        total = F.cross_entropy(
             logits.float(),
             target,
             weight=self.weight,
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
+            reduction="sum",
         )
+        valid = target != self.ignore_index
+        if self.weight is None:
+            count = valid.sum().float()
+        else:
+            count = (self.weight[torch.where(valid, target, 0)] * valid).sum()
+        return total / torch.where(count > 0, count, 1.0)
 
 
 class BinaryCrossEntropyLoss(nn.Module):
@@ -106,8 +114,7 @@ class BinaryCrossEntropyLoss(nn.Module):
                 f"{tuple(target.shape)}."
             )
         valid = target != self.ignore_index
-        if not valid.any():
-            return logits.sum() * 0.0
+        # all ignored: every weight 0, a zero loss over the clamped sum (no host sync)
         weight = valid.float()
         if self.weight is not None:
             weight = weight * self.weight.reshape(1, -1, *([1] * (logits.ndim - 2)))
@@ -204,8 +211,7 @@ class FocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         valid = target != self.ignore_index
-        if not valid.any():
-            return logits.sum() * 0.0
+        # all ignored: every weight 0, a zero loss over the clamped sum (no host sync)
         safe = torch.where(valid, target, 0)
         logp = F.log_softmax(logits, 1).gather(1, safe.unsqueeze(1)).squeeze(1)
         loss = -((1 - logp.exp()) ** self.gamma) * logp

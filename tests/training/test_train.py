@@ -160,7 +160,7 @@ def test_nan_loss_stops_with_the_step_named(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "Loss became nan at epoch 0, global step 0" in err
+    assert "loss became NaN or infinite at epoch 0, global step 0" in err
     assert "Traceback" not in err
     assert not (out / "checkpoints" / "best.pt").exists()
 

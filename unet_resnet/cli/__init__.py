@@ -18,7 +18,7 @@ from unet_resnet._version import __version__
 from unet_resnet.cli import data, demo, models, predict, serve, train  # noqa: F401 (registers)
 from unet_resnet.cli.registry import COMMANDS
 from unet_resnet.errors import UnetResnetError
-from unet_resnet.hardware import keep_freed_memory
+from unet_resnet.hardware import device_class, keep_freed_memory
 
 __all__ = ["build_parser", "main"]
 
@@ -58,13 +58,24 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _keeps_freed_memory(args: argparse.Namespace) -> bool:
+    """A command registered to keep freed memory does so where its model runs on the CPU
+    (a glibc trick of the CPU device class; a GPU's allocator keeps its own)."""
+    if not args.keeps_freed_memory:
+        return False
+    try:
+        return device_class(getattr(args, "device", None) or "auto").cpu_memory_reuse
+    except (RuntimeError, ValueError):  # a bad --device: the command itself reports it
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_lightning()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_notice
-            with keep_freed_memory(args.keeps_freed_memory):
+            with keep_freed_memory(_keeps_freed_memory(args)):
                 return args.func(args)
     except UnetResnetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,7 +30,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from unet_resnet.hardware import auto_precision, cache_dir, cpu_has_fast_bf16, cpu_signature
+from unet_resnet.hardware import (
+    auto_precision,
+    cache_dir,
+    cpu_has_fast_bf16,
+    cpu_signature,
+    device_class,
+)
 from unet_resnet.io import atomic_path
 
 __all__ = [
@@ -157,6 +163,25 @@ def fold_checked(
     return model, False
 
 
+def _inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """An eval-mode copy of ``model`` on ``device``: the one place the inference copy goes to
+    its device, so every pass after it (the folding check, packing checks, timings) runs
+    there, on inputs made there."""
+    base = copy.deepcopy(model).eval().to(device)
+    for module in base.modules():
+        # A training-only layer class (training/gemm_conv.py) names the plain class it computes
+        # like; folding and packing recognise that one.
+        plain = getattr(type(module), "inference_class", None)
+        if plain is not None:
+            module.__class__ = plain
+    return base
+
+
+def _fits_fp16(model: nn.Module) -> bool:
+    limit = torch.finfo(torch.float16).max
+    return all(bool(t.abs().max() < limit) for t in model.state_dict().values() if t.numel())
+
+
 def _build(
     base: nn.Module,
     *,
@@ -246,7 +271,7 @@ def _candidates(
     if precision != "auto":
         precisions = [precision]
     elif device.type != "cpu":
-        precisions = [auto_precision(device.type)]
+        precisions = [auto_precision(device)]
     elif cpu_has_fast_bf16():
         precisions = ["bf16", "fp32"]
     else:
@@ -291,19 +316,18 @@ def prepare_model(
     """
     from unet_resnet.inference import onednn
 
-    base = copy.deepcopy(model).eval()
-    for module in base.modules():
-        # A training-only layer class (training/gemm_conv.py) names the plain class it computes
-        # like; folding and packing recognise that one.
-        plain = getattr(type(module), "inference_class", None)
-        if plain is not None:
-            module.__class__ = plain
+    base = _inference_copy(model, device)
     generator = torch.Generator().manual_seed(0)
     size = CALIBRATION_SIZE
     example = torch.randn(1, in_channels, size, size, generator=generator).to(device)
     if fold_bn:
         base, fold_bn = fold_checked(base, example[..., :64, :64])
-    can_pack = device.type == "cpu" and fold_bn and channels_last and onednn.available()
+        if fold_bn and precision == "fp16" and not _fits_fp16(base):
+            # A BatchNorm with a tiny running variance folds into weights beyond fp16's range
+            # (65504): they would become inf and every pixel NaN. Unfolded, each stays in range.
+            logger.warning("folded weights exceed fp16's range: predicting without folding")
+            base, fold_bn = _inference_copy(model, device), False
+    can_pack = device_class(device).cpu_packing and fold_bn and channels_last and onednn.available()
     candidates, why_fixed = _candidates(device, precision, can_pack, pack_weights)
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_resnet.errors import ConfigError, UnetResnetError
-from unet_resnet.hardware import keep_freed_memory
+from unet_resnet.hardware import device_class, keep_freed_memory
 from unet_resnet.inference.files import OutputPaths, PredictPlan, PredictReport
 from unet_resnet.io import atomic_path, remove_partials
 
@@ -116,7 +116,10 @@ class _Worker:
         self.segmenter = Segmenter.from_checkpoint(source, **options)
         # The actor's process only predicts: freed activations are kept for the next file.
         self._memory = contextlib.ExitStack()
-        self.kept_memory = self._memory.enter_context(keep_freed_memory())
+        # (a CPU trick: off where the model runs on a GPU)
+        self.kept_memory = self._memory.enter_context(
+            keep_freed_memory(device_class(self.segmenter.device).cpu_memory_reuse)
+        )
 
     def predict(self, path: str, outputs: dict, slice_axis: int, simplify: float | None):
         from unet_resnet.inference.files import predict_one
@@ -183,8 +186,13 @@ def predict_with_ray(
             log_to_driver=False,
             configure_logging=False,
         )
-    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-    count = workers or max(1, min(len(todo), int(cluster_cpus // max(cpus_per_worker, 1e-3))))
+    count = worker_count(
+        ray.cluster_resources(),
+        inputs=len(todo),
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+    )
     # Our own settings (offline mode, cache folder) reach the workers as they are here.
     env = {k: v for k, v in os.environ.items() if k.startswith("UNET_RESNET_")}
     actor = ray.remote(
@@ -248,6 +256,40 @@ def predict_with_ray(
     with atomic_path(plan.out / REPORT_FILE) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return report
+
+
+def worker_count(
+    resources: dict[str, float],
+    *,
+    inputs: int,
+    workers: int | None,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+) -> int:
+    """How many actors to start: ``workers`` when given, else as many as the cluster's CPUs
+    and GPUs can hold at once (an actor that cannot be placed never starts, and the inputs
+    handed to it would wait for ever), at most one per input. Asking for GPUs the cluster
+    does not have, or for more workers than it can place, is an error that says so."""
+    cpus = float(resources.get("CPU", 1))
+    gpus = float(resources.get("GPU", 0))
+    if gpus_per_worker > 0 and gpus < gpus_per_worker:
+        raise ConfigError(
+            f"--gpus-per-worker {gpus_per_worker:g}, but the Ray cluster has {gpus:g} GPU(s). "
+            "Start Ray on GPU machines, lower --gpus-per-worker, or leave it at 0 for CPUs."
+        )
+    fits = int(cpus // max(cpus_per_worker, 1e-3))
+    if gpus_per_worker > 0:
+        fits = min(fits, int(gpus // gpus_per_worker))
+    if workers is not None:
+        if workers > max(fits, 1):
+            raise ConfigError(
+                f"--workers {workers} cannot all start: the Ray cluster holds {fits} worker(s) "
+                f"of --cpus-per-worker {cpus_per_worker:g} and --gpus-per-worker "
+                f"{gpus_per_worker:g} ({cpus:g} CPUs, {gpus:g} GPUs). Ask for fewer, or leave "
+                "--workers out to use as many as fit."
+            )
+        return workers
+    return max(1, min(inputs, fits))
 
 
 def _size(path: Path) -> int:

@@ -23,7 +23,13 @@ from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import ConfigError, InputShapeError
 from unet_resnet.grid import overlap_pixels
-from unet_resnet.hardware import PRECISIONS, Precision, keep_freed_memory, resolve_device
+from unet_resnet.hardware import (
+    PRECISIONS,
+    Precision,
+    device_class,
+    keep_freed_memory,
+    resolve_device,
+)
 from unet_resnet.inference.fastpath import DTYPES, FastPathChoice, PackMode, prepare_model
 from unet_resnet.inference.onnx import OnnxModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
@@ -134,6 +140,7 @@ class Segmenter:
         self.channels_last = channels_last and not isinstance(model, OnnxModel)
         self.config = getattr(model, "config", None)
 
+        source = model
         if isinstance(model, OnnxModel):
             self.fastpath = FastPathChoice("fp32", False, "fixed", reason="ONNX Runtime backend")
         else:
@@ -152,6 +159,13 @@ class Segmenter:
         if explain:
             print(self.fastpath.explain())
         self.model = model
+        # The caller's model, kept (not copied) to build an fp32 copy should reduced precision
+        # ever overflow (see :meth:`probabilities`); None for ONNX.
+        self._source = None if isinstance(model, OnnxModel) else source
+        self._fp32_model: nn.Module | None = None
+        self._fold_bn = fold_bn
+        self._cpu_memory_reuse = device_class(self.device).cpu_memory_reuse
+        self._batch_views = not self._cpu_memory_reuse  # GPUs: TTA views in one batch
         if compile:
             # Freezing lets Inductor pack weights and fuse like the oneDNN path; without it the
             # compiled model is slower than the packed eager one. (Inference graphs only;
@@ -206,7 +220,8 @@ class Segmenter:
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, **kwargs) -> Segmenter:
-        """Run an ONNX file written by ``unet-resnet export`` through ONNX Runtime (CPU).
+        """Run an ONNX file written by ``unet-resnet export`` through ONNX Runtime (on the CPU
+        unless ``device`` names CUDA: then ONNX Runtime's CUDA provider, onnxruntime-gpu).
 
         Classes and normalisation come from the export's metadata; tiling and TTA work as with
         the PyTorch backend.
@@ -214,7 +229,7 @@ class Segmenter:
         meta = read_export_metadata(path)
         kwargs.setdefault("device", "cpu")
         return cls(
-            OnnxModel(path, meta),
+            OnnxModel(path, meta, device=kwargs["device"]),
             classes=ClassInfo.from_dict(meta["classes"]),
             mean=meta["mean"],
             std=meta["std"],
@@ -236,23 +251,78 @@ class Segmenter:
         augmentation when ``tta`` (default: the segmenter's setting).
         """
         tta = self.tta if tta is None else tta
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        batch = batch.to(self.device, self.dtype, memory_format=fmt)
         views: list[tuple] = [((), 0)]
         if tta:
             views += [((-1,), 0), ((-2,), 0)]
             if self.tta_rotations:
                 views += [((), 1), ((), 2), ((), 3)]
+        probs = self._views(self._forward_model, batch, views, self.dtype)
+        if self.precision != "fp32" and not bool(torch.isfinite(probs).all()):
+            # Reduced precision overflowed somewhere (fp16's range ends at 65504): NaN
+            # probabilities would silently become class 0. Redo this batch in fp32.
+            warnings.warn(
+                f"{self.precision} inference overflowed on this input; this batch was "
+                "predicted again in fp32 (pass precision='fp32' to always do so).",
+                stacklevel=2,
+            )
+            probs = self._views(self._fp32(), batch, views, torch.float32)
+        if not bool(torch.isfinite(probs).all()):
+            raise InputShapeError(
+                "The model's output is not finite (NaN or inf) for this input, even in fp32: "
+                "the checkpoint's weights or the input hold non-finite values."
+            )
+        return probs
+
+    def _views(self, model, batch: torch.Tensor, views: list[tuple], dtype) -> torch.Tensor:
+        """Average of ``model``'s probabilities over the (flip, quarter-turn) ``views``: on GPUs
+        views of one shape go through as one batch, elsewhere one after another (memory)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = batch.to(self.device, dtype, memory_format=fmt, non_blocking=True)
+
+        def view(x: torch.Tensor, flip: tuple, k: int, inverse: bool = False) -> torch.Tensor:
+            if inverse:  # undo on the output: rotate back, then flip back
+                x = torch.rot90(x, -k, (-2, -1)) if k else x
+                return x.flip(flip) if flip else x
+            x = x.flip(flip) if flip else x
+            return torch.rot90(x, k, (-2, -1)) if k else x
+
+        groups = [views]
+        if not self._batch_views:
+            groups = [[v] for v in views]
+        elif batch.shape[-1] != batch.shape[-2]:  # quarter turns change the shape
+            groups = [[v for v in views if v[1] % 2 == odd] for odd in (0, 1)]
         total = None
+        n = batch.shape[0]
         with torch.inference_mode():
-            for flip, k in views:
-                x = batch.flip(flip) if flip else batch
-                x = torch.rot90(x, k, (-2, -1)) if k else x
-                p = self.task.activate(self._forward_model(x))
-                p = torch.rot90(p, -k, (-2, -1)) if k else p  # invert on the output
-                p = p.flip(flip) if flip else p
-                total = p if total is None else total + p
+            for group in groups:
+                if not group:
+                    continue
+                x = torch.cat([view(batch, f, k) for f, k in group]) if len(group) > 1 else None
+                if x is None:
+                    x = view(batch, *group[0])
+                elif self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                p = self.task.activate(model(x)).float()
+                for i, (flip, k) in enumerate(group):
+                    part = view(p[i * n : (i + 1) * n], flip, k, inverse=True)
+                    total = part if total is None else total + part
         return total / len(views)
+
+    def _fp32(self) -> nn.Module:
+        """An fp32 copy of the model (built on first use), for batches that overflowed."""
+        if self._fp32_model is None:
+            if self._source is None:
+                raise InputShapeError("The ONNX model's output is not finite for this input.")
+            self._fp32_model, _ = prepare_model(
+                self._source,
+                device=self.device,
+                precision="fp32",
+                in_channels=self.in_channels,
+                channels_last=self.channels_last,
+                fold_bn=self._fold_bn,
+                pack_weights=False,
+            )
+        return self._fp32_model
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Check an image; return it as a ``C x H x W`` tensor in its own dtype (no copy where
@@ -300,7 +370,9 @@ class Segmenter:
             # Read-only arrays (memory maps, decoded buffers) are shared, never written to.
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
             x = torch.from_numpy(image).permute(2, 0, 1)
-        return x.to(self.device), scale.to(self.device), shift.to(self.device)
+        # One copy for both per-channel vectors (each host-to-device copy is a synchronisation)
+        params = torch.stack([scale, shift]).to(self.device, non_blocking=True)
+        return x.to(self.device, non_blocking=True), params[0], params[1]
 
     def image_probabilities(
         self, image: np.ndarray, *, tta: bool | None = None, tile_size: int | None = None
@@ -318,7 +390,7 @@ class Segmenter:
 
         # Many tiles: each batch's activations reuse the last one's memory instead of fresh
         # pages (a 2048x2048 image in 512 tiles 1.4 -> 1.0 s); one tile: nothing to reuse.
-        with keep_freed_memory(max(x.shape[-2:]) > tile):
+        with keep_freed_memory(self._cpu_memory_reuse and max(x.shape[-2:]) > tile):
             return sliding_window_inference(
                 x,
                 forward,
@@ -376,7 +448,8 @@ class Segmenter:
         """Predict one file and write the mask (see :func:`inference.files.predict_file`)."""
         from unet_resnet.inference.files import predict_file
 
-        with keep_freed_memory():  # a scene's chunks reuse each other's memory
+        # a scene's chunks reuse each other's memory (a CPU trick: glibc's heap)
+        with keep_freed_memory(self._cpu_memory_reuse):
             return predict_file(
                 self,
                 path_in,

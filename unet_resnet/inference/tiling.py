@@ -103,13 +103,15 @@ def sliding_window_inference(
     th, tw = min(tile_size, h), min(tile_size, w)
     tops, lefts = tile_starts(h, th, stride), tile_starts(w, tw, stride)
     tiles = [(top, left) for top in tops for left in lefts]
-    weight = weight_window(th, tw, blend).to(image.device)
     # Tiles form a grid and the window is separable, so the summed weights are too: an outer
-    # product of two 1-D coverages instead of one full-size accumulation per tile.
-    norm = torch.outer(
-        _coverage(h, tops, _profile(th, blend)).float(),
-        _coverage(w, lefts, _profile(tw, blend)).float(),
-    ).to(image.device)
+    # product of two 1-D coverages instead of one full-size accumulation per tile. The four
+    # 1-D profiles travel to the device as one copy (on a GPU each copy is a synchronisation).
+    ph, pw = _profile(th, blend), _profile(tw, blend)
+    ch, cw = _coverage(h, tops, ph), _coverage(w, lefts, pw)
+    sides = torch.cat([ph, pw, ch, cw]).to(image.device, non_blocking=True)
+    ph, pw, ch, cw = sides.split([th, tw, h, w])
+    weight = torch.outer(ph, pw).float()
+    norm = torch.outer(ch.float(), cw.float())
     out: torch.Tensor | None = None
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
     for group in _batches(tiles, batch_size):

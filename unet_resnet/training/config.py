@@ -105,7 +105,12 @@ class TrainConfig:
     )
     ignore_index: int | None = opt(None, "default: classes.json's, else 255", group="data")
     check_data: bool = opt(True, "run check-data before the first epoch", group="data")
-    workers: int = opt(2, "DataLoader worker processes", group="data")
+    workers: int | str = opt(
+        "auto",
+        "DataLoader worker processes per training process; auto = the cores shared among "
+        "the training processes, one left for each, 2 to 8",
+        group="data",
+    )
     slice_axis: int = opt(2, "nifti: axis the 2D slices are taken along", group="data")
     foreground_oversampling: float = opt(
         0.0,
@@ -233,6 +238,13 @@ class TrainConfig:
         "training ends)",
         group="run",
     )
+    deterministic: bool = opt(
+        False,
+        "deterministic algorithms only (no cuDNN autotuning): identical results run after "
+        "run and across a resume on GPUs too, at some speed; an operation without a "
+        "deterministic implementation then warns",
+        group="trainer",
+    )
     accelerator: str = opt("auto", "cpu | gpu | auto", group="trainer")
     devices: str = opt("auto", "number of devices, or auto", group="trainer")
     strategy: str = opt("auto", "auto | ddp | ddp_spawn | ...", group="trainer")
@@ -310,6 +322,13 @@ class TrainConfig:
             raise ConfigError(
                 f"Invalid --image-size {self.image_size!r}: one or two sides of at least 16 px."
             )
+        if self.workers != "auto":
+            try:
+                self.workers = int(self.workers)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"Invalid --workers {self.workers!r}: a number of processes (>= 0) or auto."
+                ) from None
         for name in ("val_every", "checkpoint_every"):
             value = getattr(self, name)
             if value != "auto":

@@ -112,14 +112,31 @@ def _mlflow_attach(logger: Logger, path: Path) -> None:
 @register_logger("mlflow", package="mlflow", attach_file=_mlflow_attach)
 def _mlflow(run_dir: Path, *, experiment_name: str, tracking_uri: str | None) -> Logger:
     from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.exceptions import MlflowException
 
+    source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         uri = (Path(run_dir) / "mlruns").resolve().as_uri()
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MLFlowLogger(
+    logger = MLFlowLogger(
         experiment_name=experiment_name, tracking_uri=uri, run_name=Path(run_dir).name
     )
+    try:
+        logger.experiment  # noqa: B018 - opened now: a refused store fails before training
+    except MlflowException as exc:
+        first = str(exc).split(". ")[0].rstrip(".")
+        hint = (
+            "Set MLFLOW_ALLOW_FILE_STORE=true to keep using it, or give a database "
+            "(sqlite:///mlflow.db) or a server (http://HOST:5000) instead"
+            if "file" in str(exc).lower()
+            else "Check the URI and that its server is reachable"
+        )
+        raise ConfigError(
+            f"--logger mlflow: MLflow refused the tracking URI {uri} (from {source}): "
+            f"{first}. {hint}."
+        ) from None
+    return logger
 
 
 def _wandb_attach(logger: Logger, path: Path) -> None:

@@ -102,6 +102,7 @@ class SegmentationModule(L.LightningModule):
         )
         self.val_metrics = self._metrics()
         self.last_val_scores: dict[str, Any] | None = None
+        self._first_bad_step: torch.Tensor | None = None
         self._val_batch_for_images: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _metrics(self):
@@ -125,6 +126,15 @@ class SegmentationModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Masks travel as uint8 (:func:`~unet_resnet.data.datasets.pad_collate`) and are
+        widened to the loss's int64 on the device."""
+        if isinstance(batch, list | tuple) and len(batch) == 2:
+            images, masks = batch
+            if isinstance(masks, torch.Tensor) and masks.dtype == torch.uint8:
+                return images, masks.long()
+        return batch
+
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
         if frozen != self.model.encoder_frozen:
@@ -134,22 +144,50 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         loss = self.criterion(self(images), masks)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"Loss became {loss.item()} at epoch {self.current_epoch}, global step "
-                f"{self.global_step} (batch {batch_idx}). The run was stopped so no garbage "
-                "model is saved. Try a lower --lr, --precision fp32, --gradient-clip 1.0, or run "
-                "`unet-resnet check-data` on the dataset."
-            )
+        self._note_finite(loss, batch_idx)
+        # The step value as it is (no synchronisation per step); the epoch mean over every
+        # rank's batches, synchronised once at the epoch's end.
+        self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log(
-            "train/loss",
+            "train/loss_epoch",
             loss,
-            prog_bar=True,
-            on_step=True,
+            on_step=False,
             on_epoch=True,
+            sync_dist=True,
             batch_size=images.shape[0],
         )
         return loss
+
+    #: training steps between checks that the loss is finite (and at each epoch's last step)
+    finite_check_every = 16
+
+    def _note_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop a run whose loss became NaN or infinite, on every rank at once.
+
+        Reading a GPU value on the host waits for the GPU, so the check is not made every
+        step: the first non-finite step is noted on the device and, every
+        :attr:`finite_check_every` steps and at each epoch's last step (before any checkpoint
+        of that epoch is written), summed over all ranks: every rank raises together instead
+        of one raising while the others wait in a collective until it times out."""
+        step = torch.tensor(float(self.global_step), device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad_step is None or self._first_bad_step.device != loss.device:
+            self._first_bad_step = torch.full((), -1.0, device=loss.device)
+        first = self._first_bad_step
+        self._first_bad_step = torch.where(bad & (first < 0), step, first)
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if not last and (batch_idx + 1) % self.finite_check_every:
+            return
+        flag = (self._first_bad_step >= 0).float()
+        worst = self.trainer.strategy.reduce(flag, reduce_op="sum")
+        if float(worst) > 0:
+            local = int(self._first_bad_step.item())
+            where = f"global step {local}" if local >= 0 else "another rank"
+            raise TrainingDivergedError(
+                f"The loss became NaN or infinite at epoch {self.current_epoch}, {where}. The "
+                "run was stopped so no garbage model is saved. Try a lower --lr, --precision "
+                "fp32, --gradient-clip 1.0, or run `unet-resnet check-data` on the dataset."
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch
@@ -256,6 +294,8 @@ class SegmentationModule(L.LightningModule):
         np_state = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
+            # every GPU's generator (dropout, random ops on the device), where CUDA is in use
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "python": list(random.getstate()[1]),
             "python_version": random.getstate()[0],
             "python_gauss": random.getstate()[2],
@@ -268,6 +308,9 @@ class SegmentationModule(L.LightningModule):
         if not states:
             return
         torch.set_rng_state(states["torch"])
+        cuda = states.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
         random.setstate((states["python_version"], tuple(states["python"]), states["python_gauss"]))
         np.random.set_state(
             ("MT19937", states["numpy_keys"].numpy().astype(np.uint32), states["numpy_pos"], 0, 0.0)

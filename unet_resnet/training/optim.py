@@ -45,7 +45,18 @@ def _memory_order(lists: tuple[list, ...]) -> None:
 
 class _MemoryOrder:
     """Mixin for torch.optim classes whose ``step`` gathers per-parameter lists in
-    ``_init_group(group, *lists)`` and hands them to a fused kernel."""
+    ``_init_group(group, *lists)`` and hands them to a fused kernel.
+
+    The gradients reach ``step`` already unscaled: a fused optimizer declares that it unscales
+    fp16 gradients itself, and Lightning (rightly) refuses to clip gradients that may still be
+    scaled, so with that declaration ``--gradient-clip`` failed at the first step under every
+    mixed precision. Declared off, the loss scaler unscales before clipping and steps as for
+    any optimizer (one more pass over the gradients under fp16 only).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._step_supports_amp_scaling = False
 
     def _init_group(self, group, *lists):
         if group.get("fused"):

@@ -20,10 +20,18 @@ import lightning as L
 import numpy as np
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.strategies import DDPStrategy
 
 from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import ConfigError, OutputExistsError
-from unet_resnet.hardware import keep_freed_memory, resolve_train_precision
+from unet_resnet.hardware import (
+    PRECISION_ALIASES,
+    configure_device,
+    device_class,
+    keep_freed_memory,
+    resolve_train_precision,
+    training_device,
+)
 from unet_resnet.io import remove_partials
 from unet_resnet.models.encoders import encoder_mean_std
 from unet_resnet.task import check_thresholds
@@ -124,7 +132,15 @@ def build_trainer(
     max_time = None
     if config.max_minutes:
         max_time = {"minutes": config.max_minutes}
-    return L.Trainer(
+    precision = resolve_train_precision(config.precision, config.accelerator)
+    # Process-wide GPU settings of the device class (cuDNN autotuning for the fixed-size
+    # crops, TF32 under mixed precision); in each DDP process too, as each runs train().
+    configure_device(
+        training_device(config.accelerator),
+        precision=PRECISION_ALIASES[precision],
+        fixed_size=not config.deterministic,
+    )
+    trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=config.epochs,
         max_time=max_time,
@@ -132,7 +148,9 @@ def build_trainer(
         devices=_devices(config.devices),
         strategy=config.strategy,
         num_nodes=config.num_nodes,
-        precision=resolve_train_precision(config.precision, config.accelerator),
+        precision=precision,
+        deterministic="warn" if config.deterministic else None,
+        benchmark=False if config.deterministic else None,
         callbacks=callbacks,
         logger=[logger for _, logger in loggers] or False,
         plugins=[AtomicCheckpointIO()],
@@ -148,6 +166,12 @@ def build_trainer(
         enable_progress_bar=config.progress,
         enable_model_summary=config.progress,
     )
+    if config.freeze_encoder_epochs and isinstance(trainer.strategy, DDPStrategy):
+        # The frozen encoder's parameters get no gradient for a while: DDP must not wait for
+        # them (it would stop with "Expected to have finished reduction"). Set on the strategy
+        # Lightning chose, whichever launcher ("auto" on several devices, ddp, ddp_spawn, ...).
+        trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+    return trainer
 
 
 def _auto_val_every(data: SegmentationDataModule, config: TrainConfig) -> int:
@@ -332,7 +356,9 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*not supported by the model summary.*")
         try:
-            with keep_freed_memory(config.keep_freed_memory):
+            # glibc keeping freed memory: a CPU-training trick, off for GPU runs
+            cpu_trick = device_class(training_device(config.accelerator))
+            with keep_freed_memory(config.keep_freed_memory and cpu_trick.cpu_memory_reuse):
                 trainer.fit(module, datamodule=data, ckpt_path=resume_path)
         except SystemExit:
             # Lightning shuts down gracefully on Ctrl-C, then exits; the last completed epoch
