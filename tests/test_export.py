@@ -109,3 +109,24 @@ def test_export_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "parity check" in out and "max abs difference" in out
     assert (tmp_path / "cli.onnx").is_file() and (tmp_path / "cli.onnx.json").is_file()
+
+
+def test_onnx_runtime_providers_follow_the_device(monkeypatch):
+    """CPU by default; CUDA's provider (with the CPU's for what it lacks) on a CUDA device;
+    a CUDA device without onnxruntime-gpu is one error naming the package."""
+    import onnxruntime as ort
+
+    from unet_resnet.errors import ConfigError
+    from unet_resnet.inference.onnx import providers_for
+
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="onnxruntime-gpu"):
+        providers_for("cuda")
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert providers_for("cuda:1") == [
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]

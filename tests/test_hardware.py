@@ -149,3 +149,108 @@ def test_a_ray_worker_keeps_freed_memory_for_its_life(checkpoint):
         worker._memory.close()
         torch.set_num_threads(threads)  # the worker sets the process's threads
     assert hardware._kept_depth == 0
+
+
+# The device-class table: one precision and one set of tricks per class of device --------------
+@pytest.mark.parametrize(
+    ("capability", "name", "precision"),
+    [
+        ((9, 0), "cuda-ampere", "bf16"),  # H100/H200
+        ((8, 0), "cuda-ampere", "bf16"),  # A100
+        ((7, 5), "cuda-fp16", "fp16"),  # T4, RTX 20xx: bf16 would be emulated
+        ((7, 0), "cuda-fp16", "fp16"),  # V100
+        ((6, 0), "cuda-fp16", "fp16"),  # P100
+        ((6, 1), "cuda-fp32", "fp32"),  # GTX 10xx: slow half precision
+        ((5, 2), "cuda-fp32", "fp32"),
+    ],
+)
+def test_gpu_classes_by_compute_capability(monkeypatch, capability, name, precision):
+    from unet_resnet import hardware
+
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 2)
+    monkeypatch.setattr(hardware, "cuda_capability", lambda index=0: capability)
+    cls = hardware.device_class("cuda:1")
+    assert cls.name == name and cls.precision == precision
+    assert hardware.auto_precision("cuda") == precision
+    assert hardware.resolve_train_precision("auto", "gpu") == {
+        "bf16": "bf16-mixed",
+        "fp16": "16-mixed",
+        "fp32": "32",
+    }[precision]
+    assert not cls.cpu_memory_reuse and not cls.cpu_packing and cls.pin_memory
+    assert hardware.resolve_device("auto").type == "cuda"
+
+
+def test_cpu_classes_keep_cpu_tricks_and_follow_the_isa_cap(monkeypatch):
+    from unet_resnet import hardware
+
+    monkeypatch.setattr(hardware, "_cpu_flags_have_bf16", lambda: True)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert hardware.device_class("cpu").name == "cpu-bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cls = hardware.device_class("cpu")
+    assert cls.name == "cpu" and cls.precision == "fp32"
+    assert cls.cpu_memory_reuse and cls.cpu_packing and not cls.pin_memory
+
+
+def test_choosing_a_precision_does_not_initialise_cuda(monkeypatch):
+    """Lightning forks its DDP workers after train() chose the precision: asking
+    torch.cuda for bf16 support in the parent would have initialised CUDA there."""
+    from unet_resnet import hardware
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("CUDA initialised")
+
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(hardware, "_nvml_capability", lambda index: (8, 6))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", forbidden)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", forbidden)
+    monkeypatch.setattr(torch.cuda, "init", forbidden)
+    assert hardware.resolve_train_precision("auto") == "bf16-mixed"
+
+
+def test_configure_device_sets_gpu_flags_only_on_gpus(monkeypatch):
+    from unet_resnet import hardware
+
+    flags = {}
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        torch.backends.cudnn.benchmark = False
+        hardware.configure_device("cpu", precision="bf16", fixed_size=True)
+        assert torch.backends.cudnn.benchmark is False  # nothing on CPUs
+        monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
+        monkeypatch.setattr(hardware, "cuda_capability", lambda index=0: (9, 0))
+        hardware.configure_device("cuda", precision="bf16", fixed_size=True)
+        flags["mixed"] = (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        )
+        hardware.configure_device("cuda", precision="fp32", fixed_size=True)
+        flags["fp32"] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    finally:
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        ) = saved
+    assert flags["mixed"] == (True, True, True)
+    assert flags["fp32"] == (False, False)  # an explicit fp32 is exact fp32
+
+
+def test_predicting_commands_keep_freed_memory_only_for_cpu_runs(monkeypatch):
+    import argparse
+
+    from unet_resnet import cli, hardware
+
+    args = argparse.Namespace(keeps_freed_memory=True, device="cpu")
+    assert cli._keeps_freed_memory(args)
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(hardware, "cuda_capability", lambda index=0: (9, 0))
+    assert not cli._keeps_freed_memory(argparse.Namespace(keeps_freed_memory=True, device="auto"))
+    assert not cli._keeps_freed_memory(argparse.Namespace(keeps_freed_memory=False, device="cpu"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -141,3 +142,49 @@ def test_real_measurement_explains_the_timings(tmp_path, monkeypatch, capsys):
             f"{seg.precision}{'+packed' if seg.packed else ''}"
         )
         assert "ms per 256px image" in out
+
+
+# Device-neutral preparation -----------------------------------------------------------------
+def test_the_inference_copy_is_on_its_device_before_any_pass(monkeypatch):
+    """The CUDA crash of #29: the folding check ran the CPU copy on an input made on the
+    device. Every forward pass prepare_model makes must find the model where its input is."""
+    from unet_resnet.inference import fastpath
+
+    devices = []
+    model = _model()
+
+    def record(module, args):
+        devices.append((args[0].device, next(module.parameters()).device))
+
+    model.register_forward_pre_hook(record)
+    made = []
+    real_copy = fastpath._inference_copy
+    monkeypatch.setattr(
+        fastpath, "_inference_copy", lambda m, d: made.append(d) or real_copy(m, d)
+    )
+    prepared, _ = fastpath.prepare_model(
+        model, device=torch.device("cpu"), precision="fp32", in_channels=3, pack_weights=False
+    )
+    assert made == [torch.device("cpu")]  # one place moves the copy to the device
+    assert devices and all(x == p for x, p in devices)
+
+
+def test_fp16_keeps_batchnorm_unfolded_where_folding_leaves_its_range(caplog):
+    """A BatchNorm with a tiny running variance folds into weights beyond 65504: in fp16
+    they would be inf and every pixel NaN. Such a model is prepared unfolded."""
+    from unet_resnet.inference import fastpath
+
+    model = _model()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var.fill_(1e-12)
+    bn.eps = 1e-12
+    folded = fastpath.fold_batchnorm(copy.deepcopy(model).eval())
+    assert not fastpath._fits_fp16(folded)
+    with caplog.at_level("WARNING", logger="unet_resnet.fastpath"):
+        prepared, _ = fastpath.prepare_model(
+            model, device=torch.device("cpu"), precision="fp16", in_channels=3,
+            pack_weights=False, channels_last=False,
+        )  # fmt: skip
+    assert "exceed fp16's range" in caplog.text
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+    assert all(torch.isfinite(p).all() for p in prepared.parameters())

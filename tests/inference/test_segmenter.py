@@ -405,3 +405,53 @@ def test_tiled_and_file_predictions_keep_freed_memory(monkeypatch, tmp_path):
     seg.predict_file(tmp_path / "in.png", tmp_path / "out.png")
     assert depths[2] is True  # the whole file, then its (one-tile) image
     assert (tmp_path / "out.png").is_file() and hardware._kept_depth == 0
+
+
+# Reduced precision that overflows, and TTA views in one batch (#29) ------------------------
+class _OverflowsBelowFp32(torch.nn.Module):
+    """A model whose output is NaN unless it runs in fp32 (as fp16 overflow gives)."""
+
+    in_channels, n_classes = 3, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        out = self.conv(x)
+        return out if out.dtype == torch.float32 else out * float("nan")
+
+
+def test_a_batch_that_overflows_in_reduced_precision_is_redone_in_fp32():
+    image = _image(40, 48)
+    reduced = Segmenter(_OverflowsBelowFp32(), device="cpu", precision="bf16", fold_bn=False)
+    exact = Segmenter(_OverflowsBelowFp32(), device="cpu", precision="fp32", fold_bn=False)
+    with pytest.warns(UserWarning, match="bf16 inference overflowed"):
+        probs = reduced.predict_proba(image)
+    assert np.isfinite(probs).all()  # before: NaN, which the arg-max made class 0
+    np.testing.assert_allclose(probs, exact.predict_proba(image), atol=1e-6)
+
+
+def test_a_model_that_is_not_finite_even_in_fp32_is_an_error():
+    class AlwaysNaN(_OverflowsBelowFp32):
+        def forward(self, x):
+            return self.conv(x) * float("nan")
+
+    seg = Segmenter(AlwaysNaN(), device="cpu", precision="fp32", fold_bn=False)
+    with pytest.raises(InputShapeError, match="not finite"):
+        seg.predict(_image(32, 32))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80)])
+def test_tta_views_in_one_batch_equal_one_after_another(segmenter, shape):
+    """GPUs run the views of one shape as one batch; CPUs one by one: same probabilities."""
+    seg = copy.copy(segmenter)
+    seg.tta_rotations = True
+    image = _image(*shape)
+    seg._batch_views = False
+    apart = seg.predict_proba(image, tta=True)
+    seg._batch_views = True
+    together = seg.predict_proba(image, tta=True)
+    np.testing.assert_allclose(together, apart, atol=1e-5)
+    np.testing.assert_allclose(together.sum(0), 1, atol=1e-4)

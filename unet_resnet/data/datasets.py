@@ -480,7 +480,7 @@ def pad_collate(batch, *, ignore_index: int = 255):
     bottom/right, so padding never counts in the loss or the metrics. Masks are ``H x W``
     class indices or ``C x H x W`` planes (multilabel), as uint8 where every value (and
     ``ignore_index``) fits, else int64: an eighth of the bytes to copy to a GPU, widened
-    there (``SegmentationModule.on_after_batch_transfer``).
+    there (``SegmentationDataModule.on_after_batch_transfer``).
     """
     images, masks = zip(*batch, strict=True)
     h = max(i.shape[-2] for i in images)

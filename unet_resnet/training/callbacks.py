@@ -212,9 +212,11 @@ class MetricsHistory(L.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module) -> None:
+        # Read on every rank: the epoch's training loss is averaged over the ranks when first
+        # read (a collective), so reading it on rank 0 alone would leave it waiting.
+        m = trainer.callback_metrics
         if not trainer.is_global_zero:
             return
-        m = trainer.callback_metrics
 
         def get(key: str) -> float:
             value = m.get(key)

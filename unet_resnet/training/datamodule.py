@@ -326,6 +326,12 @@ class SegmentationDataModule(L.LightningDataModule):
             collate_fn=partial(pad_collate, ignore_index=self.classes.ignore_index),
         )
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Masks travel as uint8 (:func:`~unet_resnet.data.datasets.pad_collate`, an eighth
+        of the bytes) and are widened to the loss's int64 on the device."""
+        images, masks = batch
+        return images, masks.long() if masks.dtype == torch.uint8 else masks
+
     def train_dataloader(self) -> DataLoader:
         # Each sample carries its own seed (drawn here, in the main process), so augmentation
         # is the same for any number of workers and a resumed run is exact.

@@ -126,15 +126,6 @@ class SegmentationModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Masks travel as uint8 (:func:`~unet_resnet.data.datasets.pad_collate`) and are
-        widened to the loss's int64 on the device."""
-        if isinstance(batch, list | tuple) and len(batch) == 2:
-            images, masks = batch
-            if isinstance(masks, torch.Tensor) and masks.dtype == torch.uint8:
-                return images, masks.long()
-        return batch
-
     def on_train_epoch_start(self) -> None:
         frozen = self.current_epoch < self.hparams.freeze_encoder_epochs
         if frozen != self.model.encoder_frozen:
