@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench bench-quality docs dist clean
+.PHONY: install browser demo test test-slow lint format bench bench-quality gpu-check docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# The prepared device check on a CUDA GPU (benchmarks/gpu_check.py): correctness, speed and
+# memory, JSON in benchmarks/results/. Runs from the source tree with the machine's own Python
+# where there is no .venv (a GPU machine with PyTorch, Lightning and timm already installed).
+gpu-check:
+	PYTHONPATH=. $(if $(wildcard $(BIN)/python),$(BIN)/python,python3) benchmarks/gpu_check.py
 
 # Learning curves on real images (downloads three pinned wheels for their data files once).
 bench-quality: install

@@ -479,7 +479,8 @@ def _epoch_vs_step(check: Check) -> dict[str, Any]:
     data = make_demo_dataset(check.work / "epoch_data", 64 if check.quick else 256, 8, size)
 
     class Clock(L.Callback):
-        starts: list[float] = []
+        def __init__(self) -> None:
+            self.starts: list[float] = []
 
         def on_train_epoch_start(self, trainer, module) -> None:
             check.sync()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.loadtest import run_load
 from benchmarks.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_benchmark_run(tmp_path, capsys):
@@ -187,3 +192,38 @@ def test_step_profile_splits_time_into_matrix_and_memory_parts():
     assert adds["kind"] == "memory" and adds["gbps"] == pytest.approx(3 * 2 * 524_288 / 0.002 / 1e9)
     assert parts["copies and casts"]["gbps"] is None  # time without sizes: no bandwidth
     assert "gbps" not in parts["convolution"]
+
+
+def test_gpu_check_writes_a_section_at_a_time(tmp_path):
+    """The prepared device check runs as one command; each section lands in the JSON as it
+    finishes (here the environment alone, on the CPU)."""
+    out = tmp_path / "check.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--quick", "--device", "cpu",
+         "--only", "A_environment", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert list(report) == ["A_environment"]
+    env = report["A_environment"]
+    assert env["ok"] and env["device_class"] in ("cpu", "cpu-bf16")
+    assert env["bf16_peak_tflops"] > 0 and env["seconds"] >= 0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_the_cpu(tmp_path):
+    """Every section of the device check on the CPU at tiny sizes: the correctness sections
+    pass (speed targets are for GPUs, so only their figures are checked)."""
+    out = tmp_path / "check.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--quick", "--device", "cpu", "--out",
+         str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert list(report) == ["A_environment", "C_training", "B_inference", "D_speed", "E_suite"]
+    for name in ("A_environment", "C_training", "B_inference"):
+        assert report[name]["ok"], (name, report[name], result.stderr[-2000:])
+    assert report["C_training"]["resume"]["bitwise"]
+    assert report["D_speed"]["training"]["2"]["ours_vs_plain"] > 0

@@ -172,11 +172,14 @@ def test_gpu_classes_by_compute_capability(monkeypatch, capability, name, precis
     cls = hardware.device_class("cuda:1")
     assert cls.name == name and cls.precision == precision
     assert hardware.auto_precision("cuda") == precision
-    assert hardware.resolve_train_precision("auto", "gpu") == {
-        "bf16": "bf16-mixed",
-        "fp16": "16-mixed",
-        "fp32": "32",
-    }[precision]
+    assert (
+        hardware.resolve_train_precision("auto", "gpu")
+        == {
+            "bf16": "bf16-mixed",
+            "fp16": "16-mixed",
+            "fp32": "32",
+        }[precision]
+    )
     assert not cls.cpu_memory_reuse and not cls.cpu_packing and cls.pin_memory
     assert hardware.resolve_device("auto").type == "cuda"
 

@@ -159,10 +159,8 @@ def test_the_inference_copy_is_on_its_device_before_any_pass(monkeypatch):
     model.register_forward_pre_hook(record)
     made = []
     real_copy = fastpath._inference_copy
-    monkeypatch.setattr(
-        fastpath, "_inference_copy", lambda m, d: made.append(d) or real_copy(m, d)
-    )
-    prepared, _ = fastpath.prepare_model(
+    monkeypatch.setattr(fastpath, "_inference_copy", lambda m, d: made.append(d) or real_copy(m, d))
+    fastpath.prepare_model(
         model, device=torch.device("cpu"), precision="fp32", in_channels=3, pack_weights=False
     )
     assert made == [torch.device("cpu")]  # one place moves the copy to the device

@@ -24,7 +24,11 @@ def local_ray(isolated_fastpath_cache):
     import os
 
     os.environ["UNET_RESNET_OFFLINE"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # One fake GPU (a resource Ray counts; nothing runs on it): GPU workers are placed by it.
+    ray.init(
+        num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+        configure_logging=False,
+    )  # fmt: skip
     yield
     ray.shutdown()
 
@@ -117,3 +121,28 @@ def test_corrupt_input_is_reported_and_the_rest_written(inputs, tmp_path, checkp
     assert [f["input"] for f in report["failed"]] == [str(inputs / "broken.png")]
     assert report["done"] == 5
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_gpu_workers_without_a_worker_count_finish(inputs, tmp_path, checkpoint):
+    """--gpus-per-worker 1 without --workers started one actor per CPU: those beyond the GPU
+    count never started and the inputs handed to them waited for ever."""
+    out = tmp_path / "gpu"
+    assert _predict(inputs, out, checkpoint, "--engine", "ray", "--gpus-per-worker", "1") == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["workers"] == 1 and report["done"] == 5 and not report["failed"]
+
+
+def test_worker_count_fits_the_cluster():
+    from unet_resnet.errors import ConfigError
+    from unet_resnet.inference.scale import worker_count
+
+    cluster = {"CPU": 16.0, "GPU": 2.0}
+    count = dict(inputs=100, workers=None, cpus_per_worker=1)
+    assert worker_count(cluster, **count, gpus_per_worker=0) == 16
+    assert worker_count(cluster, **count, gpus_per_worker=1) == 2
+    assert worker_count(cluster, **count, gpus_per_worker=0.5) == 4
+    assert worker_count(cluster, **{**count, "inputs": 3}, gpus_per_worker=0) == 3
+    with pytest.raises(ConfigError, match="has 0 GPU"):
+        worker_count({"CPU": 4.0}, **count, gpus_per_worker=1)
+    with pytest.raises(ConfigError, match="--workers 3 cannot all start"):
+        worker_count(cluster, **{**count, "workers": 3}, gpus_per_worker=1)

@@ -129,3 +129,19 @@ def test_bad_logger_names(data, tmp_path, capsys, monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"unet-resnet\[tracking\]"):
         _config(data, tmp_path / "r", logger="wandb")
+
+
+def test_a_file_store_in_the_environment_is_one_line_saying_what_to_do(data, tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI=file:... already set by the user: MLflow refuses file stores (in
+    maintenance mode) with its raw exception; we say which setting and what to do."""
+    pytest.importorskip("mlflow")
+    from unet_resnet.errors import ConfigError
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "store").as_uri())
+    with pytest.raises(ConfigError) as info:
+        train(_config(data, tmp_path / "run", logger="mlflow"))
+    message = str(info.value)
+    assert "$MLFLOW_TRACKING_URI" in message and "MLFLOW_ALLOW_FILE_STORE=true" in message
+    assert "sqlite" in message and "\n" not in message
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training

@@ -119,10 +119,10 @@ def _mlflow(run_dir: Path, *, experiment_name: str, tracking_uri: str | None) ->
     if not uri:
         uri = (Path(run_dir) / "mlruns").resolve().as_uri()
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    logger = MLFlowLogger(
-        experiment_name=experiment_name, tracking_uri=uri, run_name=Path(run_dir).name
-    )
     try:
+        logger = MLFlowLogger(
+            experiment_name=experiment_name, tracking_uri=uri, run_name=Path(run_dir).name
+        )
         logger.experiment  # noqa: B018 - opened now: a refused store fails before training
     except MlflowException as exc:
         first = str(exc).split(". ")[0].rstrip(".")

@@ -355,6 +355,8 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*not supported by the model summary.*")
+        # Validation scores come from torchmetrics, already summed over the ranks.
+        warnings.filterwarnings("ignore", message=".*when logging on epoch level in distrib.*")
         try:
             # glibc keeping freed memory: a CPU-training trick, off for GPU runs
             cpu_trick = device_class(training_device(config.accelerator))
