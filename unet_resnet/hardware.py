@@ -179,6 +179,8 @@ class DeviceClass:
     pin_memory: bool = False
     cudnn_benchmark: bool = False
     tf32: bool = False
+    #: tiles per forward pass when left to ``auto``; None: as many as free memory holds
+    tile_batch: int | None = None
     why: str = ""
 
 
@@ -191,6 +193,7 @@ DEVICE_CLASSES: dict[str, DeviceClass] = {
             "bf16",
             cpu_memory_reuse=True,
             cpu_packing=True,
+            tile_batch=4,
             why="AVX-512 BF16 or AMX: bf16 runs natively",
         ),
         DeviceClass(
@@ -198,6 +201,7 @@ DEVICE_CLASSES: dict[str, DeviceClass] = {
             "fp32",
             cpu_memory_reuse=True,
             cpu_packing=True,
+            tile_batch=4,
             why="no native bf16 units: bf16 would be emulated, slower than fp32",
         ),
         DeviceClass(
@@ -223,7 +227,7 @@ DEVICE_CLASSES: dict[str, DeviceClass] = {
             cudnn_benchmark=True,
             why="compute capability below 6.0 or 6.1/6.2 (consumer Pascal): slow half precision",
         ),
-        DeviceClass("other", "fp32", why="a device without a tuned entry here"),
+        DeviceClass("other", "fp32", tile_batch=4, why="a device without a tuned entry here"),
     )
 }
 

@@ -455,3 +455,21 @@ def test_tta_views_in_one_batch_equal_one_after_another(segmenter, shape):
     together = seg.predict_proba(image, tta=True)
     np.testing.assert_allclose(together, apart, atol=1e-5)
     np.testing.assert_allclose(together.sum(0), 1, atol=1e-4)
+
+
+def test_tile_batch_auto_is_the_device_classes_or_what_memory_holds(segmenter, capsys):
+    from unet_resnet.errors import ConfigError
+    from unet_resnet.inference.segmenter import tiles_that_fit
+
+    assert segmenter.batch_size == "auto" and segmenter.tile_batch(64) == 4  # the CPU class's
+    fixed = Segmenter(_OverflowsBelowFp32(), device="cpu", precision="fp32", batch_size=2)
+    assert fixed.tile_batch(64) == 2
+    gib = 2**30
+    assert tiles_that_fit(80 * gib, gib) == 32  # capped: the GPU is full well before
+    assert tiles_that_fit(10 * gib, gib) == 5  # half of the free memory
+    assert tiles_that_fit(gib, 4 * gib) == 1  # never zero
+    with pytest.raises(ConfigError, match="at least 1, or auto"):
+        Segmenter(_OverflowsBelowFp32(), device="cpu", batch_size=0)
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--checkpoint", "c.pt", "--out", "o", "--batch-size", "0"])
+    assert "expected a number of tiles (>= 1) or auto, got '0'" in capsys.readouterr().err

@@ -29,6 +29,20 @@ def _thresholds(value: str) -> list[float]:
         ) from None
 
 
+def _batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of tiles (>= 1) or auto, got {value!r}"
+        )
+    return number
+
+
 def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
@@ -42,7 +56,13 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images")
     parser.add_argument("--overlap", type=float, default=0.25, help="fraction (<1) or pixels")
     parser.add_argument("--blend", default="gaussian", choices=BLENDS)
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default="auto",
+        help="tiles per forward pass; auto = 4 on CPUs, as many as half the free memory "
+        "holds on GPUs",
+    )
     parser.add_argument(
         "--thresholds",
         type=_thresholds,

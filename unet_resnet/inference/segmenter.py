@@ -36,7 +36,7 @@ from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
 from unet_resnet.task import check_thresholds, get_task
 
-__all__ = ["Segmenter"]
+__all__ = ["Segmenter", "tiles_that_fit"]
 # numpy dtypes torch cannot hold (or compute with), and the lossless type they are read as.
 _TORCH_STORAGE = {"b1": np.uint8, "u2": np.int32, "u4": np.int64, "u8": np.float64}
 
@@ -56,7 +56,9 @@ class Segmenter:
         tile_size: images with a side above this are predicted tile by tile.
         overlap: tile overlap, fraction (< 1) or pixels.
         blend: tile weighting, ``"gaussian"`` (default), ``"linear"`` or ``"constant"``.
-        batch_size: tiles (or list images of one size) per forward pass.
+        batch_size: tiles (or list images of one size) per forward pass; ``"auto"``
+            (default): the device class's (4 on CPUs), on GPUs as many as half the free memory
+            holds (measured once per tile size with one tile).
         tta: average predictions over flips (and 90-degree rotations with ``tta_rotations``).
         channels_last, fold_bn, pack_weights: fast-path switches (on by default);
             ``pack_weights`` packs convolution weights for oneDNN once and fuses ReLUs and
@@ -91,7 +93,7 @@ class Segmenter:
         tile_size: int = 1024,
         overlap: float = 0.25,
         blend: Blend = "gaussian",
-        batch_size: int = 4,
+        batch_size: int | str = "auto",
         tta: bool = False,
         tta_rotations: bool = False,
         channels_last: bool = True,
@@ -112,8 +114,8 @@ class Segmenter:
             )
         if not isinstance(tile_size, int) or tile_size < 32:
             raise ConfigError(f"Invalid tile size {tile_size!r}: at least 32 pixels.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"Invalid batch size {batch_size!r}: at least 1.")
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError(f"Invalid batch size {batch_size!r}: at least 1, or auto.")
         overlap_pixels(tile_size, overlap)  # validates
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type == "cpu":
@@ -166,6 +168,7 @@ class Segmenter:
         self._fold_bn = fold_bn
         self._cpu_memory_reuse = device_class(self.device).cpu_memory_reuse
         self._batch_views = not self._cpu_memory_reuse  # GPUs: TTA views in one batch
+        self._tile_batches: dict[tuple[int, bool], int] = {}
         if compile:
             # Freezing lets Inductor pack weights and fuse like the oneDNN path; without it the
             # compiled model is slower than the packed eager one. (Inference graphs only;
@@ -396,10 +399,32 @@ class Segmenter:
                 forward,
                 tile_size=tile,
                 overlap=self.overlap,
-                batch_size=self.batch_size,
+                batch_size=self.tile_batch(tile, tta),
                 blend=self.blend,
                 progress=self.progress,
             )
+
+    def tile_batch(self, tile: int, tta: bool | None = None) -> int:
+        """Tiles per forward pass for ``tile``-pixel tiles: ``batch_size``, or for ``auto``
+        the device class's number, or on a GPU as many as half its free memory holds (one
+        tile's peak measured once per tile size and TTA setting)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        fixed = device_class(self.device).tile_batch
+        if fixed is not None or self.device.type != "cuda":
+            return fixed or 4
+        tta = self.tta if tta is None else tta
+        key = (tile, bool(tta))
+        if key not in self._tile_batches:
+            torch.cuda.synchronize(self.device)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            x = torch.zeros(1, self.in_channels, tile, tile, device=self.device)
+            self.probabilities(x, tta=tta)
+            per_tile = torch.cuda.max_memory_allocated(self.device) - before
+            self._tile_batches[key] = tiles_that_fit(free, per_tile)
+        return self._tile_batches[key]
 
     def predict_proba(
         self,
@@ -466,3 +491,13 @@ class Segmenter:
             f"device={self.device}, precision={self.precision}, tile_size={self.tile_size}, "
             f"tta={self.tta})"
         )
+
+
+def tiles_that_fit(
+    free_bytes: int, per_tile_bytes: int, *, share: float = 0.5, most: int = 32
+) -> int:
+    """How many tiles of ``per_tile_bytes`` peak memory each fit in ``share`` of
+    ``free_bytes``: at least 1, at most ``most`` (beyond that a GPU is already full)."""
+    if per_tile_bytes <= 0:
+        return most
+    return max(1, min(most, int(share * free_bytes // per_tile_bytes)))
