@@ -439,8 +439,13 @@ def test_a_model_that_is_not_finite_even_in_fp32_is_an_error():
             return self.conv(x) * float("nan")
 
     seg = Segmenter(AlwaysNaN(), device="cpu", precision="fp32", fold_bn=False)
-    with pytest.raises(InputShapeError, match="not finite"):
+    with pytest.raises(InputShapeError, match="not finite .* even in fp32"):
         seg.predict(_image(32, 32))
+    image = _image(32, 32).astype(np.float32)
+    image[3, 4, 0] = np.nan  # a float image with a NaN pixel: the input's fault, said so
+    finite = Segmenter(_OverflowsBelowFp32(), device="cpu", precision="fp32", fold_bn=False)
+    with pytest.raises(InputShapeError, match="image holds NaN or infinite values"):
+        finite.predict(image)
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (48, 80)])

@@ -260,21 +260,29 @@ class Segmenter:
             if self.tta_rotations:
                 views += [((), 1), ((), 2), ((), 3)]
         probs = self._views(self._forward_model, batch, views, self.dtype)
-        if self.precision != "fp32" and not bool(torch.isfinite(probs).all()):
-            # Reduced precision overflowed somewhere (fp16's range ends at 65504): NaN
-            # probabilities would silently become class 0. Redo this batch in fp32.
+        if bool(torch.isfinite(probs).all()):
+            return probs
+        # NaN probabilities would silently become class 0: say why, or redo the batch.
+        if not bool(torch.isfinite(batch).all()):
+            raise InputShapeError(
+                "The image holds NaN or infinite values, so the model's output there is "
+                "undefined. Replace them first (for example with the nodata value, or 0)."
+            )
+        if self.precision != "fp32":
+            # Reduced precision overflowed somewhere (fp16's range ends at 65504).
             warnings.warn(
                 f"{self.precision} inference overflowed on this input; this batch was "
                 "predicted again in fp32 (pass precision='fp32' to always do so).",
                 stacklevel=2,
             )
             probs = self._views(self._fp32(), batch, views, torch.float32)
-        if not bool(torch.isfinite(probs).all()):
-            raise InputShapeError(
-                "The model's output is not finite (NaN or inf) for this input, even in fp32: "
-                "the checkpoint's weights or the input hold non-finite values."
-            )
-        return probs
+            if bool(torch.isfinite(probs).all()):
+                return probs
+        raise InputShapeError(
+            "The model's output is not finite (NaN or inf) for this input even in fp32: the "
+            "checkpoint's weights hold non-finite values. Use a checkpoint from a run that did "
+            "not diverge."
+        )
 
     def _views(self, model, batch: torch.Tensor, views: list[tuple], dtype) -> torch.Tensor:
         """Average of ``model``'s probabilities over the (flip, quarter-turn) ``views``: on GPUs
