@@ -65,6 +65,11 @@ class CheckpointMeta:
     #: ``multilabel``; and for the latter the per-class decision thresholds (None = 0.5).
     task: str = "multiclass"
     thresholds: list[float] | None = None
+    #: How the training splits were read: ``{"layout": NAME, OPTION: VALUE, ...}`` with the
+    #: layout's saved options (:data:`~unet_resnet.data.registry.LAYOUT_OPTIONS`: crowd rule,
+    #: slice axis, label field); ``evaluate`` and ``cross-validate`` read splits the same way
+    #: unless a flag says otherwise. None for checkpoints written before it existed.
+    split: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +83,7 @@ class CheckpointMeta:
             "volume": self.volume,
             "task": self.task,
             "thresholds": None if self.thresholds is None else list(self.thresholds),
+            "split": self.split,
         }
 
     @classmethod
@@ -93,6 +99,7 @@ class CheckpointMeta:
             volume=data.get("volume"),
             task=data.get("task") or "multiclass",
             thresholds=None if data.get("thresholds") is None else list(data["thresholds"]),
+            split=data.get("split"),
         )
 
 

@@ -54,3 +54,81 @@ def test_open_split_missing_split_and_unknown_layout(tmp_path):
     assert len(open_split(root, "val", "folder", SplitOptions())) == 1
     with pytest.raises(DataError, match="Unknown dataset layout 'nope'.*folder"):
         open_split(root, "val", "nope")
+
+
+# Layout options: declared once, flags generated, saved in the checkpoint and read back -----
+def _flags(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {flag for action in sub._actions for flag in action.option_strings}
+
+
+def test_every_command_that_reads_a_split_takes_every_layout_option():
+    """--crowd existed for train but not for evaluate or check-data: the flags were copies.
+    They are generated from LAYOUT_OPTIONS now, and train's config has each as a field."""
+    import dataclasses
+
+    from unet_resnet.data.registry import LAYOUT_OPTIONS
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for option in LAYOUT_OPTIONS.values():
+        assert option.flag in _flags("evaluate") and option.flag in _flags("check-data")
+        assert option.flag in _flags("cross-validate") and option.flag in _flags("train")
+        assert option.name in fields
+    assert "--slice-axis" in _flags("predict")
+    for name, layout in LAYOUTS.items():
+        assert set(layout.options) <= set(LAYOUT_OPTIONS), name
+
+
+def test_a_checkpoints_saved_options_are_read_back_unless_a_flag_says_otherwise():
+    """The checkpoint stored the slice axis, but prediction and evaluate read along axis 2
+    unless the user repeated the flag; the crowd rule was not stored at all."""
+    from unet_resnet.data.classes import ClassInfo
+
+    classes = ClassInfo.generic(3)
+    volume = {"slice_axis": 0, "context_slices": 1, "intensity": None}
+    split = {"layout": "coco", "crowd": "class", "label_field": "kind"}
+    read = SplitOptions().for_checkpoint(classes, volume, split=split)
+    assert (read.slice_axis, read.crowd, read.label_field) == (0, "class", "kind")
+    assert read.context_slices == 1 and read.classes is classes
+    given = {"slice_axis": 1, "crowd": None}  # a flag set, and one left unset
+    read = SplitOptions().for_checkpoint(classes, volume, split=split, given=given)
+    assert (read.slice_axis, read.crowd) == (1, "class")
+    old = SplitOptions().for_checkpoint(classes, None, split=None)  # an older checkpoint
+    assert (old.slice_axis, old.crowd) == (2, "ignore")
+
+
+def test_what_a_split_saves_is_its_layouts_saved_options():
+    options = SplitOptions(slice_axis=1, crowd="class", annotations="a.json", label_field="k")
+    assert options.to_save("coco") == {"layout": "coco", "crowd": "class"}
+    assert options.to_save("nifti") == {"layout": "nifti", "slice_axis": 1}
+    assert options.to_save("raster") == {"layout": "raster", "label_field": "k"}
+    assert options.to_save("folder") == {"layout": "folder"}
+
+
+def test_volumes_are_predicted_along_the_checkpoints_slice_axis(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    import numpy as np
+
+    from unet_resnet.data.classes import ClassInfo
+    from unet_resnet.inference.files import predict_nifti
+
+    class Recorder:
+        classes = ClassInfo.generic(2)
+        volume = {"slice_axis": 0}
+
+        def __init__(self):
+            self.shapes = []
+
+        def predict(self, image):
+            self.shapes.append(image.shape[:2])
+            return np.zeros(image.shape[:2], np.uint8)
+
+    data = np.zeros((5, 7, 9), np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "case.nii.gz")
+    seg = Recorder()
+    predict_nifti(seg, tmp_path / "case.nii.gz", tmp_path / "out.nii.gz")
+    assert seg.shapes == [(7, 9)] * 5  # along axis 0, as trained (was axis 2: 9 x (5, 7))
+    seg.shapes.clear()
+    predict_nifti(seg, tmp_path / "case.nii.gz", tmp_path / "out2.nii.gz", axis=2)
+    assert seg.shapes == [(5, 7)] * 9  # an explicit axis still wins

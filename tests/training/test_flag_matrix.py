@@ -186,6 +186,13 @@ def test_each_layouts_own_flags(tmp_path, layout, precision):
     )  # fmt: skip
     result = train(config)
     assert result.epochs_completed == 1 and result.best_checkpoint.is_file()
+    # what reading the splits needs is saved with the model, for evaluate and cross-validate
+    from unet_resnet.checkpoint import read_meta
+    from unet_resnet.data.registry import LAYOUT_OPTIONS
+
+    meta = read_meta(result.best_checkpoint)
+    saved = {k: v for k, v in flags.items() if k in LAYOUT_OPTIONS and LAYOUT_OPTIONS[k].saved}
+    assert meta.split == {"layout": flags.get("dataset", "folder"), **saved}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

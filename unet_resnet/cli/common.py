@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any
 
 from unet_resnet.hardware import PRECISIONS
 from unet_resnet.inference.tiling import BLENDS
@@ -10,6 +12,8 @@ from unet_resnet.inference.tiling import BLENDS
 __all__ = [
     "build_segmenter",
     "checkpoints_of",
+    "layout_arguments",
+    "layout_values",
     "segmenter_arguments",
     "segmenter_options",
     "weights_arg",
@@ -27,6 +31,32 @@ def _thresholds(value: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected numbers between 0 and 1 separated by commas, got {value!r}"
         ) from None
+
+
+def layout_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Flags for the dataset layouts' options (:data:`LAYOUT_OPTIONS`), generated from their
+    declaration: every command that reads a split takes the same ones. Unset flags stay None
+    so that the checkpoint's saved options (or the layout's defaults) apply."""
+    from unet_resnet.data.registry import LAYOUT_OPTIONS
+
+    for name in names or LAYOUT_OPTIONS:
+        option = LAYOUT_OPTIONS[name]
+        saved = "; default: as the checkpoint was trained" if option.saved else ""
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            type=option.type,
+            choices=option.choices,
+            default=None,
+            help=f"{option.help}{saved}",
+        )
+
+
+def layout_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The layout options set on the command line, by name (unset ones left out)."""
+    from unet_resnet.data.registry import LAYOUT_OPTIONS
+
+    return {n: getattr(args, n) for n in LAYOUT_OPTIONS if getattr(args, n, None) is not None}
 
 
 def _batch_size(value: str) -> int | str:

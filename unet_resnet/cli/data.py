@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from unet_resnet.cli.common import layout_arguments, layout_values
 from unet_resnet.cli.registry import command
 from unet_resnet.data.registry import checkable_layouts
 
@@ -22,10 +23,7 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="multilabel: per-class masks (masks/CLASSNAME/NAME.png or a band per class)",
     )
     parser.add_argument("--window", type=int, default=512, help="raster: window side")
-    parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
-    parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
-    parser.add_argument("--labels", default=None, help="raster: vector label file")
-    parser.add_argument("--label-field", default=None, help="raster: its class attribute")
+    layout_arguments(parser)
     parser.add_argument("--json", dest="json_out", default=None, help="also write the report")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -39,14 +37,8 @@ def check_data(args: argparse.Namespace) -> int:
     from unet_resnet.data.registry import SplitOptions, check_layout
 
     options = SplitOptions(
-        num_classes=args.num_classes,
-        image_size=args.window,
-        slice_axis=args.slice_axis,
-        annotations=args.annotations,
-        labels=args.labels,
-        label_field=args.label_field,
-        task=args.task,
-    )
+        num_classes=args.num_classes, image_size=args.window, task=args.task
+    ).overridden(layout_values(args))
     report = check_layout(args.data, args.dataset, options, progress=not args.quiet)
     print(report.summary())
     if args.json_out:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from unet_resnet.cli.common import (
     build_segmenter,
     checkpoints_of,
+    layout_arguments,
+    layout_values,
     segmenter_arguments,
     segmenter_options,
 )
@@ -43,7 +46,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TOL",
         help="--vectorize: simplify polygons by this tolerance in CRS units (e.g. metres)",
     )
-    parser.add_argument("--slice-axis", type=int, default=2, help="NIfTI input: slice axis")
+    layout_arguments(parser, ["slice_axis"])  # NIfTI input
     parser.add_argument(
         "--overwrite", action="store_true", help="replace outputs of an earlier run in --out"
     )
@@ -141,10 +144,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root")
     parser.add_argument("--split", default="val", help="val | test | train")
     parser.add_argument("--dataset", default="folder", choices=layout_names())
-    parser.add_argument("--slice-axis", type=int, default=2, help="nifti: slice axis")
-    parser.add_argument("--annotations", default=None, help="coco: annotation file ({split})")
-    parser.add_argument("--labels", default=None, help="raster: vector label file")
-    parser.add_argument("--label-field", default=None, help="raster: its class attribute")
+    layout_arguments(parser)
     parser.add_argument(
         "--hd95",
         action="store_true",
@@ -180,20 +180,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
 
     segmenter = build_segmenter(args)
-    file_options = SplitOptions(
-        slice_axis=args.slice_axis,
-        annotations=args.annotations,
-        labels=args.labels,
-        label_field=args.label_field,
-        task=segmenter.task.name,
-    )
+    # Read as the checkpoint was trained (its classes, volume rule and saved layout options),
+    # unless a flag says otherwise; first with the dataset's own classes, to compare them.
+    options = SplitOptions(task=segmenter.task.name).for_checkpoint(
+        segmenter.classes, segmenter.volume, segmenter.task.name, segmenter.split,
+        layout_values(args),
+    )  # fmt: skip
     try:
-        own = open_split(args.data, args.split, args.dataset, file_options)
+        own = open_split(args.data, args.split, args.dataset, replace(options, classes=None))
     except DataError:
         own = None  # no classes file of its own: read with the checkpoint's classes
     if own is not None:
         segmenter.classes.check_compatible(own.classes, mine="checkpoint", theirs="dataset")
-    options = file_options.for_checkpoint(segmenter.classes, segmenter.volume, segmenter.task.name)
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
         raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")

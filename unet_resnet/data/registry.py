@@ -8,7 +8,7 @@ call here (or in a module imported here).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,9 @@ from unet_resnet.data.datasets import (
 
 __all__ = [
     "LAYOUTS",
+    "LAYOUT_OPTIONS",
     "Layout",
+    "LayoutOption",
     "SplitOptions",
     "check_layout",
     "checkable_layouts",
@@ -34,6 +36,50 @@ __all__ = [
     "open_split",
     "register_layout",
 ]
+
+
+@dataclass(frozen=True)
+class LayoutOption:
+    """An option a dataset layout reads, declared once: the commands that read a split
+    (``evaluate``, ``check-data``, ``predict`` for volume input) generate their flags from
+    it, and ``saved`` options go into the checkpoint (``CheckpointMeta.split``) so that
+    every later command reads the split as it was trained unless its flag says otherwise."""
+
+    name: str  # the SplitOptions field (and TrainConfig field) it sets
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+    saved: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+#: Every layout option; each layout lists the ones it reads (``Layout.options``).
+LAYOUT_OPTIONS: dict[str, LayoutOption] = {
+    o.name: o
+    for o in (
+        LayoutOption("slice_axis", int, "nifti: axis the 2D slices are taken along", saved=True),
+        LayoutOption(
+            "annotations", str, "coco: annotation file ({split} is replaced by the split name)"
+        ),
+        LayoutOption(
+            "crowd",
+            str,
+            "coco: crowd regions become ignore_index, or their class",
+            choices=("ignore", "class"),
+            saved=True,
+        ),
+        LayoutOption("labels", str, "raster: vector label file for every split"),
+        LayoutOption(
+            "label_field",
+            str,
+            "raster: the --labels attribute with class names or codes",
+            saved=True,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -76,15 +122,30 @@ class SplitOptions:
         return self.task == "multilabel"
 
     def for_checkpoint(
-        self, classes: ClassInfo, volume: dict | None, task: str = "multiclass"
+        self,
+        classes: ClassInfo,
+        volume: dict | None,
+        task: str = "multiclass",
+        split: dict | None = None,
+        given: Mapping[str, Any] | None = None,
     ) -> SplitOptions:
-        """These options read the way a checkpoint was trained: its classes and task, and for
-        volumes its 2.5D context, intensity rule and target spacing (``CheckpointMeta.volume``)."""
+        """These options read the way a checkpoint was trained: its classes and task, for
+        volumes its slice axis, 2.5D context, intensity rule and target spacing
+        (``CheckpointMeta.volume``), and the saved layout options (``CheckpointMeta.split``:
+        crowd rule, label field, ...); then the options the user ``given`` (flags that were
+        set), which win."""
         from dataclasses import replace
 
         from unet_resnet.data.medical import IntensityRule
 
         volume = volume or {}
+        saved = {
+            name: value
+            for name, value in (split or {}).items()
+            if name in LAYOUT_OPTIONS and LAYOUT_OPTIONS[name].saved and value is not None
+        }
+        if volume.get("slice_axis") is not None:
+            saved.setdefault("slice_axis", int(volume["slice_axis"]))
         return replace(
             self,
             classes=classes,
@@ -92,7 +153,24 @@ class SplitOptions:
             context_slices=int(volume.get("context_slices") or 0),
             intensity=IntensityRule.from_dict(volume.get("intensity")),
             target_spacing=volume.get("target_spacing"),
-        )
+            **saved,
+        ).overridden(given or {})
+
+    def overridden(self, values: Mapping[str, Any]) -> SplitOptions:
+        """These options with every layout option in ``values`` that is set (not None)."""
+        from dataclasses import replace
+
+        set_ = {k: v for k, v in values.items() if k in LAYOUT_OPTIONS and v is not None}
+        return replace(self, **set_) if set_ else self
+
+    def to_save(self, layout: str) -> dict[str, Any]:
+        """What the checkpoint keeps to read ``layout``'s splits again: the layout's name and
+        its saved options."""
+        entry = get_layout(layout)
+        return {
+            "layout": layout,
+            **{name: getattr(self, name) for name in entry.options if LAYOUT_OPTIONS[name].saved},
+        }
 
     def vector_labels(self, classes: ClassInfo):
         """raster layouts: the ``labels`` file as :class:`VectorLabels`, or None."""
@@ -129,6 +207,8 @@ class Layout:
     #: its images have an up and a down (photos); False for overhead imagery and scan
     #: slices, which ``orientation="auto"`` then also flips top-bottom
     upright: bool = True
+    #: the :data:`LAYOUT_OPTIONS` it reads
+    options: tuple[str, ...] = ()
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -141,13 +221,18 @@ def register_layout(
     check: Checker | None = None,
     multilabel: bool = False,
     upright: bool = True,
+    options: tuple[str, ...] = (),
 ) -> Callable[[Opener], Opener]:
     """Register ``open`` as the opener of layout ``name`` (and ``check`` as its checker);
     ``multilabel``: it also reads per-class masks (``SplitOptions.task == "multilabel"``);
-    ``upright=False``: its images have no up and down (overhead imagery, scan slices)."""
+    ``upright=False``: its images have no up and down (overhead imagery, scan slices);
+    ``options``: the :data:`LAYOUT_OPTIONS` it reads (their flags and saving follow)."""
+    unknown = set(options) - set(LAYOUT_OPTIONS)
+    if unknown:
+        raise ValueError(f"Layout {name!r}: unknown options {sorted(unknown)}")
 
     def register(opener: Opener) -> Opener:
-        LAYOUTS[name] = Layout(name, description, opener, check, multilabel, upright)
+        LAYOUTS[name] = Layout(name, description, opener, check, multilabel, upright, options)
         return opener
 
     return register
@@ -275,6 +360,7 @@ def _open_cityscapes(root: Path, split: str, options: SplitOptions):
     "DATA/{split}/{images,labels}/CASE.nii.gz volumes, read as 2D slices",
     check=_check_nifti,
     upright=False,
+    options=("slice_axis",),
 )
 def _open_nifti(root: Path, split: str, options: SplitOptions):
     from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
@@ -298,6 +384,7 @@ def _open_nifti(root: Path, split: str, options: SplitOptions):
     "labels: --labels FILE --label-field NAME)",
     check=_check_raster,
     upright=False,
+    options=("labels", "label_field"),
 )
 def _open_raster(root: Path, split: str, options: SplitOptions):
     if not (root / split / "images").is_dir():
@@ -332,6 +419,7 @@ def _check_coco(root: Path, options: SplitOptions, progress: bool):
     "DATA/annotations/instances_SPLIT*.json (COCO, CVAT); --annotations FILE overrides",
     check=_check_coco,
     multilabel=True,
+    options=("annotations", "crowd"),
 )
 def _open_coco(root: Path, split: str, options: SplitOptions):
     from unet_resnet.data.coco import CocoSegmentation, find_coco

@@ -256,12 +256,12 @@ def predict_nifti(
     path_in: str | os.PathLike,
     path_out: str | os.PathLike,
     *,
-    axis: int = 2,
+    axis: int | None = None,
 ) -> Path:
     """Predict a volume (NIfTI file or DICOM series folder) slice by slice along ``axis`` of
-    its canonical orientation, as training sliced it (with the checkpoint's intensity rule and
-    2.5D context, ``segmenter.volume``), and write a NIfTI label volume in the input's own
-    orientation with its affine."""
+    its canonical orientation, as training sliced it (with the checkpoint's slice axis,
+    intensity rule and 2.5D context, ``segmenter.volume``; ``axis`` overrides the axis), and
+    write a NIfTI label volume in the input's own orientation with its affine."""
     from unet_resnet.data.medical import (
         IntensityRule,
         context_stack,
@@ -280,6 +280,8 @@ def predict_nifti(
     volume = read_volume(path_in)
     data = volume.data
     options = getattr(segmenter, "volume", None) or {}
+    if axis is None:
+        axis = int(options.get("slice_axis", 2))
     rule = IntensityRule.from_dict(options.get("intensity"))
     if rule is not None:
         data = rule.apply(data)
@@ -309,7 +311,7 @@ def predict_file(
     overlay: str | os.PathLike | None = None,
     probabilities: str | os.PathLike | None = None,
     chunk_size: int = 4096,
-    slice_axis: int = 2,
+    slice_axis: int | None = None,
 ) -> Path:
     """Predict one file, in the format its name and content call for.
 
@@ -502,7 +504,7 @@ def predict_one(
     path: Path,
     paths: OutputPaths,
     *,
-    slice_axis: int = 2,
+    slice_axis: int | None = None,
     simplify: float | None = None,
 ) -> None:
     """Predict one input into its outputs (each written atomically); what both engines run
@@ -527,7 +529,7 @@ def predict_files(
     segmenter: ImagePredictor,
     plan: PredictPlan,
     *,
-    slice_axis: int = 2,
+    slice_axis: int | None = None,
     simplify: float | None = None,
     progress: bool = False,
 ) -> PredictReport:

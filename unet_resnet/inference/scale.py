@@ -121,7 +121,7 @@ class _Worker:
             keep_freed_memory(device_class(self.segmenter.device).cpu_memory_reuse)
         )
 
-    def predict(self, path: str, outputs: dict, slice_axis: int, simplify: float | None):
+    def predict(self, path: str, outputs: dict, slice_axis: int | None, simplify: float | None):
         from unet_resnet.inference.files import predict_one
 
         _maybe_crash(Path(path), Path(outputs["mask"]).parent)
@@ -158,7 +158,7 @@ def predict_with_ray(
     workers: int | None = None,
     cpus_per_worker: float = 1,
     gpus_per_worker: float = 0,
-    slice_axis: int = 2,
+    slice_axis: int | None = None,
     simplify: float | None = None,
     progress: bool = True,
 ) -> PredictReport:

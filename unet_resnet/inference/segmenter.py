@@ -75,6 +75,8 @@ class Segmenter:
             ``unet_resnet.fastpath``).
         volume: for volumes, the checkpoint's slice axis, 2.5D context and intensity rule
             (:attr:`CheckpointMeta.volume`), repeated by ``predict`` on NIfTI/DICOM input.
+        split: how the training splits were read (:attr:`CheckpointMeta.split`: the layout
+            and its saved options), read again by ``evaluate`` and ``cross-validate``.
         task: what the output channels mean (:mod:`unet_resnet.task`): ``"multiclass"``
             (softmax, one class per pixel) or ``"multilabel"`` (a sigmoid per class;
             ``predict`` returns ``C x H x W`` 0/1 planes decided by ``thresholds``, default
@@ -104,6 +106,7 @@ class Segmenter:
         progress: bool = False,
         explain: bool = False,
         volume: dict | None = None,
+        split: dict | None = None,
         task: str = "multiclass",
         thresholds: Sequence[float] | None = None,
     ) -> None:
@@ -138,6 +141,7 @@ class Segmenter:
         self.tta, self.tta_rotations = tta, tta_rotations
         self.image_dtype = image_dtype
         self.volume = volume
+        self.split = split
         self.progress = progress
         self.channels_last = channels_last and not isinstance(model, OnnxModel)
         self.config = getattr(model, "config", None)
@@ -209,6 +213,7 @@ class Segmenter:
             precision=precision,
             image_dtype=meta.image_dtype,
             volume=meta.volume,
+            split=meta.split,
             task=meta.task,
             thresholds=kwargs.pop("thresholds", None) or meta.thresholds,
             **kwargs,

@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from unet_resnet.data.registry import layout_names
+from unet_resnet.data.registry import LAYOUT_OPTIONS, layout_names
 from unet_resnet.data.transforms import AugmentPreset, Orientation
 from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import PRECISION_ALIASES, Precision
@@ -111,7 +111,7 @@ class TrainConfig:
         "the training processes, one left for each, 2 to 8",
         group="data",
     )
-    slice_axis: int = opt(2, "nifti: axis the 2D slices are taken along", group="data")
+    slice_axis: int = opt(2, LAYOUT_OPTIONS["slice_axis"].help, group="data")
     foreground_oversampling: float = opt(
         0.0,
         "nifti: share of slices drawn that contain foreground (0 = no oversampling)",
@@ -119,21 +119,15 @@ class TrainConfig:
     )
     samples_per_epoch: int = opt(1000, "raster: random windows per training epoch", group="data")
     annotations: str | None = opt(
-        None,
-        "coco: annotation file ({split} is replaced by the split name); default: found in DATA",
-        group="data",
+        None, LAYOUT_OPTIONS["annotations"].help + "; default: found in DATA", group="data"
     )
-    crowd: CrowdRule = opt(
-        "ignore", "coco: crowd regions become ignore_index, or their class", group="data"
-    )
+    crowd: CrowdRule = opt("ignore", LAYOUT_OPTIONS["crowd"].help, group="data")
     labels: str | None = opt(
         None,
-        "raster: vector label file for all splits (GeoJSON, GeoPackage, Shapefile, FlatGeobuf)",
+        LAYOUT_OPTIONS["labels"].help + " (GeoJSON, GeoPackage, Shapefile, FlatGeobuf)",
         group="data",
     )
-    label_field: str | None = opt(
-        None, "raster: the --labels attribute with class names or codes", group="data"
-    )
+    label_field: str | None = opt(None, LAYOUT_OPTIONS["label_field"].help, group="data")
     context_slices: int = opt(
         0,
         "nifti: 2.5D input, this many neighbouring slices on each side as extra channels",

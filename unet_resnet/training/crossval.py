@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from unet_resnet.data.folds import restrict_to_cases
-from unet_resnet.data.registry import SplitOptions, open_split
+from unet_resnet.data.registry import LAYOUT_OPTIONS, SplitOptions, open_split
 from unet_resnet.errors import ConfigError
 from unet_resnet.training.config import TrainConfig
 from unet_resnet.training.train import TrainResult, train
@@ -64,12 +64,12 @@ def cross_validate(config: TrainConfig, *, progress: bool = True) -> CrossValida
         results.append(result)
     for fold, result in enumerate(results):
         segmenter = Segmenter.from_checkpoint(result.best_checkpoint)
-        options = SplitOptions(
-            image_size=config.image_size,
-            slice_axis=config.slice_axis,
-            annotations=config.annotations,
-            crowd=config.crowd,
-        ).for_checkpoint(segmenter.classes, segmenter.volume)
+        options = SplitOptions(image_size=config.image_size).for_checkpoint(
+            segmenter.classes,
+            segmenter.volume,
+            split=segmenter.split,
+            given={name: getattr(config, name) for name in LAYOUT_OPTIONS},
+        )
         dataset = open_split(config.data, "train", config.dataset, options)
         held_out = _held_out(splits, fold)
         scores = evaluate(segmenter, restrict_to_cases(dataset, held_out), progress=progress)

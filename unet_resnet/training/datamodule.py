@@ -166,6 +166,10 @@ class SegmentationDataModule(L.LightningDataModule):
             task=self.task,
         )
 
+    def split_options(self) -> dict:
+        """What a checkpoint keeps to read the splits again (``CheckpointMeta.split``)."""
+        return self._options().to_save(self.dataset_format)
+
     def volume_options(self) -> dict | None:
         if self.dataset_format != "nifti":
             return None

@@ -308,6 +308,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         image_size=config.image_size,
         image_dtype=data.image_dtype,
         volume=data.volume_options(),
+        split=data.split_options(),
         task=config.task,
     )
     thresholds = config.thresholds
