@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,8 +339,12 @@ def predict_file(
 # Many inputs ------------------------------------------------------------------------------------
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Files, folders (their images and volumes), DICOM series folders and globs to a list
-    without repeats; also the inputs that matched nothing."""
+    in which each file appears once, under the first path that reached it (a file reached
+    again through a symlink, a recursive glob, a manifest or a folder named twice is the same
+    input); also the inputs that matched nothing. A recursive glob walks symlinked folders,
+    but none twice, so a link back up does not loop."""
     found: list[Path] = []
+    seen: set[str] = set()
     missing: list[str] = []
     for item in inputs:
         path = Path(item)
@@ -352,12 +357,68 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         elif path.exists():
             matches = [path]
         else:
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            matches = [p for p in matches if p.is_file() or is_dicom_series(p)]
+            matches = [p for p in _glob(item) if p.is_file() or is_dicom_series(p)]
         if not matches:
             missing.append(item)
-        found.extend(m for m in matches if m not in found)
+        for match in matches:
+            real = os.path.realpath(match)
+            if real not in seen:
+                seen.add(real)
+                found.append(match)
     return found, missing
+
+
+def _glob(pattern: str) -> list[Path]:
+    """The paths matching ``pattern``, sorted; ``**`` matches any folders (none too), walking
+    each real folder once (Python's glob follows a symlink back up until the path is too long,
+    and two such links make the walk exponential)."""
+    if "**" not in pattern:
+        return sorted(Path(p) for p in glob.glob(pattern))
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = str(Path(*parts[:fixed])) if fixed else "."
+    regex = re.compile(_translate(pattern if fixed else os.path.join(".", pattern)))
+    matches, walked = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # as glob: not hidden
+        for name in subfolders + [f for f in files if not f.startswith(".")]:
+            candidate = os.path.join(folder, name)
+            if regex.fullmatch(candidate):
+                matches.append(Path(candidate))
+    return sorted(matches)
+
+
+def _translate(pattern: str) -> str:
+    """A glob pattern as a regular expression: ``**/`` any folders (or none), ``*`` and ``?``
+    within one path part, ``[...]`` a character class."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i) or pattern.startswith("**" + os.sep, i):
+            out.append(f"(?:.*{re.escape(os.sep)})?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append(f"[^{re.escape(os.sep)}]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append(f"[^{re.escape(os.sep)}]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 @dataclass(frozen=True)
