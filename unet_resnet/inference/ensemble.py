@@ -16,7 +16,7 @@ from torch import nn
 from unet_resnet.errors import ConfigError
 from unet_resnet.task import get_task
 
-__all__ = ["Ensemble", "check_members"]
+__all__ = ["Ensemble", "Renormalized", "check_members", "members_with_their_normalisation"]
 
 
 class Ensemble(nn.Module):
@@ -38,9 +38,56 @@ class Ensemble(nn.Module):
         return self.task.from_probabilities(probabilities)
 
 
+class Renormalized(nn.Module):
+    """A member trained with another normalisation than the ensemble's input (cross-validation
+    folds each fit their own on their own training cases): the input, normalised as the first
+    member's checkpoint says, is mapped to this member's normalisation (``x * scale + shift``
+    per channel, in fp32 whatever the model's precision) before the member runs."""
+
+    def __init__(self, model: nn.Module, *, scale: Sequence[float], shift: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        # Python floats, not buffers: casting the model to bf16 must not round them.
+        self.scale, self.shift = tuple(map(float, scale)), tuple(map(float, shift))
+        self.in_channels = int(getattr(model, "in_channels", len(self.scale)))
+        self.n_classes = int(getattr(model, "n_classes", 0))
+        self.config = getattr(model, "config", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (x.ndim - 2)))
+        scale = torch.tensor(self.scale, device=x.device).reshape(shape)
+        shift = torch.tensor(self.shift, device=x.device).reshape(shape)
+        return self.model((x.float() * scale + shift).to(x.dtype))
+
+
+def members_with_their_normalisation(members: Sequence[nn.Module], metas: Sequence) -> list:
+    """The members, each taking input normalised as the first member's checkpoint says: a
+    member whose own normalisation differs is wrapped in :class:`Renormalized`."""
+    first = metas[0]
+    out = [members[0]]
+    for member, meta in zip(members[1:], metas[1:], strict=True):
+        if _same_normalisation(meta, first):
+            out.append(member)
+            continue
+        # x0 = (v - m0) / s0 and xk = (v - mk) / sk, so xk = x0 * s0 / sk + (m0 - mk) / sk
+        scale = [s0 / sk for s0, sk in zip(first.std, meta.std, strict=True)]
+        shift = [(m0 - mk) / sk for m0, mk, sk in zip(first.mean, meta.mean, meta.std, strict=True)]
+        out.append(Renormalized(member, scale=scale, shift=shift))
+    return out
+
+
+def _same_normalisation(a, b) -> bool:
+    return all(
+        abs(x - y) <= 1e-6 * max(1.0, abs(y))
+        for x, y in zip([*a.mean, *a.std], [*b.mean, *b.std], strict=True)
+    )
+
+
 def check_members(sources: Sequence[str], metas: Sequence) -> None:
-    """Every member must predict the same classes from the same input: same class names,
-    input channels and normalisation; otherwise one error naming the two files."""
+    """Every member must predict the same classes from the same kind of input: same task,
+    class names and input channels; otherwise one error naming the two files. Members that
+    differ only in normalisation each normalise their own input
+    (:func:`members_with_their_normalisation`)."""
     first = metas[0]
     for source, meta in zip(sources[1:], metas[1:], strict=True):
         differences = []
@@ -50,12 +97,6 @@ def check_members(sources: Sequence[str], metas: Sequence) -> None:
             differences.append(f"classes {meta.classes.names} vs {first.classes.names}")
         if meta.model_config["in_channels"] != first.model_config["in_channels"]:
             differences.append("input channels")
-        close = all(
-            abs(a - b) <= 1e-6 * max(1.0, abs(b))
-            for a, b in zip([*meta.mean, *meta.std], [*first.mean, *first.std], strict=True)
-        )
-        if not close:
-            differences.append(f"normalisation (mean/std {meta.mean}/{meta.std})")
         if differences:
             raise ConfigError(
                 f"Checkpoints {sources[0]} and {source} cannot be ensembled: they differ in "

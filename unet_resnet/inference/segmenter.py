@@ -195,15 +195,22 @@ class Segmenter:
         """Load a checkpoint written by ``unet-resnet train`` (or the original's state dict, or a
         shared model: see :meth:`from_pretrained`). Several paths make an ensemble that
         averages their class probabilities (:class:`~unet_resnet.inference.ensemble.Ensemble`);
-        they must share classes, input channels and normalisation."""
+        they must share task, classes and input channels (each member normalises its input
+        as its own checkpoint says: folds of a cross-validation each fit their own)."""
         paths = [path] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
         loaded = [load_checkpoint(p) for p in paths]
         model, meta = loaded[0]
         if len(loaded) > 1:
-            from unet_resnet.inference.ensemble import Ensemble, check_members
+            from unet_resnet.inference.ensemble import (
+                Ensemble,
+                check_members,
+                members_with_their_normalisation,
+            )
 
-            check_members([str(p) for p in paths], [m for _, m in loaded])
-            model = Ensemble([member for member, _ in loaded], task=meta.task)
+            metas = [m for _, m in loaded]
+            check_members([str(p) for p in paths], metas)
+            members = members_with_their_normalisation([member for member, _ in loaded], metas)
+            model = Ensemble(members, task=meta.task)
         return cls(
             model,
             classes=meta.classes,
