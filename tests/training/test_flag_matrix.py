@@ -119,7 +119,25 @@ def _steps_ran(run: Path) -> int:
     return len(rows) - 1
 
 
+@pytest.fixture
+def own_process_group(monkeypatch):
+    """``--strategy ddp`` in this process (one device): Lightning sets MASTER_PORT and the
+    like in os.environ and leaves a process group; later multi-process tests must not
+    inherit either (their rank 0 could not bind the port and the other rank waited)."""
+    import os
+
+    import torch.distributed as dist
+
+    saved = dict(os.environ)
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.usefixtures("own_process_group")
 def test_every_folder_flag_at_once_then_resumed(tmp_path, precision, monkeypatch):
     pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

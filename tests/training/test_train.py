@@ -229,7 +229,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))
+        if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "MASTER_"))
     }
     env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(

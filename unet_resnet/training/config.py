@@ -275,7 +275,7 @@ class TrainConfig:
         group="trainer",
     )
     log_images_every: int = opt(
-        5, "epochs between validation image grids in TensorBoard", group="optim"
+        5, "epochs between validation image grids in TensorBoard", group="trainer"
     )
     logger: list[str] | str = opt(
         ["tensorboard"],

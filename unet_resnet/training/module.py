@@ -53,7 +53,6 @@ class SegmentationModule(L.LightningModule):
         channels_last: NHWC memory format, faster for convolutions on CPU and tensor cores.
         gemm_convolutions: on CPU, the layers oneDNN trains slowly run as matrix products
             (:mod:`unet_resnet.training.gemm_conv`); weights and state-dict keys unchanged.
-        log_images_every: epochs between validation image grids in TensorBoard (0 = never).
     """
 
     def __init__(
@@ -73,7 +72,6 @@ class SegmentationModule(L.LightningModule):
         freeze_encoder_epochs: int = 0,
         channels_last: bool = True,
         gemm_convolutions: bool = True,
-        log_images_every: int = 5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
