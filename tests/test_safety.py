@@ -164,12 +164,12 @@ def test_evaluate_refuses_data_with_other_classes(checkpoint, demo_data, tmp_pat
 
 
 def test_environment_faults_are_one_line_errors(checkpoint, tmp_path, capsys, monkeypatch):
-    from unet_resnet.inference import files
+    from unet_resnet.inference.formats import image as image_format
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "p.png"))
 
-    monkeypatch.setattr(files, "write_mask_png", full_disk)
+    monkeypatch.setattr(image_format, "write_mask_png", full_disk)  # the image format's writer
     image = _png(tmp_path / "p.png")
     code = main(
         ["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "out")]

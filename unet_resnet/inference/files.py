@@ -1,46 +1,32 @@
-"""Predicting files: every input format, output naming, and a whole list of inputs.
+"""Predicting files: many inputs expanded once, output names planned once, each input's
+format decided once and carried with the plan.
 
-- ordinary images (PNG, JPEG, TIFF, ...) are predicted in memory (tiled when large) and written
-  as palette PNG;
-- GeoTIFF scenes are streamed chunk by chunk and written as georeferenced GeoTIFF;
-- NIfTI volumes are predicted slice by slice and written as NIfTI with the input's affine;
-- multilabel models (overlapping classes) write one band per class (0/1): a multi-band TIFF
-  for ordinary images, a multi-band GeoTIFF for GeoTIFF scenes.
-
-Every output is written to a temporary name beside its destination and renamed when complete,
-so an interrupted run never leaves a file that looks finished but is not.
+The formats themselves (how a file is recognised, read, predicted and written) are the modules
+of :mod:`unet_resnet.inference.formats`: ordinary images (palette PNG masks), GeoTIFF scenes
+(streamed, georeferenced GeoTIFF masks), volumes (NIfTI label volumes). Multilabel models
+write one band per class (0/1). Every output is written to a temporary name beside its
+destination and renamed when complete, so an interrupted run never leaves a file that looks
+finished but is not.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-import torch
-
-from unet_resnet.data.classes import ClassInfo
-from unet_resnet.data.medical import case_name, is_dicom_series, is_volume
-from unet_resnet.errors import ConfigError, InputShapeError, OutputExistsError, UnetResnetError
-from unet_resnet.grid import chunk_margin, chunk_windows
-from unet_resnet.inference.labels import labels_from_probs
+from unet_resnet.data.medical import is_dicom_series
+from unet_resnet.errors import ConfigError, OutputExistsError, UnetResnetError
+from unet_resnet.inference.formats import FORMATS, FileFormat, detect_format, get_format
+from unet_resnet.inference.formats.base import ImagePredictor, OutputPaths, OutputRequest
+from unet_resnet.inference.formats.geotiff import MAX_OVERLAY_PIXELS, predict_raster_file
+from unet_resnet.inference.formats.image import predict_image_file
+from unet_resnet.inference.formats.volume import predict_nifti
 from unet_resnet.inference.vectorize import VECTOR_FORMATS
-from unet_resnet.io import (
-    IMAGE_SUFFIXES,
-    atomic_path,
-    is_geotiff,
-    read_image,
-    remove_partials,
-    write_mask_png,
-    write_planes_tiff,
-)
-from unet_resnet.visualize import overlay_with_legend
+from unet_resnet.io import remove_partials
 
 __all__ = [
     "MAX_OVERLAY_PIXELS",
@@ -58,251 +44,6 @@ __all__ = [
     "predict_raster_file",
 ]
 
-#: Overlays of scenes larger than this are skipped (they would need the whole scene in memory).
-MAX_OVERLAY_PIXELS = 64_000_000
-
-
-class ImagePredictor(Protocol):
-    """What file prediction needs of a :class:`~unet_resnet.inference.Segmenter`."""
-
-    classes: ClassInfo
-    in_channels: int
-    tile_size: int
-    overlap: float
-
-    def image_probabilities(self, image: np.ndarray) -> torch.Tensor: ...
-
-    def predict(self, image: np.ndarray) -> np.ndarray: ...
-
-    # Optional: ``decide(probs)`` (probabilities -> what ``predict`` returns) and ``task``;
-    # without them the predictor is multiclass (arg-max).
-
-
-def _decide(segmenter: ImagePredictor, probs: torch.Tensor) -> np.ndarray:
-    decide = getattr(segmenter, "decide", None)
-    return decide(probs) if decide is not None else labels_from_probs(probs)
-
-
-def _overlapping(segmenter: ImagePredictor) -> bool:
-    task = getattr(segmenter, "task", None)
-    return bool(getattr(task, "overlapping", False))
-
-
-def _save_overlay(classes: ClassInfo, image: np.ndarray, labels: np.ndarray, path) -> None:
-    picture = overlay_with_legend(
-        image, labels, classes.names, classes.colors, ignore_index=classes.ignore_index
-    )
-    with atomic_path(Path(path)) as tmp:
-        picture.save(tmp, format="PNG")
-
-
-def predict_image_file(
-    segmenter: ImagePredictor,
-    path_in: str | os.PathLike,
-    path_out: str | os.PathLike,
-    *,
-    overlay: str | os.PathLike | None = None,
-    probabilities: str | os.PathLike | None = None,
-    chunk_size: int = 4096,
-) -> Path:
-    """Read an image, predict it (tiled if large), write a palette PNG of class indices (a
-    multi-band TIFF of 0/1 planes for multilabel models).
-
-    Large images are predicted in chunks of ``chunk_size`` (with the context margin the
-    GeoTIFF path uses, so results do not depend on it) into one class-index plane, and
-    probabilities go straight into a memory-mapped ``.npy``: memory is the decoded image, one
-    8-bit label plane, one chunk's probabilities and the tile batch (plus the 8-bit overlay
-    when asked for), not a float array the size of the image.
-    """
-    path_in, path_out = Path(path_in), Path(path_out)
-    image = read_image(path_in)
-    height, width = image.shape[:2]
-    margin = chunk_margin(segmenter.tile_size, segmenter.overlap)
-    labels = None
-    path_out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(probabilities) if probabilities else contextlib.nullcontext() as tmp_prob:
-        stored = None
-        for chunk in chunk_windows(height, width, chunk_size, margin):
-            top, left, h, w = chunk.core
-            t0, l0, rh, rw = chunk.read
-            dy, dx = chunk.offset
-            try:
-                probs = segmenter.image_probabilities(image[t0 : t0 + rh, l0 : l0 + rw])
-            except InputShapeError as exc:
-                raise InputShapeError(f"{path_in}: {exc}") from None
-            probs = probs[:, dy : dy + h, dx : dx + w]
-            part = _decide(segmenter, probs)
-            if labels is None:
-                labels = np.empty((*part.shape[:-2], height, width), dtype=part.dtype)
-            labels[..., top : top + h, left : left + w] = part
-            if tmp_prob is not None:
-                if stored is None:
-                    shape = (probs.shape[0], height, width)
-                    stored = np.lib.format.open_memmap(tmp_prob, "w+", np.float16, shape)
-                stored[:, top : top + h, left : left + w] = probs.half().cpu().numpy()
-        if stored is not None:
-            stored.flush()
-            del stored
-    if labels.ndim == 3:
-        write_planes_tiff(path_out, labels, segmenter.classes.names)
-    elif labels.dtype == np.uint8:
-        write_mask_png(path_out, labels, segmenter.classes.colors)
-    else:
-        with atomic_path(path_out.with_suffix(".npy")) as tmp:
-            np.save(tmp, labels)
-    if overlay is not None:
-        _save_overlay(segmenter.classes, image, labels, overlay)
-    return path_out
-
-
-def predict_raster_file(
-    segmenter: ImagePredictor,
-    path_in: str | os.PathLike,
-    path_out: str | os.PathLike,
-    *,
-    probabilities: str | os.PathLike | None = None,
-    overlay: str | os.PathLike | None = None,
-    chunk_size: int = 4096,
-) -> Path:
-    """Stream a GeoTIFF through the model chunk by chunk and write a georeferenced mask.
-
-    Each chunk is read with a margin of context (:func:`unet_resnet.grid.chunk_margin`) so
-    chunk borders get the same context as any other pixel, predicted with tiling, cropped back
-    and written into its window. Peak memory depends on ``chunk_size`` and the tile batch, not
-    on the scene. Pixels where every band equals the input's nodata value get nodata (255) in
-    the output; the output keeps the input's CRS and geotransform. Probabilities, if asked for,
-    are written as a uint8 GeoTIFF (probability x 255), one band per class. Multilabel models
-    write one 0/1 band per class (band descriptions = class names).
-    """
-    try:
-        import rasterio
-        from rasterio.windows import Window
-    except ImportError:
-        raise UnetResnetError(
-            "GeoTIFF prediction needs rasterio: pip install 'unet-resnet[geo]'."
-        ) from None
-    path_in, path_out = Path(path_in), Path(path_out)
-    classes = segmenter.classes
-    nodata_out = classes.ignore_index if 0 <= classes.ignore_index <= 255 else 255
-    margin = chunk_margin(segmenter.tile_size, segmenter.overlap)
-    # GDAL's block cache defaults to 5% of RAM and fills with written blocks; a fixed cap
-    # keeps memory independent of the scene. Block (de)compression uses every core.
-    with (
-        rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"),
-        rasterio.open(path_in) as src,
-        atomic_path(path_out) as tmp_out,
-        atomic_path(probabilities) if probabilities else contextlib.nullcontext() as tmp_prob,
-    ):
-        if src.count != segmenter.in_channels:
-            raise InputShapeError(
-                f"{path_in} has {src.count} band(s); the model takes "
-                f"{segmenter.in_channels}. Select the bands the model was trained on."
-            )
-        bands = len(classes) if _overlapping(segmenter) else 1
-        profile = {
-            "driver": "GTiff",
-            "height": src.height,
-            "width": src.width,
-            "count": bands,
-            "dtype": "uint8",
-            "crs": src.crs,
-            "transform": src.transform,
-            "nodata": nodata_out,
-            # Fast deflate: class masks compress well at any level, and level 6 would cost
-            # as much time per chunk as a fifth of the model's.
-            "compress": "deflate",
-            "zlevel": 1,
-            "num_threads": "ALL_CPUS",
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-            "BIGTIFF": "IF_SAFER",
-        }
-        prob_profile = {**profile, "count": len(classes), "nodata": None}
-        with (
-            rasterio.open(tmp_out, "w", **profile) as dst,
-            rasterio.open(tmp_prob, "w", **prob_profile)
-            if tmp_prob
-            else contextlib.nullcontext() as pdst,
-        ):
-            if bands > 1:
-                dst.descriptions = tuple(classes.names)
-            for chunk in chunk_windows(src.height, src.width, chunk_size, margin):
-                top, left, h, w = chunk.core
-                t0, l0, rh, rw = chunk.read
-                dy, dx = chunk.offset
-                data = src.read(window=Window(l0, t0, rw, rh))
-                probs = segmenter.image_probabilities(np.moveaxis(data, 0, -1))
-                probs = probs[:, dy : dy + h, dx : dx + w]
-                labels = _decide(segmenter, probs)
-                if src.nodata is not None:
-                    core = data[:, dy : dy + h, dx : dx + w]
-                    labels[..., np.all(core == src.nodata, axis=0)] = nodata_out
-                window = Window(left, top, w, h)
-                dst.write(labels.reshape(bands, h, w), window=window)
-                if pdst is not None:
-                    scaled = probs.mul(255).round_().to(torch.uint8).cpu().numpy()
-                    pdst.write(scaled, window=window)
-    if overlay is not None:
-        with rasterio.open(path_in) as src, rasterio.open(path_out) as out:
-            if src.width * src.height <= MAX_OVERLAY_PIXELS:
-                image = np.moveaxis(src.read(), 0, -1)
-                mask = out.read() if bands > 1 else out.read(1)
-                _save_overlay(segmenter.classes, image, mask, overlay)
-    return path_out
-
-
-def predict_nifti(
-    segmenter: ImagePredictor,
-    path_in: str | os.PathLike,
-    path_out: str | os.PathLike,
-    *,
-    axis: int | None = None,
-) -> Path:
-    """Predict a volume (NIfTI file or DICOM series folder) slice by slice along ``axis`` of
-    its canonical orientation, as training sliced it (with the checkpoint's slice axis,
-    intensity rule and 2.5D context, ``segmenter.volume``; ``axis`` overrides the axis), and
-    write a NIfTI label volume in the input's own orientation with its affine."""
-    from unet_resnet.data.medical import (
-        IntensityRule,
-        context_stack,
-        load_nibabel,
-        read_volume,
-        resample_in_plane,
-    )
-
-    if _overlapping(segmenter):
-        raise ConfigError(
-            f"{path_in}: multilabel models predict images and GeoTIFFs; volumes (NIfTI, "
-            "DICOM) need a multiclass model for now."
-        )
-    nib = load_nibabel()
-    path_in, path_out = Path(path_in), Path(path_out)
-    volume = read_volume(path_in)
-    data = volume.data
-    options = getattr(segmenter, "volume", None) or {}
-    if axis is None:
-        axis = int(options.get("slice_axis", 2))
-    rule = IntensityRule.from_dict(options.get("intensity"))
-    if rule is not None:
-        data = rule.apply(data)
-    context = int(options.get("context_slices") or 0)
-    grid = data.shape[:3]
-    data, _ = resample_in_plane(data, volume.spacing, options.get("target_spacing"), axis)
-    labels = np.zeros(data.shape[:3], dtype=np.uint8)
-    for k in range(data.shape[axis]):
-        labels_k = segmenter.predict(context_stack(data, k, axis, context))
-        index = [slice(None)] * 3
-        index[axis] = k
-        labels[tuple(index)] = labels_k
-    labels, _ = resample_in_plane(labels, volume.spacing, None, axis, labels=True, shape=grid)
-    out = nib.Nifti1Image(np.ascontiguousarray(volume.back(labels)), volume.affine)
-    out.header.set_zooms(volume.header_zooms)
-    out.header.set_xyzt_units("mm")
-    with atomic_path(path_out) as tmp:
-        nib.save(out, str(tmp))
-    return path_out
-
 
 def predict_file(
     segmenter: ImagePredictor,
@@ -314,26 +55,23 @@ def predict_file(
     chunk_size: int = 4096,
     slice_axis: int | None = None,
 ) -> Path:
-    """Predict one file, in the format its name and content call for.
+    """Predict one file to outputs named by the caller, in the format the file is.
 
-    NIfTI volumes are written as NIfTI; GeoTIFFs with a ``.tif`` output are streamed window by
-    window (memory bounded by ``chunk_size``) and written as GeoTIFF with the input's CRS and
-    transform; other images are written as palette PNG.
+    NIfTI volumes are written as NIfTI; GeoTIFFs are streamed window by window (memory
+    bounded by ``chunk_size``) and written as GeoTIFF with the input's CRS and transform,
+    unless ``path_out`` asks for another kind of file (``.png``), when they are read as an
+    ordinary image; other images are written as palette PNG.
     """
-    if is_volume(path_in):
-        return predict_nifti(segmenter, path_in, path_out, axis=slice_axis)
-    if is_geotiff(path_in) and Path(path_out).suffix.lower() in (".tif", ".tiff"):
-        return predict_raster_file(
-            segmenter,
-            path_in,
-            path_out,
-            probabilities=probabilities,
-            chunk_size=chunk_size,
-            overlay=overlay,
-        )
-    return predict_image_file(
-        segmenter, path_in, path_out, overlay=overlay, probabilities=probabilities
+    fmt = detect_format(path_in)
+    if fmt.name == "geotiff" and Path(path_out).suffix.lower() not in (".tif", ".tiff"):
+        fmt = get_format("image")
+    outputs = OutputPaths(
+        Path(path_out),
+        overlay=None if overlay is None else Path(overlay),
+        probabilities=None if probabilities is None else Path(probabilities),
     )
+    fmt.predict(segmenter, Path(path_in), outputs, chunk_size=chunk_size, slice_axis=slice_axis)
+    return Path(path_out)
 
 
 # Many inputs ------------------------------------------------------------------------------------
@@ -351,9 +89,7 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
         if is_dicom_series(path):  # one DICOM series: a volume
             matches = [path]
         elif path.is_dir():
-            matches = sorted(
-                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_volume(p)
-            )
+            matches = sorted(p for p in path.iterdir() if _listed(p))
         elif path.exists():
             matches = [path]
         else:
@@ -366,6 +102,15 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
                 seen.add(real)
                 found.append(match)
     return found, missing
+
+
+def _listed(path: Path) -> bool:
+    """Whether a folder's entry is an input: a file whose name ends in a suffix some format
+    lists, or a DICOM series folder (decided from names alone: no file is opened here)."""
+    name = path.name.lower()
+    if any(name.endswith(suffix) for fmt in FORMATS.values() for suffix in fmt.suffixes):
+        return path.is_file()
+    return is_dicom_series(path)
 
 
 def _glob(pattern: str) -> list[Path]:
@@ -421,22 +166,6 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True)
-class OutputPaths:
-    """Where one input's predictions go."""
-
-    mask: Path
-    overlay: Path | None = None
-    probabilities: Path | None = None
-    vectors: Path | None = None
-    gis: Path | None = None
-
-    def paths(self) -> list[Path]:
-        return [
-            p for p in (self.mask, self.overlay, self.probabilities, self.vectors, self.gis) if p
-        ]
-
-
 def plan_outputs(
     files: Sequence[Path],
     out: Path,
@@ -446,11 +175,12 @@ def plan_outputs(
     vectorize: bool = False,
     vector_format: str = "gpkg",
     multilabel: bool = False,
+    formats: Sequence[FileFormat] | None = None,
 ) -> list[OutputPaths]:
-    """Output names for each input: ``NAME.png`` (``.tif`` for GeoTIFF and for ``multilabel``
-    masks, ``.nii.gz`` for NIfTI),
-    ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``, ``NAME.geojson`` and ``NAME.gpkg``
-    (or ``.fgb``).
+    """Output names for each input, as its format names them (``formats``, one per file,
+    detected here when not given): ``NAME.png`` (``.tif`` for GeoTIFF and for ``multilabel``
+    masks, ``.nii.gz`` for NIfTI), ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``,
+    ``NAME.geojson`` and ``NAME.gpkg`` (or ``.fgb``).
 
     No output is ever an input or another input's output: when any of an input's names is
     taken (same file name in two folders, ``a.png`` and ``a.jpg``, ``x.png`` beside
@@ -458,31 +188,18 @@ def plan_outputs(
     folder as a prefix (``FOLDER_NAME``), then its suffix (``NAME_jpg``), then a number
     (``NAME-2``), whichever is free first.
     """
+    request = OutputRequest(overlay, probabilities, vectorize, vector_format, multilabel)
+    formats = list(formats) if formats is not None else [detect_format(f) for f in files]
     inputs = {p.resolve() for p in files}
     claimed: set[Path] = set()
     plans = []
-    for path in files:
-        nifti = is_volume(path)
-        geo = not nifti and is_geotiff(path)
-        name = case_name(path) if nifti else path.stem
+    for path, fmt in zip(files, formats, strict=True):
+        name = fmt.stem(path)
         suffix = path.name[len(name) :].lstrip(".").replace(".", "_").lower()
         candidates = [name, f"{path.parent.name}_{name}", f"{name}_{suffix}"]
         candidates += [f"{name}-{k}" for k in range(2, len(files) + 3)]
         for stem in candidates:
-            if nifti:
-                plan = OutputPaths(out / f"{stem}.nii.gz")
-            else:
-                plan = OutputPaths(
-                    mask=out / f"{stem}{'.tif' if geo or multilabel else '.png'}",
-                    overlay=out / f"{stem}_overlay.png" if overlay else None,
-                    probabilities=out / f"{stem}_proba{'.tif' if geo else '.npy'}"
-                    if probabilities
-                    else None,
-                    vectors=out / f"{stem}.geojson" if geo and vectorize else None,
-                    gis=out / f"{stem}{VECTOR_FORMATS[vector_format][0]}"
-                    if geo and vectorize
-                    else None,
-                )
+            plan = fmt.outputs(out, stem, request)
             resolved = {p.resolve() for p in plan.paths()}
             if not resolved & (claimed | inputs):
                 break
@@ -501,13 +218,15 @@ class PredictReport:
 
 @dataclass
 class PredictPlan:
-    """The inputs a prediction run found, those that matched nothing, and every output path."""
+    """The inputs a prediction run found, those that matched nothing, every output path, and
+    each input's format (decided once here, carried to every engine and worker)."""
 
     out: Path
     files: list[Path]
     missing: list[str]
     outputs: list[OutputPaths]
     skipped: list[Path] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
 
 
 def plan_predictions(
@@ -536,6 +255,7 @@ def plan_predictions(
             "--vectorize turns class-index masks into polygons; a multilabel model writes "
             "one band per class. Leave out --vectorize (each band is a binary mask)."
         )
+    formats = [detect_format(f) for f in files]  # the one place an input's format is decided
     plans = plan_outputs(
         files,
         out,
@@ -544,12 +264,16 @@ def plan_predictions(
         vectorize=vectorize,
         vector_format=vector_format,
         multilabel=multilabel,
+        formats=formats,
     )
     skipped: list[Path] = []
+    entries = list(zip(files, plans, formats, strict=True))
     if done is not None and not overwrite:
-        kept = [(f, o) for f, o in zip(files, plans, strict=True) if not done(f, o)]
-        skipped = [f for f in files if f not in {k for k, _ in kept}]
-        files, plans = [f for f, _ in kept], [o for _, o in kept]
+        kept = [e for e in entries if not done(e[0], e[1])]
+        skipped = [f for f in files if f not in {e[0] for e in kept}]
+        entries = kept
+    files = [f for f, _, _ in entries]
+    plans = [p for _, p, _ in entries]
     existing = [p for plan in plans for p in plan.paths() if p.exists()]
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
@@ -557,7 +281,7 @@ def plan_predictions(
             f"{len(existing)} output file(s) already exist in {out} ({shown}). Pass "
             "--overwrite to replace them, or choose another --out."
         )
-    return PredictPlan(out, files, missing, plans, skipped)
+    return PredictPlan(out, files, missing, plans, skipped, [fmt.name for _, _, fmt in entries])
 
 
 def predict_one(
@@ -565,19 +289,15 @@ def predict_one(
     path: Path,
     paths: OutputPaths,
     *,
+    fmt: str | None = None,
     slice_axis: int | None = None,
     simplify: float | None = None,
 ) -> None:
-    """Predict one input into its outputs (each written atomically); what both engines run
-    per input, so their outputs are identical."""
-    predict_file(
-        segmenter,
-        path,
-        paths.mask,
-        overlay=paths.overlay,
-        probabilities=paths.probabilities,
-        slice_axis=slice_axis,
-    )
+    """Predict one input into its outputs (each written atomically) as its format ``fmt``
+    (the plan's; detected when None) says; what both engines run per input, so their outputs
+    are identical."""
+    file_format = get_format(fmt) if fmt else detect_format(path)
+    file_format.predict(segmenter, path, paths, slice_axis=slice_axis)
     if paths.vectors is not None:
         from unet_resnet.inference.vectorize import vectorize_mask
 
@@ -609,9 +329,10 @@ def predict_files(
     plan.out.mkdir(parents=True, exist_ok=True)
     remove_partials(plan.out)
     bar = tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)
-    for path, paths in zip(bar, outputs, strict=True):
+    formats = plan.formats or [None] * len(files)
+    for path, paths, fmt in zip(bar, outputs, formats, strict=True):
         try:
-            predict_one(segmenter, path, paths, slice_axis=slice_axis, simplify=simplify)
+            predict_one(segmenter, path, paths, fmt=fmt, slice_axis=slice_axis, simplify=simplify)
             report.written.append(paths.mask)
         except UnetResnetError as exc:
             report.failed.append((str(path), str(exc)))

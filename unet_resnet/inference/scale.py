@@ -121,14 +121,28 @@ class _Worker:
             keep_freed_memory(device_class(self.segmenter.device).cpu_memory_reuse)
         )
 
-    def predict(self, path: str, outputs: dict, slice_axis: int | None, simplify: float | None):
+    def predict(
+        self,
+        path: str,
+        outputs: dict,
+        fmt: str | None,
+        slice_axis: int | None,
+        simplify: float | None,
+    ):
         from unet_resnet.inference.files import predict_one
 
         _maybe_crash(Path(path), Path(outputs["mask"]).parent)
         start = time.perf_counter()
         paths = OutputPaths(**{k: None if v is None else Path(v) for k, v in outputs.items()})
         try:
-            predict_one(self.segmenter, Path(path), paths, slice_axis=slice_axis, simplify=simplify)
+            predict_one(
+                self.segmenter,
+                Path(path),
+                paths,
+                fmt=fmt,
+                slice_axis=slice_axis,
+                simplify=simplify,
+            )
             error = None
         except UnetResnetError as exc:
             error = str(exc)
@@ -178,7 +192,10 @@ def predict_with_ray(
         failed=[(m, "no such file, folder or matching glob") for m in plan.missing]
     )
     record = RunRecord.read(plan.out)
-    todo = sorted(zip(plan.files, plan.outputs, strict=True), key=lambda item: -_size(item[0]))
+    formats = plan.formats or [None] * len(plan.files)
+    todo = sorted(
+        zip(plan.files, plan.outputs, formats, strict=True), key=lambda item: -_size(item[0])
+    )
     if not ray.is_initialized():
         ray.init(
             address=address,
@@ -210,9 +227,10 @@ def predict_with_ray(
     bar = tqdm(total=len(todo), desc="predict (ray)", unit="file", disable=not progress)
 
     def submit(index: int) -> None:
-        path, paths = queue.pop(0)
+        path, paths, fmt = queue.pop(0)
         outputs = {k: None if v is None else str(v) for k, v in paths.__dict__.items()}
-        ref = pool[index].predict.remote(str(path), outputs, slice_axis, simplify)
+        # the format the plan decided travels with the input: the worker does not re-detect
+        ref = pool[index].predict.remote(str(path), outputs, fmt, slice_axis, simplify)
         pending[ref] = (index, path, paths)
 
     for index in range(count):

@@ -1,0 +1,120 @@
+"""Ordinary images (PNG, JPEG, TIFF, ...): predicted in memory (tiled and chunked when large),
+written as a palette PNG of class indices (a multi-band TIFF of 0/1 planes for multilabel
+models), probabilities as a memory-mapped ``.npy``. The fallback format: it recognises any
+file, and reading says clearly when a file is no image."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from unet_resnet.errors import InputShapeError
+from unet_resnet.grid import chunk_margin, chunk_windows
+from unet_resnet.inference.formats.base import (
+    FileFormat,
+    ImagePredictor,
+    OutputPaths,
+    OutputRequest,
+    decide,
+    save_overlay,
+)
+from unet_resnet.io import (
+    IMAGE_SUFFIXES,
+    atomic_path,
+    read_image,
+    write_mask_png,
+    write_planes_tiff,
+)
+
+__all__ = ["IMAGE", "predict_image_file"]
+
+
+def predict_image_file(
+    segmenter: ImagePredictor,
+    path_in: str | os.PathLike,
+    path_out: str | os.PathLike,
+    *,
+    overlay: str | os.PathLike | None = None,
+    probabilities: str | os.PathLike | None = None,
+    chunk_size: int = 4096,
+) -> Path:
+    """Read an image, predict it (tiled if large), write a palette PNG of class indices (a
+    multi-band TIFF of 0/1 planes for multilabel models).
+
+    Large images are predicted in chunks of ``chunk_size`` (with the context margin the
+    GeoTIFF path uses, so results do not depend on it) into one class-index plane, and
+    probabilities go straight into a memory-mapped ``.npy``: memory is the decoded image, one
+    8-bit label plane, one chunk's probabilities and the tile batch (plus the 8-bit overlay
+    when asked for), not a float array the size of the image.
+    """
+    path_in, path_out = Path(path_in), Path(path_out)
+    image = read_image(path_in)
+    height, width = image.shape[:2]
+    margin = chunk_margin(segmenter.tile_size, segmenter.overlap)
+    labels = None
+    path_out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(probabilities) if probabilities else contextlib.nullcontext() as tmp_prob:
+        stored = None
+        for chunk in chunk_windows(height, width, chunk_size, margin):
+            top, left, h, w = chunk.core
+            t0, l0, rh, rw = chunk.read
+            dy, dx = chunk.offset
+            try:
+                probs = segmenter.image_probabilities(image[t0 : t0 + rh, l0 : l0 + rw])
+            except InputShapeError as exc:
+                raise InputShapeError(f"{path_in}: {exc}") from None
+            probs = probs[:, dy : dy + h, dx : dx + w]
+            part = decide(segmenter, probs)
+            if labels is None:
+                labels = np.empty((*part.shape[:-2], height, width), dtype=part.dtype)
+            labels[..., top : top + h, left : left + w] = part
+            if tmp_prob is not None:
+                if stored is None:
+                    shape = (probs.shape[0], height, width)
+                    stored = np.lib.format.open_memmap(tmp_prob, "w+", np.float16, shape)
+                stored[:, top : top + h, left : left + w] = probs.half().cpu().numpy()
+        if stored is not None:
+            stored.flush()
+            del stored
+    if labels.ndim == 3:
+        write_planes_tiff(path_out, labels, segmenter.classes.names)
+    elif labels.dtype == np.uint8:
+        write_mask_png(path_out, labels, segmenter.classes.colors)
+    else:
+        with atomic_path(path_out.with_suffix(".npy")) as tmp:
+            np.save(tmp, labels)
+    if overlay is not None:
+        save_overlay(segmenter.classes, image, labels, overlay)
+    return path_out
+
+
+def _outputs(out: Path, stem: str, request: OutputRequest) -> OutputPaths:
+    return OutputPaths(
+        mask=out / f"{stem}{'.tif' if request.multilabel else '.png'}",
+        overlay=out / f"{stem}_overlay.png" if request.overlay else None,
+        probabilities=out / f"{stem}_proba.npy" if request.probabilities else None,
+    )
+
+
+def _predict(segmenter, path: Path, outputs: OutputPaths, *, chunk_size: int = 4096, **_):
+    return predict_image_file(
+        segmenter,
+        path,
+        outputs.mask,
+        overlay=outputs.overlay,
+        probabilities=outputs.probabilities,
+        chunk_size=chunk_size,
+    )
+
+
+IMAGE = FileFormat(
+    "image",
+    "ordinary images: palette PNG masks, NAME_proba.npy",
+    recognises=lambda path: True,
+    outputs=_outputs,
+    predict=_predict,
+    suffixes=tuple(IMAGE_SUFFIXES),
+)
