@@ -54,7 +54,7 @@ bench-quality: install
 docs: install
 	{ echo "# Configuration reference"; echo; \
 	  sed -n 3p docs/config.md; echo; \
-	  $(BIN)/python -c "from unet_resnet.training.config import config_reference as r; print(r())"; \
+	  $(BIN)/python -c "from unet_resnet.training.config_io import config_reference as r; print(r())"; \
 	} > docs/config.md.new && mv docs/config.md.new docs/config.md
 
 # sdist and wheel in dist/ (tests/test_packaging.py installs the wheel outside the tree).

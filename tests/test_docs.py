@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unet_resnet.cli import build_parser
-from unet_resnet.training.config import config_reference
+from unet_resnet.training.config_io import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [

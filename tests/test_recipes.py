@@ -92,7 +92,7 @@ def test_recipe_folders_are_complete(name):
     assert (folder / "README.md").is_file() and (folder / "config.yaml").is_file()
     import yaml
 
-    from unet_resnet.training.config import load_yaml_config
+    from unet_resnet.training.config_io import load_yaml_config
 
     assert load_yaml_config(folder / "config.yaml") == yaml.safe_load(
         (folder / "config.yaml").read_text()

@@ -18,7 +18,7 @@ from unet_resnet.checkpoint import load_checkpoint
 from unet_resnet.cli import main
 from unet_resnet.data import make_demo_dataset
 from unet_resnet.training import TrainConfig, train
-from unet_resnet.training.config import load_yaml_config
+from unet_resnet.training.config_io import load_yaml_config
 
 TINY = [
     "--encoder",
@@ -526,3 +526,19 @@ def test_bad_segmenter_options_are_config_errors(kwargs, message):
     model = UNetWithResnet50Encoder(2, encoder="resnet18", encoder_weights=None)
     with pytest.raises(ConfigError, match=message):
         Segmenter(model, device="cpu", precision="fp32", pack_weights=False, **kwargs)
+
+
+def test_the_run_is_named_steps_a_test_can_call(data, tmp_path):
+    """train() is prepare_run, build_data, build_model, build_trainer, fit, summarise: each
+    callable alone (here up to the model, no epoch run)."""
+    from unet_resnet.training.train import build_data, build_model, prepare_run
+
+    config = tiny_config(data, tmp_path / "run", class_weights="balanced")
+    run_dir, resume = prepare_run(config)
+    assert run_dir == tmp_path / "run" and resume is None
+    datamodule = build_data(config, run_dir)
+    assert datamodule.classes.num_classes == 4 and len(datamodule.train_set) == 8
+    module, weights = build_model(config, datamodule)
+    assert len(weights) == 4 and module.meta.split == {"layout": "folder"}
+    assert module.meta.model_config["encoder"] == "resnet18"
+    assert not (run_dir / "config.yaml").exists()  # nothing written before the run starts

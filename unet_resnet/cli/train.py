@@ -9,7 +9,7 @@ from unet_resnet.cli.registry import command
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from unet_resnet.training.config import add_config_arguments
+    from unet_resnet.training.config_io import add_config_arguments
 
     add_config_arguments(parser)
 
@@ -21,7 +21,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def train_command(args: argparse.Namespace) -> int:
     from unet_resnet.training import train
-    from unet_resnet.training.config import config_from_args
+    from unet_resnet.training.config_io import config_from_args
 
     config = config_from_args(args)
     result = train(config)
@@ -49,7 +49,7 @@ def train_command(args: argparse.Namespace) -> int:
 )
 def cross_validate_command(args: argparse.Namespace) -> int:
     from unet_resnet.inference.evaluate import format_scores
-    from unet_resnet.training.config import config_from_args
+    from unet_resnet.training.config_io import config_from_args
     from unet_resnet.training.crossval import cross_validate
 
     config = config_from_args(args)

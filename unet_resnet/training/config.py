@@ -1,17 +1,14 @@
-"""Training configuration: one dataclass, read from YAML, overridden by CLI flags, saved per run.
-
-The command-line flags are generated from the dataclass fields (``batch_size`` is
-``--batch-size``), so the YAML keys, the flags and the saved ``config.yaml`` can never drift
-apart. Choices come from the ``Literal`` annotations and are checked on construction.
+"""Training configuration, the schema: one dataclass whose fields carry their help text, group
+and allowed values, checked on construction. Its command-line flags, YAML reading and the docs
+table are generated from it in :mod:`unet_resnet.training.config_io`, so the YAML keys, the
+flags and the saved ``config.yaml`` can never drift apart.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +26,7 @@ from unet_resnet.models.unet import UpsamplingMethod
 from unet_resnet.task import TaskName, check_thresholds
 from unet_resnet.training.loggers import check_logger_names
 
-__all__ = [
-    "GROUPS",
-    "TrainConfig",
-    "add_config_arguments",
-    "config_from_args",
-    "config_reference",
-    "load_yaml_config",
-]
+__all__ = ["GROUPS", "TrainConfig", "field_choices", "opt"]
 
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
@@ -75,7 +65,6 @@ def opt(
 class TrainConfig:
     """Every option of ``unet-resnet train``; the defaults are the guide's recipe."""
 
-    # Data
     data: str | None = opt(None, "dataset root", group="data")
     dataset: str = opt("folder", "layout of DATA", group="data", choices=layout_names)
     num_classes: int | None = opt(None, "needed when DATA has no classes.json", group="data")
@@ -157,7 +146,6 @@ class TrainConfig:
         "with --folds: the splits.json to read or write; default OUT/splits.json",
         group="data",
     )
-    # Model
     encoder: str = opt(
         "resnet50",
         "torchvision ResNet (resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, ...) "
@@ -177,7 +165,6 @@ class TrainConfig:
     freeze_encoder_epochs: int = opt(
         0, "train the decoder only for this many epochs first", group="optim"
     )
-    # Optimisation
     epochs: int = opt(50, "passes over the training set", group="trainer")
     batch_size: int = opt(8, "images per step (per device)", group="data")
     lr: float = opt(1e-3, "peak learning rate (the guide's 1e-3)", group="optim")
@@ -209,7 +196,6 @@ class TrainConfig:
     early_stopping_patience: int | None = opt(
         None, "epochs without val mIoU gain; None = off", group="trainer"
     )
-    # Hardware
     precision: Precision = opt(
         "auto",
         "mixed precision: bf16 where the hardware runs it natively, else fp32",
@@ -245,7 +231,6 @@ class TrainConfig:
     num_nodes: int = opt(
         1, "machines for multi-node DDP (launch with torchrun or SLURM)", group="trainer"
     )
-    # Run
     seed: int = opt(0, "seed for weights, shuffling and augmentation", group="run")
     resume: str | None = opt(
         None, 'path to a .ckpt, or "last" for OUT/checkpoints/last.ckpt', group="run"
@@ -475,105 +460,3 @@ def field_choices(f: dataclasses.Field) -> tuple | None:
     if get_origin(annotation) is Literal:
         return get_args(annotation)
     return None
-
-
-def _field_type(name: str) -> Any:
-    return _TYPE_HINTS[name]
-
-
-def _parse_optional(kind):
-    def parse(value: str):
-        return None if value.lower() in ("none", "null", "") else kind(value)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _parse_bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """Add ``--flag`` for every :class:`TrainConfig` field (defaults stay in the dataclass)."""
-    parser.add_argument("--config", help="YAML file with any of these options (flags override)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        annotation = _field_type(f.name)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        choices = field_choices(f)
-        if f.name == "precision":  # the older Lightning spellings are accepted too
-            choices = (*choices, *PRECISION_ALIASES)
-        help_text = f.metadata.get("help", "")
-        default = f"{help_text} (default: {f.default})".strip()
-        if choices:
-            kwargs["choices"] = choices
-        elif annotation is bool:
-            kwargs["type"] = _parse_bool
-            kwargs["metavar"] = "BOOL"
-        else:
-            union = get_origin(annotation) in (typing.Union, types.UnionType)
-            args = [a for a in get_args(annotation) if a is not type(None)] if union else []
-            # A union with str (image_size "H,W", class_weights "1,2") is parsed in the
-            # dataclass; otherwise the flag has the field's own type.
-            base = (str if str in args else args[0]) if args else annotation
-            kind = {int: int, float: float}.get(base, str)
-            kwargs["type"] = _parse_optional(kind) if type(None) in get_args(annotation) else kind
-        if f.name == "resume":
-            kwargs.update(nargs="?", const="last")
-        # argparse %-formats help texts: a literal "%" in one ("10% of") must be doubled.
-        parser.add_argument(flag, help=default.replace("%", "%%"), **kwargs)
-
-
-def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config; unknown keys are an error that lists the valid ones."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"Could not read config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config {path} must be a mapping of option: value.")
-    valid = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ConfigError(
-            f"Unknown option(s) {unknown} in {path}. Valid keys: {', '.join(sorted(valid))}."
-        )
-    return data
-
-
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    """Defaults < ``--config`` YAML < explicit flags < ``overrides``."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml_config(args.config))
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    values.update(overrides)
-    try:
-        return TrainConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"Invalid configuration: {exc}") from None
-
-
-def config_reference() -> str:
-    """Markdown table of every option: YAML key, flag, default and what it does."""
-    lines = [
-        "| YAML key | flag | default | what it does |",
-        "|---|---|---|---|",
-    ]
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = field_choices(f)
-        help_text = f.metadata.get("help", "")
-        if choices:
-            help_text = f"{help_text}; one of {', '.join(map(str, choices))}".lstrip("; ")
-        flag = "--" + f.name.replace("_", "-")
-        lines.append(f"| `{f.name}` | `{flag}` | `{default}` | {help_text} |")
-    return "\n".join(lines)

@@ -49,7 +49,17 @@ from unet_resnet.training.datamodule import SegmentationDataModule
 from unet_resnet.training.loggers import build_loggers
 from unet_resnet.training.module import SegmentationModule
 
-__all__ = ["TrainResult", "balanced_class_weights", "build_trainer", "train"]
+__all__ = [
+    "TrainResult",
+    "balanced_class_weights",
+    "build_data",
+    "build_model",
+    "build_trainer",
+    "fit",
+    "prepare_run",
+    "summarise",
+    "train",
+]
 
 
 @dataclass
@@ -231,7 +241,34 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     """Train as ``unet-resnet train`` does; returns where the checkpoints are and the scores.
 
     ``callbacks`` are added to the Trainer's own (checkpointing, metrics history, images).
+    The run is a few named steps, each callable on its own: :func:`prepare_run`,
+    :func:`build_data`, :func:`build_model`, :func:`build_trainer`, :func:`fit` and
+    :func:`summarise`.
     """
+    run_dir, resume_path = prepare_run(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = build_data(config, run_dir, resume_path)
+    module, class_weights = build_model(config, data)
+    _record_config(config, data, run_dir)
+    val_every = config.val_every
+    if val_every == "auto":
+        # The plateau scheduler steps on each epoch's validation score.
+        val_every = 1 if config.scheduler == "plateau" else _auto_val_every(data, config)
+    trainer = build_trainer(
+        config,
+        run_dir,
+        resuming=resume_path is not None,
+        extra_callbacks=callbacks,
+        val_every=val_every,
+    )
+    seconds = fit(trainer, module, data, config, resume_path)
+    return summarise(trainer, module, data, config, run_dir, seconds, class_weights)
+
+
+def prepare_run(config: TrainConfig) -> tuple[Path, Path | None]:
+    """The run folder and the checkpoint to resume from (None for a new run), after checking
+    that an earlier run is neither overwritten unasked nor resumed from nothing, and clearing
+    what a replaced run or an interrupted write left."""
     if not config.data:
         raise ConfigError("No dataset given: pass --data DATA (or data: in the --config file).")
     run_dir = Path(config.out)
@@ -263,7 +300,14 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             for name in ("summary.json", "metrics.csv", "curves.png"):
                 (run_dir / name).unlink(missing_ok=True)
-    L.seed_everything(config.seed, workers=True, verbose=False)
+    return run_dir, resume_path
+
+
+def build_data(
+    config: TrainConfig, run_dir: Path, resume_path: Path | None = None
+) -> SegmentationDataModule:
+    """The data module of the run, set up (data problems surface here, before any model is
+    built or epoch run); a resumed run keeps the choices ``auto`` made when it started."""
     data_options = config.group("data")
     if resume_path is not None:
         # The resumed run keeps what auto chose when it started, even if the schedule is
@@ -285,6 +329,14 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
     if resume_path is not None:
         data.start_epoch = _resume_epoch(resume_path)
+    return data
+
+
+def build_model(
+    config: TrainConfig, data: SegmentationDataModule
+) -> tuple[SegmentationModule, list[float] | None]:
+    """The Lightning module, its checkpoint metadata taken from the data (classes,
+    normalisation, how the splits are read), and the class weights it uses."""
     classes = data.classes
     class_weights = config.class_weights
     if class_weights == "balanced":
@@ -322,6 +374,11 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
         encoder_weights=encoder_weights,
         **{**config.group("optim"), "class_weights": class_weights, "thresholds": thresholds},
     )
+    return module, class_weights
+
+
+def _record_config(config: TrainConfig, data: SegmentationDataModule, run_dir: Path) -> None:
+    """``config.yaml`` in the run folder with what ``auto`` chose (and why)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = dataclasses.replace(
         config, augment=data.augment_chosen, orientation=data.orientation_chosen
@@ -338,17 +395,17 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
     if config.progress:
         print(f"augmentation: {data.augment_chosen} ({data.augment_reason})")
         print(f"orientation: {data.orientation_chosen} ({data.orientation_reason})")
-    val_every = config.val_every
-    if val_every == "auto":
-        # The plateau schedule steps on each epoch's validation score.
-        val_every = 1 if config.scheduler == "plateau" else _auto_val_every(data, config)
-    trainer = build_trainer(
-        config,
-        run_dir,
-        resuming=resume_path is not None,
-        extra_callbacks=callbacks,
-        val_every=val_every,
-    )
+
+
+def fit(
+    trainer: L.Trainer,
+    module: SegmentationModule,
+    data: SegmentationDataModule,
+    config: TrainConfig,
+    resume_path: Path | None = None,
+) -> float:
+    """Run the training; the seconds it took. Ctrl-C ends it gracefully (the last completed
+    epoch is in ``checkpoints/last.ckpt``) instead of exiting."""
     start = time.perf_counter()
     with warnings.catch_warnings():
         # Lightning's advice about worker counts and small logging intervals is noise here.
@@ -369,6 +426,19 @@ def train(config: TrainConfig, *, callbacks: Sequence[L.Callback] = ()) -> Train
             if not trainer.interrupted:
                 raise
     seconds = time.perf_counter() - start
+    return seconds
+
+
+def summarise(
+    trainer: L.Trainer,
+    module: SegmentationModule,
+    data: SegmentationDataModule,
+    config: TrainConfig,
+    run_dir: Path,
+    seconds: float,
+    class_weights: list[float] | None,
+) -> TrainResult:
+    """The run's result, and ``summary.json`` in the run folder (on the first process)."""
     export = next(c for c in trainer.callbacks if isinstance(c, ExportCheckpoints))
     result = TrainResult(
         run_dir=run_dir,
