@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace as dataclasses_replace
+
 import pytest
 
 from unet_resnet.cli import build_parser
@@ -132,3 +134,15 @@ def test_volumes_are_predicted_along_the_checkpoints_slice_axis(tmp_path):
     seg.shapes.clear()
     predict_nifti(seg, tmp_path / "case.nii.gz", tmp_path / "out2.nii.gz", axis=2)
     assert seg.shapes == [(5, 7)] * 9  # an explicit axis still wins
+
+
+def test_volume_options_follow_the_layouts_capability(monkeypatch, tmp_path):
+    """ "nifti" was tested as a string in four places; a layout says it reads volumes."""
+    from unet_resnet.data.registry import volume_layouts
+
+    assert volume_layouts() == ("nifti",)
+    monkeypatch.setitem(LAYOUTS, "stacks", dataclasses_replace(LAYOUTS["nifti"], name="stacks"))
+    assert "stacks" in volume_layouts()
+    TrainConfig(data="d", dataset="stacks", context_slices=1)  # accepted for the new layout
+    with pytest.raises(ConfigError, match="apply to volumes \\(--dataset nifti or stacks\\)"):
+        TrainConfig(data="d", dataset="folder", context_slices=1)

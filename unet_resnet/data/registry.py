@@ -35,6 +35,7 @@ __all__ = [
     "layout_names",
     "open_split",
     "register_layout",
+    "volume_layouts",
 ]
 
 
@@ -209,6 +210,9 @@ class Layout:
     upright: bool = True
     #: the :data:`LAYOUT_OPTIONS` it reads
     options: tuple[str, ...] = ()
+    #: reads volumes as 2D slices: takes the volume options (2.5D context, intensity rule,
+    #: resampling, foreground oversampling) and saves them with the checkpoint
+    volumes: bool = False
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -222,17 +226,21 @@ def register_layout(
     multilabel: bool = False,
     upright: bool = True,
     options: tuple[str, ...] = (),
+    volumes: bool = False,
 ) -> Callable[[Opener], Opener]:
     """Register ``open`` as the opener of layout ``name`` (and ``check`` as its checker);
     ``multilabel``: it also reads per-class masks (``SplitOptions.task == "multilabel"``);
     ``upright=False``: its images have no up and down (overhead imagery, scan slices);
-    ``options``: the :data:`LAYOUT_OPTIONS` it reads (their flags and saving follow)."""
+    ``options``: the :data:`LAYOUT_OPTIONS` it reads (their flags and saving follow);
+    ``volumes``: it reads volumes as 2D slices (the volume options apply)."""
     unknown = set(options) - set(LAYOUT_OPTIONS)
     if unknown:
         raise ValueError(f"Layout {name!r}: unknown options {sorted(unknown)}")
 
     def register(opener: Opener) -> Opener:
-        LAYOUTS[name] = Layout(name, description, opener, check, multilabel, upright, options)
+        LAYOUTS[name] = Layout(
+            name, description, opener, check, multilabel, upright, options, volumes
+        )
         return opener
 
     return register
@@ -240,6 +248,11 @@ def register_layout(
 
 def layout_names() -> tuple[str, ...]:
     return tuple(LAYOUTS)
+
+
+def volume_layouts() -> tuple[str, ...]:
+    """Layouts that read volumes (the volume options apply to them)."""
+    return tuple(name for name, layout in LAYOUTS.items() if layout.volumes)
 
 
 def checkable_layouts() -> tuple[str, ...]:
@@ -361,6 +374,7 @@ def _open_cityscapes(root: Path, split: str, options: SplitOptions):
     check=_check_nifti,
     upright=False,
     options=("slice_axis",),
+    volumes=True,
 )
 def _open_nifti(root: Path, split: str, options: SplitOptions):
     from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs

@@ -49,14 +49,19 @@ class Renormalized(nn.Module):
         self.model = model
         # Python floats, not buffers: casting the model to bf16 must not round them.
         self.scale, self.shift = tuple(map(float, scale)), tuple(map(float, shift))
+        self._constants: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.in_channels = int(getattr(model, "in_channels", len(self.scale)))
         self.n_classes = int(getattr(model, "n_classes", 0))
         self.config = getattr(model, "config", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1, *([1] * (x.ndim - 2)))
-        scale = torch.tensor(self.scale, device=x.device).reshape(shape)
-        shift = torch.tensor(self.shift, device=x.device).reshape(shape)
+        key = (x.device, x.ndim)
+        if key not in self._constants:  # made once per device: a copy to a GPU waits for it
+            shape = (1, -1, *([1] * (x.ndim - 2)))
+            self._constants[key] = tuple(
+                torch.tensor(v, device=x.device).reshape(shape) for v in (self.scale, self.shift)
+            )
+        scale, shift = self._constants[key]
         return self.model((x.float() * scale + shift).to(x.dtype))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from unet_resnet.data.registry import LAYOUT_OPTIONS, layout_names
+from unet_resnet.data.registry import LAYOUT_OPTIONS, layout_names, volume_layouts
 from unet_resnet.data.transforms import AugmentPreset, Orientation
 from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import PRECISION_ALIASES, Precision
@@ -340,10 +340,10 @@ class TrainConfig:
             )
         self._check_task()
         volume_flags = self.context_slices or self.modality != "none" or self.target_spacing
-        if volume_flags and self.dataset != "nifti":
+        if volume_flags and self.dataset not in volume_layouts():
             raise ConfigError(
                 "--context-slices, --modality and --target-spacing apply to volumes (--dataset "
-                f"nifti), not to --dataset {self.dataset}."
+                f"{' or '.join(volume_layouts())}), not to --dataset {self.dataset}."
             )
         if self.folds and not 0 <= self.fold < self.folds:
             raise ConfigError(

@@ -21,7 +21,13 @@ from unet_resnet.data import (
     channel_stats,
     pad_collate,
 )
-from unet_resnet.data.registry import SplitOptions, check_layout, get_layout, open_split
+from unet_resnet.data.registry import (
+    SplitOptions,
+    check_layout,
+    get_layout,
+    open_split,
+    volume_layouts,
+)
 from unet_resnet.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -171,7 +177,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._options().to_save(self.dataset_format)
 
     def volume_options(self) -> dict | None:
-        if self.dataset_format != "nifti":
+        if not get_layout(self.dataset_format).volumes:
             return None
         return {
             "slice_axis": self.slice_axis,
@@ -187,10 +193,10 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         volume_flags = self.context_slices or self.modality != "none" or self.target_spacing
-        if volume_flags and self.dataset_format != "nifti":
+        if volume_flags and not get_layout(self.dataset_format).volumes:
             raise DataError(
                 "--context-slices, --modality and --target-spacing apply to volumes (--dataset "
-                f"nifti), not to --dataset {self.dataset_format}."
+                f"{' or '.join(volume_layouts())}), not to --dataset {self.dataset_format}."
             )
         report = None
         if self.check_data:
@@ -239,7 +245,7 @@ class SegmentationDataModule(L.LightningDataModule):
             self.mean, self.std = self._normalization(train, first)
 
         self.train_set = train
-        if self.dataset_format == "nifti" and self.foreground_oversampling > 0:
+        if get_layout(self.dataset_format).volumes and self.foreground_oversampling > 0:
             from torch.utils.data import WeightedRandomSampler
 
             from unet_resnet.data.medical import slice_weights

@@ -158,7 +158,8 @@ class SegmentationModule(L.LightningModule):
         :attr:`finite_check_every` steps and at each epoch's last step (before any checkpoint
         of that epoch is written), summed over all ranks: every rank raises together instead
         of one raising while the others wait in a collective until it times out."""
-        step = torch.tensor(float(self.global_step), device=loss.device)
+        # a fill, not a copy from the host (which would wait for the GPU)
+        step = torch.full((), float(self.global_step), device=loss.device)
         bad = ~torch.isfinite(loss.detach())
         if self._first_bad_step is None or self._first_bad_step.device != loss.device:
             self._first_bad_step = torch.full((), -1.0, device=loss.device)
