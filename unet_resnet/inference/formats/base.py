@@ -24,6 +24,7 @@ __all__ = [
     "OutputPaths",
     "OutputRequest",
     "decide",
+    "mask_file_predictor",
     "overlapping",
     "save_overlay",
 ]
@@ -97,6 +98,23 @@ class FileFormat:
     stem: Callable[[Path], str] = lambda path: path.stem
     #: file name endings a folder given as input is searched for (lower case)
     suffixes: tuple[str, ...] = ()
+
+
+def mask_file_predictor(predict_file: Callable[..., Path]) -> Predictor:
+    """A format's ``predict`` from a function ``(segmenter, path_in, mask, *, overlay,
+    probabilities, chunk_size)`` that writes the mask, overlay and probabilities."""
+
+    def predict(segmenter, path: Path, outputs: OutputPaths, *, chunk_size: int = 4096, **_):
+        return predict_file(
+            segmenter,
+            path,
+            outputs.mask,
+            overlay=outputs.overlay,
+            probabilities=outputs.probabilities,
+            chunk_size=chunk_size,
+        )
+
+    return predict
 
 
 def decide(segmenter: ImagePredictor, probs: torch.Tensor) -> np.ndarray:

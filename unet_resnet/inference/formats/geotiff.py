@@ -18,6 +18,7 @@ from unet_resnet.inference.formats.base import (
     OutputPaths,
     OutputRequest,
     decide,
+    mask_file_predictor,
     overlapping,
     save_overlay,
 )
@@ -138,22 +139,11 @@ def _outputs(out: Path, stem: str, request: OutputRequest) -> OutputPaths:
     )
 
 
-def _predict(segmenter, path: Path, outputs: OutputPaths, *, chunk_size: int = 4096, **_):
-    return predict_raster_file(
-        segmenter,
-        path,
-        outputs.mask,
-        probabilities=outputs.probabilities,
-        overlay=outputs.overlay,
-        chunk_size=chunk_size,
-    )
-
-
 GEOTIFF = FileFormat(
     "geotiff",
     "georeferenced TIFF scenes: streamed, GeoTIFF masks, vectors on request",
     recognises=is_geotiff,
     outputs=_outputs,
-    predict=_predict,
+    predict=mask_file_predictor(predict_raster_file),
     suffixes=(".tif", ".tiff"),
 )

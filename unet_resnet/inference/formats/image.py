@@ -19,6 +19,7 @@ from unet_resnet.inference.formats.base import (
     OutputPaths,
     OutputRequest,
     decide,
+    mask_file_predictor,
     save_overlay,
 )
 from unet_resnet.io import (
@@ -99,22 +100,11 @@ def _outputs(out: Path, stem: str, request: OutputRequest) -> OutputPaths:
     )
 
 
-def _predict(segmenter, path: Path, outputs: OutputPaths, *, chunk_size: int = 4096, **_):
-    return predict_image_file(
-        segmenter,
-        path,
-        outputs.mask,
-        overlay=outputs.overlay,
-        probabilities=outputs.probabilities,
-        chunk_size=chunk_size,
-    )
-
-
 IMAGE = FileFormat(
     "image",
     "ordinary images: palette PNG masks, NAME_proba.npy",
     recognises=lambda path: True,
     outputs=_outputs,
-    predict=_predict,
+    predict=mask_file_predictor(predict_image_file),
     suffixes=tuple(IMAGE_SUFFIXES),
 )
