@@ -170,8 +170,10 @@ class Segmenter:
         self._source = None if isinstance(model, OnnxModel) else source
         self._fp32_model: nn.Module | None = None
         self._fold_bn = fold_bn
-        self._cpu_memory_reuse = device_class(self.device).cpu_memory_reuse
-        self._batch_views = not self._cpu_memory_reuse  # GPUs: TTA views in one batch
+        # Decided once for the segmenter's device: CPU-only tricks, tile batches, and whether
+        # TTA views go through as one batch (GPUs) or one after another (CPUs: memory).
+        self.device_class = device_class(self.device)
+        self._batch_views = not self.device_class.cpu_memory_reuse
         self._tile_batches: dict[tuple[int, bool], int] = {}
         if compile:
             # Freezing lets Inductor pack weights and fuse like the oneDNN path; without it the
@@ -309,22 +311,21 @@ class Segmenter:
             x = x.flip(flip) if flip else x
             return torch.rot90(x, k, (-2, -1)) if k else x
 
-        groups = [views]
         if not self._batch_views:
             groups = [[v] for v in views]
         elif batch.shape[-1] != batch.shape[-2]:  # quarter turns change the shape
-            groups = [[v for v in views if v[1] % 2 == odd] for odd in (0, 1)]
+            groups = [g for odd in (0, 1) if (g := [v for v in views if v[1] % 2 == odd])]
+        else:
+            groups = [views]
         total = None
         n = batch.shape[0]
         with torch.inference_mode():
             for group in groups:
-                if not group:
-                    continue
-                x = torch.cat([view(batch, f, k) for f, k in group]) if len(group) > 1 else None
-                if x is None:
-                    x = view(batch, *group[0])
-                elif self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = (
+                    view(batch, *group[0])
+                    if len(group) == 1
+                    else torch.cat([view(batch, f, k) for f, k in group])
+                ).contiguous(memory_format=fmt)  # a no-op where it already is
                 p = self.task.activate(model(x)).float()
                 for i, (flip, k) in enumerate(group):
                     part = view(p[i * n : (i + 1) * n], flip, k, inverse=True)
@@ -413,13 +414,14 @@ class Segmenter:
 
         # Many tiles: each batch's activations reuse the last one's memory instead of fresh
         # pages (a 2048x2048 image in 512 tiles 1.4 -> 1.0 s); one tile: nothing to reuse.
-        with keep_freed_memory(self._cpu_memory_reuse and max(x.shape[-2:]) > tile):
+        tiled = max(x.shape[-2:]) > tile
+        with keep_freed_memory(self.device_class.cpu_memory_reuse and tiled):
             return sliding_window_inference(
                 x,
                 forward,
                 tile_size=tile,
                 overlap=self.overlap,
-                batch_size=self.tile_batch(tile, tta),
+                batch_size=self.tile_batch(tile, tta) if tiled else 1,
                 blend=self.blend,
                 progress=self.progress,
             )
@@ -430,7 +432,7 @@ class Segmenter:
         tile's peak measured once per tile size and TTA setting)."""
         if self.batch_size != "auto":
             return int(self.batch_size)
-        fixed = device_class(self.device).tile_batch
+        fixed = self.device_class.tile_batch
         if fixed is not None or self.device.type != "cuda":
             return fixed or 4
         tta = self.tta if tta is None else tta
@@ -494,7 +496,7 @@ class Segmenter:
         from unet_resnet.inference.files import predict_file
 
         # a scene's chunks reuse each other's memory (a CPU trick: glibc's heap)
-        with keep_freed_memory(self._cpu_memory_reuse):
+        with keep_freed_memory(self.device_class.cpu_memory_reuse):
             return predict_file(
                 self,
                 path_in,
