@@ -59,14 +59,14 @@ class CheckpointMeta:
     image_dtype: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: Volumes (nifti layout): ``slice_axis``, ``context_slices`` and the ``intensity`` rule
-    #: (:class:`~unet_resnet.data.medical.IntensityRule` as a dict) prediction must repeat.
+    #: (:class:`~unet_resnet.volumes.IntensityRule` as a dict) prediction must repeat.
     volume: dict[str, Any] | None = None
     #: What the output channels mean (:mod:`unet_resnet.task`): ``multiclass`` or
     #: ``multilabel``; and for the latter the per-class decision thresholds (None = 0.5).
     task: str = "multiclass"
     thresholds: list[float] | None = None
     #: How the training splits were read: ``{"layout": NAME, OPTION: VALUE, ...}`` with the
-    #: layout's saved options (:data:`~unet_resnet.data.registry.LAYOUT_OPTIONS`: crowd rule,
+    #: layout's saved options (:data:`~unet_resnet.data.layouts.LAYOUT_OPTIONS`: crowd rule,
     #: slice axis, label field); ``evaluate`` and ``cross-validate`` read splits the same way
     #: unless a flag says otherwise. None for checkpoints written before it existed.
     split: dict[str, Any] | None = None

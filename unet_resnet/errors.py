@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "ImageReadError",
     "ImageTooLargeError",
     "InputShapeError",
@@ -27,6 +28,10 @@ class UnetResnetError(Exception):
 
 class ConfigError(UnetResnetError, ValueError):
     """An option, flag or config file value is invalid (names the option and the choices)."""
+
+
+class DataError(UnetResnetError, ValueError):
+    """A dataset file or layout problem; the message names the file and the fix."""
 
 
 class OutputExistsError(UnetResnetError, FileExistsError):

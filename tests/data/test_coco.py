@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from unet_resnet.cli import main
-from unet_resnet.data.registry import SplitOptions, check_layout, open_split
+from unet_resnet.data.layouts import SplitOptions, check_layout, open_split
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 
@@ -127,7 +127,7 @@ def test_roboflow_layout_masks_equal_independent_drawings(roboflow):
 
 def test_crowd_can_be_its_class(roboflow):
     root, _ = roboflow
-    dataset = open_split(root, "train", "coco", SplitOptions(crowd="class"))
+    dataset = open_split(root, "train", "coco", SplitOptions(layout={"crowd": "class"}))
     _, mask = dataset.load(1)
     assert (mask[0:4, 0:6] == 1).all()
 
@@ -139,7 +139,7 @@ def test_coco_and_cvat_layout_and_annotations_flag(tmp_path):
     np.testing.assert_array_equal(dataset.load(0)[1], expected["img0.png"])
     other = tmp_path / "other"
     _write_split(other / "images" / "train", other / "labels" / "train.json")
-    options = SplitOptions(annotations="labels/{split}.json")
+    options = SplitOptions(layout={"annotations": "labels/{split}.json"})
     assert len(open_split(other, "train", "coco", options)) == 4
     assert open_split(other, "val", "coco", options) is None
 

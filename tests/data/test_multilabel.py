@@ -12,8 +12,8 @@ import torch
 from tests.data.fixtures import make_multilabel, write_gray
 from unet_resnet.data import DataError
 from unet_resnet.data.datasets import pad_collate
+from unet_resnet.data.layouts import SplitOptions, check_layout, open_split
 from unet_resnet.data.multilabel import MultiLabelFolder, decode_plane
-from unet_resnet.data.registry import SplitOptions, check_layout, open_split
 from unet_resnet.data.transforms import build_train_transform
 
 ML = SplitOptions(task="multilabel")

@@ -6,35 +6,18 @@ from dataclasses import replace as dataclasses_replace
 
 import pytest
 
+from tests.cli.test_layout_flags import choices as _choices
+from tests.cli.test_layout_flags import flags as _flags
 from unet_resnet.cli import build_parser
 from unet_resnet.data import DataError, make_demo_dataset
-from unet_resnet.data.registry import (
+from unet_resnet.data.layouts import (
     LAYOUTS,
     SplitOptions,
-    checkable_layouts,
-    layout_names,
     open_split,
     register_layout,
 )
 from unet_resnet.errors import ConfigError
 from unet_resnet.training.config import TrainConfig
-
-
-def _choices(command: str) -> tuple:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
-    return tuple(next(a for a in sub._actions if a.dest == "dataset").choices)
-
-
-def test_layouts_are_the_choices_of_every_command_and_the_config():
-    assert set(layout_names()) >= {"folder", "voc", "pet", "cityscapes", "nifti", "raster"}
-    assert _choices("evaluate") == layout_names()
-    assert _choices("check-data") == checkable_layouts()
-    assert set(checkable_layouts()) == {"folder", "nifti", "raster", "coco"}
-    for name in layout_names():
-        assert TrainConfig(dataset=name).dataset == name
-    with pytest.raises(ConfigError, match="Invalid dataset 'yolo'.*folder"):
-        TrainConfig(dataset="yolo")
 
 
 def test_a_registered_layout_is_usable_everywhere_at_once(tmp_path, monkeypatch):
@@ -58,30 +41,6 @@ def test_open_split_missing_split_and_unknown_layout(tmp_path):
         open_split(root, "val", "nope")
 
 
-# Layout options: declared once, flags generated, saved in the checkpoint and read back -----
-def _flags(command: str) -> set[str]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
-    return {flag for action in sub._actions for flag in action.option_strings}
-
-
-def test_every_command_that_reads_a_split_takes_every_layout_option():
-    """--crowd existed for train but not for evaluate or check-data: the flags were copies.
-    They are generated from LAYOUT_OPTIONS now, and train's config has each as a field."""
-    import dataclasses
-
-    from unet_resnet.data.registry import LAYOUT_OPTIONS
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for option in LAYOUT_OPTIONS.values():
-        assert option.flag in _flags("evaluate") and option.flag in _flags("check-data")
-        assert option.flag in _flags("cross-validate") and option.flag in _flags("train")
-        assert option.name in fields
-    assert "--slice-axis" in _flags("predict")
-    for name, layout in LAYOUTS.items():
-        assert set(layout.options) <= set(LAYOUT_OPTIONS), name
-
-
 def test_a_checkpoints_saved_options_are_read_back_unless_a_flag_says_otherwise():
     """The checkpoint stored the slice axis, but prediction and evaluate read along axis 2
     unless the user repeated the flag; the crowd rule was not stored at all."""
@@ -91,17 +50,19 @@ def test_a_checkpoints_saved_options_are_read_back_unless_a_flag_says_otherwise(
     volume = {"slice_axis": 0, "context_slices": 1, "intensity": None}
     split = {"layout": "coco", "crowd": "class", "label_field": "kind"}
     read = SplitOptions().for_checkpoint(classes, volume, split=split)
-    assert (read.slice_axis, read.crowd, read.label_field) == (0, "class", "kind")
+    assert [read.option(n) for n in ("slice_axis", "crowd", "label_field")] == [0, "class", "kind"]
     assert read.context_slices == 1 and read.classes is classes
     given = {"slice_axis": 1, "crowd": None}  # a flag set, and one left unset
     read = SplitOptions().for_checkpoint(classes, volume, split=split, given=given)
-    assert (read.slice_axis, read.crowd) == (1, "class")
+    assert (read.option("slice_axis"), read.option("crowd")) == (1, "class")
     old = SplitOptions().for_checkpoint(classes, None, split=None)  # an older checkpoint
-    assert (old.slice_axis, old.crowd) == (2, "ignore")
+    assert (old.option("slice_axis"), old.option("crowd")) == (2, "ignore")
 
 
 def test_what_a_split_saves_is_its_layouts_saved_options():
-    options = SplitOptions(slice_axis=1, crowd="class", annotations="a.json", label_field="k")
+    options = SplitOptions(
+        layout={"slice_axis": 1, "crowd": "class", "annotations": "a.json", "label_field": "k"}
+    )
     assert options.to_save("coco") == {"layout": "coco", "crowd": "class"}
     assert options.to_save("nifti") == {"layout": "nifti", "slice_axis": 1}
     assert options.to_save("raster") == {"layout": "raster", "label_field": "k"}
@@ -138,7 +99,7 @@ def test_volumes_are_predicted_along_the_checkpoints_slice_axis(tmp_path):
 
 def test_volume_options_follow_the_layouts_capability(monkeypatch, tmp_path):
     """ "nifti" was tested as a string in four places; a layout says it reads volumes."""
-    from unet_resnet.data.registry import volume_layouts
+    from unet_resnet.data.layouts import volume_layouts
 
     assert volume_layouts() == ("nifti",)
     monkeypatch.setitem(LAYOUTS, "stacks", dataclasses_replace(LAYOUTS["nifti"], name="stacks"))
@@ -146,3 +107,65 @@ def test_volume_options_follow_the_layouts_capability(monkeypatch, tmp_path):
     TrainConfig(data="d", dataset="stacks", context_slices=1)  # accepted for the new layout
     with pytest.raises(ConfigError, match="apply to volumes \\(--dataset nifti or stacks\\)"):
         TrainConfig(data="d", dataset="folder", context_slices=1)
+
+
+@pytest.fixture
+def made_up_layout():
+    """The made-up layout module registered for one test, the registries restored after."""
+    import importlib
+    import sys
+
+    from unet_resnet.data.layouts import LAYOUT_OPTIONS
+
+    layouts, options = dict(LAYOUTS), dict(LAYOUT_OPTIONS)
+    module = importlib.import_module("tests.data.made_up_layout")
+    importlib.reload(module)  # registers, whatever an earlier test did
+    yield module
+    LAYOUTS.clear(), LAYOUTS.update(layouts)
+    LAYOUT_OPTIONS.clear(), LAYOUT_OPTIONS.update(options)
+    sys.modules.pop("tests.data.made_up_layout", None)
+
+
+def test_a_made_up_layout_is_one_module(made_up_layout, tmp_path):
+    """Its option gets the flags of every command that reads a split, is read through the
+    one options mapping (by open_split and by the training data module), and is saved with
+    a checkpoint and read back from it unless a flag says otherwise."""
+    from unet_resnet.data.classes import ClassInfo
+    from unet_resnet.training.datamodule import SegmentationDataModule
+
+    root = make_demo_dataset(tmp_path / "d", 6, 2, 32, seed=0)
+    for command in ("evaluate", "check-data", "cross-validate", "train"):
+        assert "--step" in _flags(command), command
+    assert "every-nth" in _choices("evaluate")
+    assert len(open_split(root, "train", "every-nth")) == 6  # the declared default
+    options = SplitOptions(layout={"step": 3})
+    assert len(open_split(root, "train", "every-nth", options)) == 2
+    saved = options.to_save("every-nth")
+    assert saved == {"layout": "every-nth", "step": 3}
+    read = SplitOptions().for_checkpoint(ClassInfo.generic(2), None, split=saved)
+    assert read.option("step") == 3
+    assert (
+        SplitOptions()
+        .for_checkpoint(ClassInfo.generic(2), None, split=saved, given={"step": 2})
+        .option("step")
+        == 2
+    )
+    data = SegmentationDataModule(
+        root, dataset="every-nth", options={"step": 2}, image_size=32, check_data=False
+    )
+    data.setup("fit")
+    assert len(data.train_set) == 3 and data.split_options() == {"layout": "every-nth", "step": 2}
+    with pytest.raises(DataError, match="Unknown layout option.*'stride'"):
+        SplitOptions(layout={"stride": 2})
+
+
+def test_a_made_up_layouts_option_reaches_train_through_one_mapping(made_up_layout, tmp_path):
+    from unet_resnet.training.config_io import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--dataset", "every-nth", "--step", "3"])
+    config = config_from_args(args)
+    assert config.group("layout")["step"] == 3 and config.layout_options == {"step": 3}
+    (tmp_path / "c.yaml").write_text("dataset: every-nth\nstep: 4\n")
+    args = parser.parse_args(["train", "--data", "d", "--config", str(tmp_path / "c.yaml")])
+    assert config_from_args(args).group("layout")["step"] == 4

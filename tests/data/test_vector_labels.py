@@ -17,7 +17,7 @@ from rasterio.transform import from_origin  # noqa: E402
 from rasterio.warp import transform_geom  # noqa: E402
 
 from unet_resnet.cli import main  # noqa: E402
-from unet_resnet.data.registry import SplitOptions, check_layout, open_split  # noqa: E402
+from unet_resnet.data.layouts import SplitOptions, check_layout, open_split  # noqa: E402
 
 UTM = "EPSG:32633"
 ORIGIN = (500000.0, 5000000.0)  # top-left corner, metres
@@ -87,7 +87,7 @@ def _expected_full_scene():
 
 def test_windows_rasterise_the_reprojected_labels(vector_data):
     root, labels = vector_data
-    options = SplitOptions(image_size=32, labels=str(labels), label_field="kind")
+    options = SplitOptions(image_size=32, layout={"labels": str(labels), "label_field": "kind"})
     dataset = open_split(root, "val", "raster", options)
     expected = _expected_full_scene()
     assert len(dataset) == 12  # a 3 x 4 grid of 32 px windows
@@ -115,7 +115,7 @@ def test_integer_codes_and_a_geopackage(tmp_path):
         [np.array([NAMES.index(v) for _, v in shapes], dtype=np.int32)], ["code"],
         geometry_type="Polygon", crs=UTM, driver="GPKG",
     )  # fmt: skip
-    options = SplitOptions(image_size=96, labels=str(path), label_field="code")
+    options = SplitOptions(image_size=96, layout={"labels": str(path), "label_field": "code"})
     dataset = open_split(root, "train", "raster", options)
     dataset.mode = "grid"
     mask = np.full((H, W), -1)
@@ -132,7 +132,7 @@ def test_only_the_scenes_features_are_read(tmp_path):
     (root / "classes.json").write_text(json.dumps({"names": NAMES}))
     far = [(_box(5000 + 3 * i, 5000, 5002 + 3 * i, 5002), "building") for i in range(3000)]
     labels = _write_geojson(tmp_path / "many.geojson", _features(far))
-    options = SplitOptions(image_size=32, labels=str(labels), label_field="kind")
+    options = SplitOptions(image_size=32, layout={"labels": str(labels), "label_field": "kind"})
     dataset = open_split(root, "train", "raster", options)
     dataset.load(0)
     (scene_labels,) = dataset._scene_labels.values()
@@ -150,10 +150,8 @@ def test_check_data_names_vector_problems(tmp_path, capsys):
     )  # fmt: skip
     extra = [(_box(3000, 3000, 3010, 3010), "field"), (_box(1, 1, 3, 3), "lake"), (bowtie, "field")]
     labels = _write_geojson(tmp_path / "labels.geojson", _features(extra))
-    report = check_layout(
-        root, "raster", SplitOptions(image_size=64, labels=str(labels), label_field="kind"),
-        progress=False,
-    )  # fmt: skip
+    options = SplitOptions(image_size=64, layout={"labels": str(labels), "label_field": "kind"})
+    report = check_layout(root, "raster", options, progress=False)
     text = "\n".join(str(p) for p in report.problems)
     assert "values ['lake'] name no class" in text
     assert "1 invalid geometries" in text and "feature ids [6]" in text

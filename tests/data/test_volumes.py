@@ -11,12 +11,9 @@ pydicom = pytest.importorskip("pydicom")
 
 from unet_resnet.cli import main  # noqa: E402
 from unet_resnet.data.classes import ClassInfo, DataError  # noqa: E402
-from unet_resnet.data.medical import (  # noqa: E402
-    NiftiSliceDataset,
-    read_dicom_series,
-    read_volume,
-)
+from unet_resnet.data.layouts.nifti import NiftiSliceDataset  # noqa: E402
 from unet_resnet.inference.files import predict_nifti  # noqa: E402
+from unet_resnet.volumes import read_dicom_series, read_volume  # noqa: E402
 
 
 class TopRowSegmenter:
@@ -167,7 +164,7 @@ def test_predict_a_dicom_series_to_nifti(tmp_path, capsys):
 
 
 # Intensity rules and 2.5D context --------------------------------------------------------
-from unet_resnet.data.medical import IntensityRule, context_stack  # noqa: E402
+from unet_resnet.volumes import IntensityRule, context_stack  # noqa: E402
 
 
 def test_context_stack_repeats_the_edge_slices():
@@ -242,7 +239,7 @@ def test_ct_and_context_train_are_saved_and_reused_by_predict(tmp_path, capsys):
 
 
 def test_in_plane_resampling_round_trip(tmp_path):
-    from unet_resnet.data.medical import resample_in_plane
+    from unet_resnet.volumes import resample_in_plane
 
     labels = np.zeros((40, 36, 5), np.uint8)
     labels[8:30, 6:20] = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ rasterio = pytest.importorskip("rasterio")
 
 from rasterio.transform import from_origin  # noqa: E402
 
+from tests.inference.ray_faults import KILL_ENV  # noqa: E402
 from unet_resnet.cli import main  # noqa: E402
-from unet_resnet.inference.scale import KILL_ENV, REPORT_FILE  # noqa: E402
+from unet_resnet.inference.scale import REPORT_FILE  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,9 +27,16 @@ def local_ray(isolated_fastpath_cache):
 
     os.environ["UNET_RESNET_OFFLINE"] = "1"
     # One fake GPU (a resource Ray counts; nothing runs on it): GPU workers are placed by it.
+    # The workers import the tests' fault hook from this checkout.
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     ray.init(
         num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
         configure_logging=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": path},
+            "worker_process_setup_hook": "tests.inference.ray_faults.install",
+        },
     )  # fmt: skip
     yield
     ray.shutdown()

@@ -94,6 +94,7 @@ NOT_RUN = {
     "out": "every run names its folder",
     "precision": "the parameter of every run",
     "num_nodes": "needs several machines",
+    "layout_options": "holds plug-in layouts' options (tests/data/test_registry.py)",
 }
 
 
@@ -208,7 +209,7 @@ def test_each_layouts_own_flags(tmp_path, layout, precision):
     assert result.epochs_completed == 1 and result.best_checkpoint.is_file()
     # what reading the splits needs is saved with the model, for evaluate and cross-validate
     from unet_resnet.checkpoint import read_meta
-    from unet_resnet.data.registry import LAYOUT_OPTIONS
+    from unet_resnet.data.layouts import LAYOUT_OPTIONS
 
     meta = read_meta(result.best_checkpoint)
     saved = {k: v for k, v in flags.items() if k in LAYOUT_OPTIONS and LAYOUT_OPTIONS[k].saved}

@@ -12,7 +12,7 @@ import pytest
 from unet_resnet.cli import main
 from unet_resnet.data.classes import DataError
 from unet_resnet.data.folds import case_groups, fold_indices, load_or_make_splits, make_folds
-from unet_resnet.data.registry import open_split
+from unet_resnet.data.layouts import open_split
 from unet_resnet.errors import ConfigError
 from unet_resnet.training import TrainConfig
 

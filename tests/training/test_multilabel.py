@@ -16,7 +16,7 @@ from tests.data.fixtures import make_multilabel
 from unet_resnet import Segmenter
 from unet_resnet.checkpoint import load_checkpoint
 from unet_resnet.cli import main
-from unet_resnet.data.registry import SplitOptions, open_split
+from unet_resnet.data.layouts import SplitOptions, open_split
 from unet_resnet.errors import ConfigError
 from unet_resnet.metrics import THRESHOLD_GRID
 from unet_resnet.training import train

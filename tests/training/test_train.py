@@ -287,7 +287,12 @@ def test_config_groups_are_the_constructor_parameters():
 
     config = TrainConfig(data="d")
     data_params = set(inspect.signature(SegmentationDataModule).parameters)
-    assert set(config.group("data")) == data_params - {"pretrained", "pretrained_stats", "epochs"}
+    passed_apart = {"pretrained", "pretrained_stats", "epochs", "options"}
+    assert set(config.group("data")) == data_params - passed_apart
+    # the layouts' options go in as one mapping (the data module's ``options``)
+    from unet_resnet.data.layouts import LAYOUT_OPTIONS
+
+    assert set(config.group("layout")) == set(LAYOUT_OPTIONS)
     module_params = set(inspect.signature(SegmentationModule).parameters)
     assert set(config.group("optim")) <= module_params
     assert set(config.group("model")) == {"encoder", "encoder_weights", "upsampling_method"}
@@ -325,7 +330,7 @@ def test_orientation_rule():
 
 
 def test_layouts_of_overhead_imagery_and_scans_have_no_up():
-    from unet_resnet.data.registry import LAYOUTS
+    from unet_resnet.data.layouts import LAYOUTS
 
     assert {name for name, layout in LAYOUTS.items() if not layout.upright} == {"nifti", "raster"}
 

@@ -37,7 +37,7 @@ def layout_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | Non
     """Flags for the dataset layouts' options (:data:`LAYOUT_OPTIONS`), generated from their
     declaration: every command that reads a split takes the same ones. Unset flags stay None
     so that the checkpoint's saved options (or the layout's defaults) apply."""
-    from unet_resnet.data.registry import LAYOUT_OPTIONS
+    from unet_resnet.data.layouts import LAYOUT_OPTIONS
 
     for name in names or LAYOUT_OPTIONS:
         option = LAYOUT_OPTIONS[name]
@@ -54,7 +54,7 @@ def layout_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | Non
 
 def layout_values(args: argparse.Namespace) -> dict[str, Any]:
     """The layout options set on the command line, by name (unset ones left out)."""
-    from unet_resnet.data.registry import LAYOUT_OPTIONS
+    from unet_resnet.data.layouts import LAYOUT_OPTIONS
 
     return {n: getattr(args, n) for n in LAYOUT_OPTIONS if getattr(args, n, None) is not None}
 

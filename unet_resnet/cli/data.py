@@ -7,7 +7,7 @@ import json
 
 from unet_resnet.cli.common import layout_arguments, layout_values
 from unet_resnet.cli.registry import command
-from unet_resnet.data.registry import checkable_layouts
+from unet_resnet.data.layouts import checkable_layouts
 
 
 def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
     _check_data_arguments,
 )
 def check_data(args: argparse.Namespace) -> int:
-    from unet_resnet.data.registry import SplitOptions, check_layout
+    from unet_resnet.data.layouts import SplitOptions, check_layout
 
     options = SplitOptions(
         num_classes=args.num_classes, image_size=args.window, task=args.task

@@ -16,7 +16,7 @@ from unet_resnet.cli.common import (
     segmenter_options,
 )
 from unet_resnet.cli.registry import command
-from unet_resnet.data.registry import layout_names
+from unet_resnet.data.layouts import layout_names
 from unet_resnet.errors import ConfigError
 
 
@@ -170,7 +170,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def evaluate_command(args: argparse.Namespace) -> int:
     from unet_resnet.data import DataError
-    from unet_resnet.data.registry import SplitOptions, open_split
+    from unet_resnet.data.layouts import SplitOptions, open_split
     from unet_resnet.inference.evaluate import (
         evaluate,
         format_scores,

@@ -2,16 +2,14 @@
 
 from unet_resnet.data.classes import ClassInfo, DataError, load_classes, resolve_classes
 from unet_resnet.data.datasets import (
-    Cityscapes,
-    OxfordIIITPet,
     PairedSegmentationDataset,
-    RasterWindowDataset,
     SegmentationFolder,
-    VOCSegmentation,
     channel_stats,
     pad_collate,
 )
 from unet_resnet.data.demo import DEMO_CLASSES, make_demo_dataset
+from unet_resnet.data.layouts.public import Cityscapes, OxfordIIITPet, VOCSegmentation
+from unet_resnet.data.layouts.raster import RasterWindowDataset
 from unet_resnet.data.transforms import build_eval_transform, build_train_transform
 
 __all__ = [

@@ -27,9 +27,8 @@ __all__ = [
     "SplitStats",
     "check_dataset",
     "check_multilabel",
-    "check_rasters",
     "check_samples",
-    "check_volumes",
+    "check_scene_splits",
     "finish",
 ]
 
@@ -279,82 +278,7 @@ def check_samples(report, stats, split, dataset, describe, progress: bool) -> No
         stats.ignored_pixels += int(mask.size - valid.size)
 
 
-def check_volumes(
-    root: str | os.PathLike,
-    *,
-    num_classes: int | None = None,
-    slice_axis: int = 2,
-    progress: bool = True,
-) -> DataReport:
-    """The same checks for NIfTI volumes: ``DATA/{split}/images/CASE.nii.gz`` +
-    ``labels/CASE.nii.gz``; every slice is read."""
-    from unet_resnet.data.medical import NiftiSliceDataset, find_nifti_pairs
-
-    def open_split(root: Path, split: str, report: DataReport):
-        pairs = find_nifti_pairs(root, split)
-        for image, label in pairs:
-            if label is None:
-                report.error(
-                    f"Volume without labels: {image} (expected "
-                    f"{root / split / 'labels'}/{image.name})."
-                )
-        ds = NiftiSliceDataset(pairs, report.classes, axis=slice_axis)
-
-        def describe(i: int) -> str:
-            v, k = ds.index[i]
-            return f"{ds.pairs[v][1]} (slice {k})"
-
-        return pairs, ds, describe
-
-    return _check_scene_splits(root, num_classes, open_split, progress)
-
-
-def check_rasters(
-    root: str | os.PathLike,
-    *,
-    num_classes: int | None = None,
-    window: int = 512,
-    progress: bool = True,
-    labels: str | os.PathLike | None = None,
-    label_field: str | None = None,
-) -> DataReport:
-    """The same checks for large rasters: ``DATA/{split}/images/SCENE.tif`` +
-    ``masks/SCENE.tif`` (or the vector ``labels`` file), read in a grid of ``window``
-    windows, so every pixel is checked without loading a scene at once. Vector labels are
-    also checked for invalid geometries, features outside every scene and unmapped values."""
-    from unet_resnet.data.datasets import RasterWindowDataset
-
-    vector = {}
-
-    def open_split(root: Path, split: str, report: DataReport):
-        pairs, orphans = folder_pairs(root, split)
-        if labels and "labels" not in vector:
-            from unet_resnet.data.vector import VectorLabels, check_vector_labels
-
-            vector["labels"] = VectorLabels(labels, label_field, report.classes)
-            scenes = [image for s in SPLITS for image, _ in folder_pairs(root, s)[0]]
-            check_vector_labels(vector["labels"], scenes, report)
-        for mask in [] if labels else orphans:
-            report.error(f"Label raster without scene: {mask}.")
-        ds = RasterWindowDataset(
-            pairs,
-            window=window,
-            mode="grid",
-            classes=report.classes,
-            vector_labels=vector.get("labels"),
-        )
-
-        def describe(i: int) -> str:
-            scene, top, left = ds.window_at(i)
-            label = labels or ds.scenes[scene][1]
-            return f"{label} (window at row {top}, col {left} of {ds.scenes[scene][0].name})"
-
-        return pairs, ds, describe
-
-    return _check_scene_splits(root, num_classes, open_split, progress)
-
-
-def _check_scene_splits(root, num_classes, open_split, progress: bool) -> DataReport:
+def check_scene_splits(root, num_classes, open_split, progress: bool) -> DataReport:
     root = Path(root)
     report = DataReport(root=root, classes=None)
     try:

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_resnet.errors import UnetResnetError
+from unet_resnet.errors import DataError
 
 __all__ = ["DEFAULT_IGNORE_INDEX", "ClassInfo", "DataError", "default_palette", "load_classes"]
 
 DEFAULT_IGNORE_INDEX = 255
-
-
-class DataError(UnetResnetError, ValueError):
-    """A dataset file or layout problem; the message names the file and the fix."""
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:

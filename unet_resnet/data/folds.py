@@ -33,7 +33,7 @@ __all__ = [
 
 def case_groups(dataset) -> dict[str, list[int]]:
     """Case name -> the dataset indices that belong to it, in order."""
-    from unet_resnet.data.medical import case_name
+    from unet_resnet.volumes import case_name
 
     if hasattr(dataset, "index") and hasattr(dataset, "pairs"):  # slices of volumes
         groups: dict[str, list[int]] = {}
@@ -140,7 +140,8 @@ class CaseSubset(Dataset):
 def restrict_to_cases(dataset, cases: list[str]):
     """The part of ``dataset`` made of ``cases`` (volumes stay a volume dataset, so that
     per-case evaluation sees whole cases)."""
-    from unet_resnet.data.medical import NiftiSliceDataset, case_name
+    from unet_resnet.data.layouts.nifti import NiftiSliceDataset
+    from unet_resnet.volumes import case_name
 
     wanted = set(cases)
     if isinstance(dataset, NiftiSliceDataset):

@@ -40,7 +40,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """mIoU, mean Dice, pixel accuracy, per-class IoU/Dice/precision/recall, confusion matrix.
 
-    On volumes (:class:`~unet_resnet.data.medical.NiftiSliceDataset`) each case is reassembled
+    On volumes (:class:`~unet_resnet.data.layouts.nifti.NiftiSliceDataset`) each case is reassembled
     from its slices and scored per case and per structure in 3D with its voxel spacing (mm):
     Dice, IoU, HD95 and surface Dice at ``tolerance`` mm, with the empty-case rule of
     :func:`~unet_resnet.metrics.case_scores` (a miss scores Dice 0 and HD95 = the volume's
@@ -91,8 +91,8 @@ def evaluate(
 
 
 def _add_cases(scores: dict[str, Any], volumes, dataset, tolerance: float) -> None:
-    from unet_resnet.data.medical import case_name
     from unet_resnet.metrics import case_scores, summarize_cases
+    from unet_resnet.volumes import case_name
 
     names = list(scores["per_class"])
     rows = []

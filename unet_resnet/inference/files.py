@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unet_resnet.data.medical import is_dicom_series
 from unet_resnet.errors import ConfigError, OutputExistsError, UnetResnetError
 from unet_resnet.inference.formats import FORMATS, FileFormat, detect_format, get_format
 from unet_resnet.inference.formats.base import ImagePredictor, OutputPaths, OutputRequest
@@ -27,6 +26,7 @@ from unet_resnet.inference.formats.image import predict_image_file
 from unet_resnet.inference.formats.volume import predict_nifti
 from unet_resnet.inference.vectorize import VECTOR_FORMATS
 from unet_resnet.io import remove_partials
+from unet_resnet.volumes import is_dicom_series
 
 __all__ = [
     "MAX_OVERLAY_PIXELS",

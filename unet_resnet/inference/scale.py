@@ -33,9 +33,6 @@ __all__ = ["RunRecord", "model_hash", "predict_with_ray", "read_manifest"]
 
 RECORD_FILE = ".unet-resnet-run.jsonl"
 REPORT_FILE = "predict_report.json"
-#: Fault injection for the tests: the worker that gets this input file name exits its process
-#: once (a marker file in the output folder remembers it did).
-KILL_ENV = "UNET_RESNET_KILL_WORKER_ON"
 
 
 def read_manifest(path: str | os.PathLike) -> list[str]:
@@ -131,7 +128,6 @@ class _Worker:
     ):
         from unet_resnet.inference.files import predict_one
 
-        _maybe_crash(Path(path), Path(outputs["mask"]).parent)
         start = time.perf_counter()
         paths = OutputPaths(**{k: None if v is None else Path(v) for k, v in outputs.items()})
         try:
@@ -152,14 +148,6 @@ class _Worker:
             "seconds": time.perf_counter() - start,
             "worker": os.getpid(),
         }
-
-
-def _maybe_crash(path: Path, out: Path) -> None:
-    target = os.environ.get(KILL_ENV)
-    marker = out / f".killed-{target}"
-    if target and path.name == target and not marker.exists():
-        marker.touch()
-        os._exit(1)  # the process dies, as an OOM kill would end it
 
 
 def predict_with_ray(

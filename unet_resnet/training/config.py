@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from unet_resnet.data.registry import LAYOUT_OPTIONS, layout_names, volume_layouts
+from unet_resnet.data.layouts import LAYOUT_OPTIONS, layout_names, volume_layouts
 from unet_resnet.data.transforms import AugmentPreset, Orientation
 from unet_resnet.errors import ConfigError
 from unet_resnet.hardware import PRECISION_ALIASES, Precision
@@ -31,7 +31,6 @@ __all__ = ["GROUPS", "TrainConfig", "field_choices", "opt"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["cosine", "plateau", "poly", "onecycle", "none"]
 Normalization = Literal["auto", "imagenet", "dataset"]
-CrowdRule = Literal["ignore", "class"]
 Modality = Literal["none", "ct", "mr"]
 
 #: What each group of options builds: its names are that constructor's parameters.
@@ -41,6 +40,7 @@ GROUPS = {
     "optim": "SegmentationModule: loss, optimiser, schedule",
     "trainer": "the Lightning Trainer",
     "run": "the run: folder, seed, resume, limits",
+    "layout": "the dataset layout's own options (SegmentationDataModule's options mapping)",
 }
 
 
@@ -59,6 +59,18 @@ def opt(
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def _layout_fields() -> dict[str, tuple[Any, dataclasses.Field]]:
+    """A config field (group ``layout``) per option the registered dataset layouts declare:
+    its type from the option's choices, parser and default."""
+    fields = {}
+    for option in LAYOUT_OPTIONS.values():
+        kind: Any = Literal[option.choices] if option.choices else option.type
+        if option.default is None:
+            kind = kind | None
+        fields[option.name] = (kind, opt(option.default, option.help, group="layout"))
+    return fields
 
 
 @dataclass
@@ -100,23 +112,28 @@ class TrainConfig:
         "the training processes, one left for each, 2 to 8",
         group="data",
     )
-    slice_axis: int = opt(2, LAYOUT_OPTIONS["slice_axis"].help, group="data")
     foreground_oversampling: float = opt(
         0.0,
         "nifti: share of slices drawn that contain foreground (0 = no oversampling)",
         group="data",
     )
     samples_per_epoch: int = opt(1000, "raster: random windows per training epoch", group="data")
-    annotations: str | None = opt(
-        None, LAYOUT_OPTIONS["annotations"].help + "; default: found in DATA", group="data"
+    # The dataset layouts' own options, one field each, as the layouts declare them
+    # (data/layouts/): their flags, YAML keys and docs rows follow like every other field's.
+    for _name, (_kind, _field) in _layout_fields().items():
+        __annotations__[_name] = _kind
+        vars()[_name] = _field
+    del _name, _kind, _field
+    layout_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "options of layouts registered after the config was defined (plug-ins), "
+            "by name; each also has its flag",
+            "group": "layout",
+            "choices": None,
+            "flag": False,
+        },
     )
-    crowd: CrowdRule = opt("ignore", LAYOUT_OPTIONS["crowd"].help, group="data")
-    labels: str | None = opt(
-        None,
-        LAYOUT_OPTIONS["labels"].help + " (GeoJSON, GeoPackage, Shapefile, FlatGeobuf)",
-        group="data",
-    )
-    label_field: str | None = opt(None, LAYOUT_OPTIONS["label_field"].help, group="data")
     context_slices: int = opt(
         0,
         "nifti: 2.5D input, this many neighbouring slices on each side as extra channels",
@@ -284,6 +301,12 @@ class TrainConfig:
                 raise ConfigError(
                     f"Invalid {f.name} {value!r}. Choose one of: {', '.join(map(str, choices))}."
                 )
+        unknown = sorted(set(self.layout_options) - set(LAYOUT_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"Unknown layout option(s) {unknown}; the layouts declare: "
+                f"{', '.join(sorted(LAYOUT_OPTIONS))}."
+            )
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == "none":
             self.encoder_weights = None
         if isinstance(self.image_size, str):
@@ -402,11 +425,14 @@ class TrainConfig:
         """The options of one group (see :data:`GROUPS`) as keyword arguments."""
         if name not in GROUPS:
             raise ConfigError(f"Unknown option group {name!r}: {', '.join(GROUPS)}.")
-        return {
+        values = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if f.metadata["group"] == name
         }
+        if name == "layout":  # one mapping, whichever layout declared the option
+            values.update(values.pop("layout_options"))
+        return values
 
     def save(self, path: str | os.PathLike, *, comment: str = "") -> None:
         """Write the options as YAML (usable as ``--config``), with an optional comment."""

@@ -47,7 +47,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
     """Add ``--flag`` for every :class:`TrainConfig` field (defaults stay in the dataclass)."""
     parser.add_argument("--config", help="YAML file with any of these options (flags override)")
     for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
+        if f.name in skip or not f.metadata.get("flag", True):
             continue
         flag = "--" + f.name.replace("_", "-")
         annotation = _field_type(f.name)
@@ -74,6 +74,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ..
             kwargs.update(nargs="?", const="last")
         # argparse %-formats help texts: a literal "%" in one ("10% of") must be doubled.
         parser.add_argument(flag, help=default.replace("%", "%%"), **kwargs)
+    for option in _later_layout_options().values():
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            type=option.type,
+            choices=option.choices,
+            default=argparse.SUPPRESS,
+            help=f"{option.help} (default: {option.default})".replace("%", "%%"),
+        )
+
+
+def _later_layout_options() -> dict[str, Any]:
+    """Options of layouts registered after :class:`TrainConfig` was defined (no field of
+    their own): they travel in its ``layout_options`` mapping."""
+    from unet_resnet.data.layouts import LAYOUT_OPTIONS
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {name: o for name, o in LAYOUT_OPTIONS.items() if name not in names}
 
 
 def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -85,7 +103,7 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"Could not read config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config {path} must be a mapping of option: value.")
-    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    valid = {f.name for f in dataclasses.fields(TrainConfig)} | set(_later_layout_options())
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ConfigError(
@@ -96,12 +114,17 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """Defaults < ``--config`` YAML < explicit flags < ``overrides``."""
+    later = _later_layout_options()
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_yaml_config(args.config))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update({k: v for k, v in vars(args).items() if k in names | set(later)})
     values.update(overrides)
+    # (values set for a layout option without a field of its own go in layout_options)
+    extra = {k: values.pop(k) for k in list(values) if k in later}
+    if extra:
+        values["layout_options"] = {**values.get("layout_options", {}), **extra}
     try:
         return TrainConfig(**values)
     except TypeError as exc:
@@ -120,6 +143,6 @@ def config_reference() -> str:
         help_text = f.metadata.get("help", "")
         if choices:
             help_text = f"{help_text}; one of {', '.join(map(str, choices))}".lstrip("; ")
-        flag = "--" + f.name.replace("_", "-")
-        lines.append(f"| `{f.name}` | `{flag}` | `{default}` | {help_text} |")
+        flag = f"`--{f.name.replace('_', '-')}`" if f.metadata.get("flag", True) else "(YAML)"
+        lines.append(f"| `{f.name}` | {flag} | `{default}` | {help_text} |")
     return "\n".join(lines)

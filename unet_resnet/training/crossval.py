@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from unet_resnet.data.folds import restrict_to_cases
-from unet_resnet.data.registry import LAYOUT_OPTIONS, SplitOptions, open_split
+from unet_resnet.data.layouts import SplitOptions, open_split
 from unet_resnet.errors import ConfigError
 from unet_resnet.training.config import TrainConfig
 from unet_resnet.training.train import TrainResult, train
@@ -68,7 +68,7 @@ def cross_validate(config: TrainConfig, *, progress: bool = True) -> CrossValida
             segmenter.classes,
             segmenter.volume,
             split=segmenter.split,
-            given={name: getattr(config, name) for name in LAYOUT_OPTIONS},
+            given=config.group("layout"),
         )
         dataset = open_split(config.data, "train", config.dataset, options)
         held_out = _held_out(splits, fold)

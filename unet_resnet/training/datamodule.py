@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -21,7 +22,7 @@ from unet_resnet.data import (
     channel_stats,
     pad_collate,
 )
-from unet_resnet.data.registry import (
+from unet_resnet.data.layouts import (
     SplitOptions,
     check_layout,
     get_layout,
@@ -44,7 +45,7 @@ class SegmentationDataModule(L.LightningDataModule):
 
     Args:
         data: dataset root.
-        dataset: a layout of :data:`unet_resnet.data.registry.LAYOUTS` (``folder``:
+        dataset: a layout of :data:`unet_resnet.data.layouts.LAYOUTS` (``folder``:
             DATA/{train,val,test}/{images,masks}, ``voc``, ``pet``, ``cityscapes``, ``nifti``,
             ``raster``).
         num_classes: for the folder layout without classes.json.
@@ -64,10 +65,11 @@ class SegmentationDataModule(L.LightningDataModule):
             torchvision's ImageNet statistics (some timm weights use 0.5/0.5).
         ignore_index: overrides the classes' ignore index.
         check_data: run the layout's data check in :meth:`setup` and stop on errors.
-        slice_axis, foreground_oversampling: volume layouts (see the config reference).
+        options: the layout's own options by name (:data:`~unet_resnet.data.layouts.
+            LAYOUT_OPTIONS`: slice axis, COCO annotations and crowd rule, vector labels and
+            their field, ...); unset ones take the layout's defaults.
+        foreground_oversampling: volume layouts (see the config reference).
         samples_per_epoch: raster layouts: random windows per training epoch.
-        annotations, crowd: coco layout: the annotation file and the crowd rule.
-        labels, label_field: raster layout: a vector label file and its class attribute.
         folds, fold, splits: k-fold cross-validation over the training split's cases: fold
             ``fold`` of ``folds`` is the validation set (the val split is then unused), the
             folds read from or written to ``splits`` (default ``DATA/splits.json``; training
@@ -96,13 +98,9 @@ class SegmentationDataModule(L.LightningDataModule):
         pretrained_stats: tuple[Sequence[float], Sequence[float]] | None = None,
         ignore_index: int | None = None,
         check_data: bool = True,
-        slice_axis: int = 2,
+        options: Mapping[str, Any] | None = None,
         foreground_oversampling: float = 0.0,
         samples_per_epoch: int = 1000,
-        annotations: str | None = None,
-        crowd: str = "ignore",
-        labels: str | None = None,
-        label_field: str | None = None,
         folds: int = 0,
         fold: int = 0,
         splits: str | None = None,
@@ -116,6 +114,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.root = Path(data)
         # An unknown layout, or one that cannot read the task, fails here naming the valid ones.
         get_layout(dataset, SplitOptions(task=task))
+        #: the layout's own options that were set, by name (one mapping, passed on as it is)
+        self.options = {k: v for k, v in (options or {}).items() if v is not None}
         self.dataset_format = dataset
         self.task = task
         self.num_classes = num_classes
@@ -129,13 +129,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pretrained_stats = pretrained_stats
         self.ignore_index = ignore_index
         self.check_data = check_data
-        self.slice_axis = slice_axis
         self.foreground_oversampling = foreground_oversampling
         self.samples_per_epoch = samples_per_epoch
-        self.annotations = annotations
-        self.crowd = crowd
-        self.labels = labels
-        self.label_field = label_field
         self.folds, self.fold, self.splits = folds, fold, splits
         self.fold_cases: list[str] | None = None
         self.context_slices, self.modality = context_slices, modality
@@ -160,16 +155,12 @@ class SegmentationDataModule(L.LightningDataModule):
         return SplitOptions(
             num_classes=self.num_classes,
             image_size=self.image_size,
-            slice_axis=self.slice_axis,
             samples_per_epoch=self.samples_per_epoch,
-            annotations=self.annotations,
-            crowd=self.crowd,
-            labels=self.labels,
-            label_field=self.label_field,
             context_slices=self.context_slices,
             intensity=self.intensity,
             target_spacing=self.target_spacing,
             task=self.task,
+            layout=self.options,
         )
 
     def split_options(self) -> dict:
@@ -180,7 +171,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if not get_layout(self.dataset_format).volumes:
             return None
         return {
-            "slice_axis": self.slice_axis,
+            "slice_axis": self._options().option("slice_axis"),
             "context_slices": self.context_slices,
             "intensity": None if self.intensity is None else self.intensity.to_dict(),
             "target_spacing": self.target_spacing,
@@ -208,11 +199,12 @@ class SegmentationDataModule(L.LightningDataModule):
         if not self.root.is_dir():
             raise DataError(f"Dataset folder {self.root} does not exist.")
         if self.modality == "ct":
-            from unet_resnet.data.medical import IntensityRule, find_nifti_pairs
+            from unet_resnet.data.layouts.nifti import find_nifti_pairs
+            from unet_resnet.volumes import IntensityRule
 
             self.intensity = IntensityRule.fit_ct(find_nifti_pairs(self.root, "train"))
         elif self.modality == "mr":
-            from unet_resnet.data.medical import IntensityRule
+            from unet_resnet.volumes import IntensityRule
 
             self.intensity = IntensityRule("mr")
         train = self._make("train")
@@ -248,7 +240,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if get_layout(self.dataset_format).volumes and self.foreground_oversampling > 0:
             from torch.utils.data import WeightedRandomSampler
 
-            from unet_resnet.data.medical import slice_weights
+            from unet_resnet.data.layouts.nifti import slice_weights
 
             weights = slice_weights(train, self.foreground_oversampling)
             self.sampler = WeightedRandomSampler(weights, num_samples=len(train))

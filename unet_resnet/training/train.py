@@ -322,6 +322,7 @@ def build_data(
         data_options["splits"] = str(run_dir / "splits.json")
     data = SegmentationDataModule(
         **data_options,
+        options=config.group("layout"),
         pretrained=config.encoder_weights is not None,
         pretrained_stats=encoder_mean_std(config.encoder),
         epochs=config.epochs,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from unet_resnet.data.medical import case_name, is_volume
 from unet_resnet.errors import ConfigError
 from unet_resnet.inference.formats.base import (
     FileFormat,
@@ -18,6 +17,7 @@ from unet_resnet.inference.formats.base import (
     overlapping,
 )
 from unet_resnet.io import atomic_path
+from unet_resnet.volumes import case_name, is_volume
 
 __all__ = ["VOLUME", "predict_nifti"]
 
@@ -33,7 +33,7 @@ def predict_nifti(
     its canonical orientation, as training sliced it (with the checkpoint's slice axis,
     intensity rule and 2.5D context, ``segmenter.volume``; ``axis`` overrides the axis), and
     write a NIfTI label volume in the input's own orientation with its affine."""
-    from unet_resnet.data.medical import (
+    from unet_resnet.volumes import (
         IntensityRule,
         context_stack,
         load_nibabel,

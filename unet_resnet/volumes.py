@@ -1,13 +1,12 @@
-"""Medical volumes: NIfTI images (or DICOM series) and label maps read as 2D slices, written
-back as NIfTI.
+"""Medical volumes on disk: NIfTI files and DICOM series read into canonical (RAS+)
+orientation with what it takes to write a prediction back in the input's own orientation,
+plus the per-volume array operations training and prediction share (the intensity rule,
+in-plane resampling, 2.5D context stacks).
 
-Layout: ``DATA/{train,val,test}/images/CASE.nii.gz`` (or a DICOM series folder
-``images/CASE/``) with ``DATA/{split}/labels/CASE.nii.gz`` (the label volume on the image's
-grid). Every volume is brought to the closest canonical orientation (RAS+,
-``nibabel.as_closest_canonical``) before slicing, so a scan stored in another axis order or
-direction trains and predicts the same way; predictions are written back in the input's own
-orientation and affine. Slices are taken along ``axis`` of the canonical volume (2 = axial);
-voxel spacing is kept so distances (HD95) are in mm.
+Every volume is brought to the closest canonical orientation (``nibabel.as_closest_canonical``)
+so a scan stored in another axis order or direction trains and predicts the same way; voxel
+spacing is kept so distances (HD95) are in mm. Beside :mod:`unet_resnet.io` (ordinary
+images), below the data layouts and the file formats that read volumes.
 """
 
 from __future__ import annotations
@@ -18,20 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
-from unet_resnet.data.classes import ClassInfo, DataError
+from unet_resnet.errors import DataError
 
 __all__ = [
     "NIFTI_SUFFIXES",
     "IntensityRule",
-    "NiftiSliceDataset",
     "Volume",
+    "canonical_grid",
     "case_name",
     "context_stack",
-    "find_nifti_pairs",
     "is_dicom_series",
     "is_nifti",
     "is_volume",
@@ -39,7 +34,6 @@ __all__ = [
     "read_dicom_series",
     "read_volume",
     "resample_in_plane",
-    "slice_weights",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -77,16 +71,6 @@ def case_name(path: str | os.PathLike) -> str:
     """The case name of a volume: its file name without ``.nii``/``.nii.gz`` (a DICOM series:
     its folder name)."""
     return Path(path).name.removesuffix(".gz").removesuffix(".nii")
-
-
-def find_nifti_pairs(root: str | os.PathLike, split: str) -> list[tuple[Path, Path | None]]:
-    """``(image, label)`` volume pairs of a split, matched by case name (images may be NIfTI
-    files or DICOM series folders; labels are NIfTI)."""
-    root = Path(root)
-    folder = root / split / "images"
-    images = sorted(p for p in folder.iterdir() if is_volume(p)) if folder.is_dir() else []
-    labels = {case_name(p): p for p in (root / split / "labels").glob("*.nii*")}
-    return [(p, labels.get(case_name(p))) for p in images]
 
 
 @dataclass
@@ -228,7 +212,7 @@ def context_stack(volume: np.ndarray, k: int, axis: int, context: int) -> np.nda
     return np.stack([np.take(volume, i, axis=axis) for i in indices], axis=-1)
 
 
-def _canonical_grid(img) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def canonical_grid(img) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Shape and voxel sizes of ``img`` in canonical axis order, from its header."""
     from nibabel.orientations import io_orientation
 
@@ -336,130 +320,3 @@ def read_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     lps[:3, 3] = np.array(slices[0][1].ImagePositionPatient, dtype=np.float64)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
     return data, affine
-
-
-class NiftiSliceDataset(Dataset):
-    """2D slices of NIfTI volumes with their label slices.
-
-    Args:
-        pairs: ``(image volume, label volume)`` paths.
-        classes: class names/colours; label values are class indices.
-        axis: the axis slices are taken along.
-        transform: joint ``(image, mask)`` transform, as for the other datasets.
-        context: 2.5D input: this many neighbouring slices on each side become extra
-            channels (``2 * context + 1`` in all).
-        intensity: an :class:`IntensityRule` applied to each volume before slicing.
-        target_spacing: resample the in-plane axes to voxels of this size (mm; labels by
-            nearest neighbour) so that scans of different resolutions look alike.
-    """
-
-    def __init__(
-        self,
-        pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike | None]],
-        classes: ClassInfo,
-        *,
-        axis: int = 2,
-        transform=None,
-        context: int = 0,
-        intensity: IntensityRule | None = None,
-        target_spacing: float | None = None,
-    ) -> None:
-        nib = load_nibabel()
-        self.pairs = [(Path(i), None if m is None else Path(m)) for i, m in pairs]
-        self.classes = classes
-        self.axis = axis
-        self.transform = transform
-        self.context = context
-        self.intensity = intensity
-        self.target_spacing = target_spacing
-        self.index: list[tuple[int, int]] = []
-        self.spacings: list[tuple[float, ...]] = []
-        for v, (image, label) in enumerate(self.pairs):
-            if is_dicom_series(image):
-                volume = read_volume(image)
-                shape, spacing = volume.data.shape[:3], volume.spacing
-            else:
-                try:
-                    img = nib.load(str(image))
-                except Exception as exc:
-                    raise DataError(f"Could not read NIfTI volume {image}: {exc}") from None
-                shape, spacing = _canonical_grid(img)  # from the header: no voxels read
-            if label is not None:
-                lab_shape = _canonical_grid(nib.load(str(label)))[0]
-                if lab_shape != shape:
-                    raise DataError(
-                        f"Label volume {label} has shape {lab_shape}, image {image} has {shape} "
-                        "(in canonical orientation); they must share the voxel grid."
-                    )
-            if target_spacing:  # the grid resample_in_plane will give
-                resized = tuple(
-                    n if a == axis else max(1, round(n * spacing[a] / target_spacing))
-                    for a, n in enumerate(shape)
-                )
-                spacing = tuple(
-                    sp * old / new for sp, old, new in zip(spacing, shape, resized, strict=True)
-                )
-                shape = resized
-            self.spacings.append(spacing)
-            self.index.extend((v, k) for k in range(shape[axis]))
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _volume(self, v: int):
-        # One decoded volume per worker at a time: slices of the same case come together.
-        if v not in self._cache:
-            image, label = self.pairs[v]
-            volume = read_volume(image)
-            data = volume.data
-            if self.intensity is not None:
-                data = self.intensity.apply(data)
-            data, _ = resample_in_plane(data, volume.spacing, self.target_spacing, self.axis)
-            lab = None if label is None else read_volume(label).data
-            if lab is not None:
-                lab, _ = resample_in_plane(
-                    lab, volume.spacing, self.target_spacing, self.axis, labels=True
-                )
-            self._cache = {v: (data, lab)}
-        return self._cache[v]
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw slice: image ``H x W x (2 * context + 1)`` (stored dtype, or float32 after an
-        intensity rule), mask ``H x W`` int64 or None."""
-        v, k = self.index[index]
-        data, lab = self._volume(v)
-        image = context_stack(data, k, self.axis, self.context)
-        mask = None if lab is None else np.take(lab, k, axis=self.axis).astype(np.int64)
-        return image, mask
-
-    def __getitem__(self, index: int):
-        image, mask = self.load(index)
-        if mask is None:
-            mask = np.full(image.shape[:2], self.classes.ignore_index, dtype=np.int64)
-        from unet_resnet.io import to_float_image
-
-        scaled = to_float_image(np.ascontiguousarray(image))
-        img = tv_tensors.Image(torch.from_numpy(scaled).permute(2, 0, 1))
-        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
-        if self.transform is not None:
-            img, msk = self.transform(img, msk)
-        return img, msk
-
-
-def slice_weights(dataset: NiftiSliceDataset, foreground: float) -> list[float]:
-    """Sampling weights that draw slices containing foreground ``foreground`` of the time.
-
-    Small lesions sit in few slices; without oversampling most batches hold none.
-    """
-    ignore = dataset.classes.ignore_index
-    has_fg = []
-    for i in range(len(dataset)):
-        mask = dataset.load(i)[1]
-        has_fg.append(mask is not None and bool(((mask > 0) & (mask != ignore)).any()))
-    has_fg = np.array(has_fg)
-    n_fg, n = int(has_fg.sum()), len(has_fg)
-    if n_fg in (0, n):
-        return [1.0] * n
-    w_fg, w_bg = foreground / n_fg, (1 - foreground) / (n - n_fg)
-    return [w_fg if f else w_bg for f in has_fg]

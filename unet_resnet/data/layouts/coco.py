@@ -33,6 +33,7 @@ import numpy as np
 
 from unet_resnet.data.classes import ClassInfo, DataError
 from unet_resnet.data.datasets import PairedSegmentationDataset
+from unet_resnet.data.layouts.base import LayoutOption, SplitOptions, register_layout
 from unet_resnet.io import read_image
 
 __all__ = ["CocoSegmentation", "check_coco", "coco_classes", "find_coco", "read_coco"]
@@ -352,3 +353,47 @@ def check_coco(
         report.error(f"No training split in {root}.")
     finish(report, Counter(c for s in report.splits.values() for c in s.channels.elements()))
     return report
+
+
+def _check(root: Path, options: SplitOptions, progress: bool):
+    return check_coco(
+        root,
+        annotations=options.option("annotations"),
+        crowd=options.option("crowd"),
+        progress=progress,
+        multilabel=options.multilabel,
+    )
+
+
+@register_layout(
+    "coco",
+    "COCO JSON (polygons, RLE): DATA/SPLIT/_annotations.coco.json (Roboflow) or "
+    "DATA/annotations/instances_SPLIT*.json (COCO, CVAT); --annotations FILE overrides",
+    check=_check,
+    multilabel=True,
+    options=(
+        LayoutOption(
+            "annotations",
+            str,
+            "coco: annotation file ({split} is replaced by the split name); default: found in DATA",
+        ),
+        LayoutOption(
+            "crowd",
+            str,
+            "coco: crowd regions become ignore_index, or their class",
+            default="ignore",
+            choices=("ignore", "class"),
+            saved=True,
+        ),
+    ),
+)
+def _open(root: Path, split: str, options: SplitOptions):
+    found = find_coco(root, split, options.option("annotations"))
+    if found is None:
+        return None
+    return CocoSegmentation(
+        *found,
+        classes=options.classes,
+        crowd=options.option("crowd"),
+        multilabel=options.multilabel,
+    )
