@@ -185,6 +185,8 @@ def _infer_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+#: The metadata file inside an export folder (``export --format openvino``).
+EXPORT_METADATA_FILE = "unet_resnet.json"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".safetensors", ".bin")
 
@@ -297,6 +299,8 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     memory-mapped (their weights are not read), exports read their metadata; shared models and
     the original's state dicts go through :func:`load_checkpoint`."""
     text = str(path)
+    if (Path(text) / EXPORT_METADATA_FILE).is_file():  # an export folder (OpenVINO IR)
+        return CheckpointMeta.from_dict(json.loads((Path(text) / EXPORT_METADATA_FILE).read_text()))
     if not is_hub_source(text) and Path(text).is_file():
         if text.lower().endswith(".onnx"):
             return CheckpointMeta.from_dict(read_export_metadata(text))

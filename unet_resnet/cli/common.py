@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from unet_resnet.hardware import PRECISIONS
+from unet_resnet.inference.backends import backend_names
 from unet_resnet.inference.tiling import BLENDS
 
 __all__ = [
@@ -82,6 +83,14 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
         "the flag for an ensemble that averages the probabilities (e.g. cross-validation folds)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", *backend_names()),
+        help="inference backend; auto = the one that loads --checkpoint as it is (torch for "
+        "checkpoints, onnxruntime for .onnx, openvino for IR folders); openvino also "
+        "converts a checkpoint",
+    )
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images")
     parser.add_argument("--overlap", type=float, default=0.25, help="fraction (<1) or pixels")
@@ -118,6 +127,7 @@ def segmenter_options(args: argparse.Namespace, progress: bool = False) -> dict:
     """The Segmenter keyword arguments the flags of :func:`segmenter_arguments` set."""
     return {
         "device": args.device,
+        "backend": getattr(args, "backend", "auto"),
         "precision": args.precision,
         "tile_size": args.tile_size,
         "overlap": args.overlap,

@@ -221,11 +221,40 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format",
         default="onnx",
-        choices=(*EXPORT_FORMATS, "hf"),
-        help="onnx, torchscript, or hf (Hugging Face Hub folder: config.json, "
-        "model.safetensors, README.md model card)",
+        choices=(*EXPORT_FORMATS, "openvino", "hf"),
+        help="onnx, torchscript, openvino (IR folder: model.xml/.bin, metadata; float or "
+        "int8), or hf (Hugging Face Hub folder: config.json, model.safetensors, README.md "
+        "model card)",
     )
-    parser.add_argument("--out", required=True, help="output file (.onnx or .pt), or folder (hf)")
+    parser.add_argument(
+        "--out", required=True, help="output file (.onnx or .pt), or folder (openvino, hf)"
+    )
+    group = parser.add_argument_group("openvino int8 (post-training quantization, NNCF)")
+    group.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "int8"),
+        help="openvino: fp32 (runs in bf16 where the CPU has it), or int8 calibrated on "
+        "--calibration and scored against the float model on its --split",
+    )
+    group.add_argument("--calibration", metavar="DATA", help="int8: dataset to calibrate on")
+    group.add_argument(
+        "--dataset", default="folder", choices=layout_names(), help="int8: layout of DATA"
+    )
+    group.add_argument(
+        "--calibration-split", default="train", help="int8: split of DATA to calibrate on"
+    )
+    group.add_argument(
+        "--calibration-size", type=int, default=64, help="int8: calibration images (at most)"
+    )
+    group.add_argument("--split", default="val", help="int8: split of DATA it is scored on")
+    group.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.5,
+        help="int8: mIoU points it may lose against float; past it more layers stay in "
+        "float, or the export stops with the numbers",
+    )
     parser.add_argument(
         "--push-to-hub", metavar="REPO", help="hf: also upload the folder to this Hub repo"
     )
@@ -239,7 +268,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "export",
-    "export a checkpoint to ONNX or TorchScript (parity-checked) or a Hugging Face Hub folder",
+    "export a checkpoint to ONNX, TorchScript or OpenVINO (float or int8; parity- and "
+    "accuracy-checked) or a Hugging Face Hub folder",
     _export_arguments,
 )
 def export_command(args: argparse.Namespace) -> int:
@@ -262,6 +292,29 @@ def export_command(args: argparse.Namespace) -> int:
         return 0
     if args.push_to_hub or args.scores:
         raise ConfigError("--push-to-hub and --scores go with --format hf.")
+    if args.format != "openvino" and (args.precision != "fp32" or args.calibration):
+        raise ConfigError("--precision int8 and --calibration go with --format openvino.")
+    if args.format == "openvino":
+        from unet_resnet.quantize import export_openvino
+
+        folder, quantized = export_openvino(
+            args.checkpoint,
+            args.out,
+            precision=args.precision,
+            calibration=args.calibration,
+            dataset=args.dataset,
+            calibration_split=args.calibration_split,
+            split=args.split,
+            calibration_size=args.calibration_size,
+            max_drop=args.max_drop,
+            overwrite=args.overwrite,
+            tolerance=args.tolerance,
+        )
+        print(f"wrote {folder} (OpenVINO IR, {args.precision}; parity-checked in fp32)")
+        if quantized is not None:
+            print(quantized.summary())
+            print(f"report: {folder / 'report.json'}")
+        return 0
     report = export_model(
         args.checkpoint,
         args.out,

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 import torch
-from torch import nn
+
+from unet_resnet.inference.runtime import RuntimeModel
 
 __all__ = ["OnnxModel", "providers_for"]
 
@@ -30,13 +31,10 @@ def providers_for(device: str | torch.device) -> list[str]:
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
-class OnnxModel(nn.Module):
-    """An exported ONNX file run by ONNX Runtime, callable like the PyTorch model.
+class OnnxModel(RuntimeModel):
+    """An exported ONNX file run by ONNX Runtime, callable like the PyTorch model (fp32)."""
 
-    Takes and returns torch tensors so the Segmenter's tiling and TTA apply unchanged. Inputs
-    are padded to a multiple of 32 here, by the same rule as the eager model (the graph's
-    own reflect padding needs sides of at least 32), so both backends see the same pixels.
-    """
+    backend = "onnxruntime"
 
     def __init__(
         self,
@@ -46,7 +44,7 @@ class OnnxModel(nn.Module):
         *,
         device: str | torch.device = "cpu",
     ):
-        super().__init__()
+        super().__init__(metadata)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -54,15 +52,6 @@ class OnnxModel(nn.Module):
             str(path), options, providers=providers or providers_for(device)
         )
         self.input_name = self.session.get_inputs()[0].name
-        self.in_channels = int(metadata["model_config"]["in_channels"])
-        self.n_classes = int(metadata["model_config"]["n_classes"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        pad_h, pad_w = -h % 32, -w % 32
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        out = torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-        return out[..., :h, :w].to(x.device)
+    def run(self, array: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: array})[0]

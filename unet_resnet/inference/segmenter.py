@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from unet_resnet.checkpoint import load_checkpoint, read_export_metadata
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import ConfigError, InputShapeError
@@ -31,7 +30,7 @@ from unet_resnet.hardware import (
     resolve_device,
 )
 from unet_resnet.inference.fastpath import DTYPES, FastPathChoice, PackMode, prepare_model
-from unet_resnet.inference.onnx import OnnxModel
+from unet_resnet.inference.runtime import RuntimeModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
 from unet_resnet.task import check_thresholds, get_task
@@ -143,12 +142,16 @@ class Segmenter:
         self.volume = volume
         self.split = split
         self.progress = progress
-        self.channels_last = channels_last and not isinstance(model, OnnxModel)
+        # A model another runtime runs (ONNX Runtime, OpenVINO) applies its own precision.
+        runtime = isinstance(model, RuntimeModel)
+        self.channels_last = channels_last and not runtime
         self.config = getattr(model, "config", None)
 
         source = model
-        if isinstance(model, OnnxModel):
-            self.fastpath = FastPathChoice("fp32", False, "fixed", reason="ONNX Runtime backend")
+        if runtime:
+            self.fastpath = FastPathChoice(
+                model.precision, False, "fixed", reason=f"{model.backend} backend"
+            )
         else:
             model, self.fastpath = prepare_model(
                 model,
@@ -161,13 +164,13 @@ class Segmenter:
             )
         self.precision = self.fastpath.precision
         self.packed = self.fastpath.packed
-        self.dtype = DTYPES[self.precision]
+        self.dtype = torch.float32 if runtime else DTYPES[self.precision]
         if explain:
             print(self.fastpath.explain())
         self.model = model
         # The caller's model, kept (not copied) to build an fp32 copy should reduced precision
-        # ever overflow (see :meth:`probabilities`); None for ONNX.
-        self._source = None if isinstance(model, OnnxModel) else source
+        # ever overflow (see :meth:`probabilities`); None for another runtime's model.
+        self._source = None if runtime else source
         self._fp32_model: nn.Module | None = None
         self._fold_bn = fold_bn
         # Decided once for the segmenter's device: CPU-only tricks, tile batches, and whether
@@ -192,16 +195,32 @@ class Segmenter:
         *,
         device: str = "auto",
         precision: Precision = "auto",
+        backend: str = "auto",
         **kwargs,
     ) -> Segmenter:
         """Load a checkpoint written by ``unet-resnet train`` (or the original's state dict, or a
-        shared model: see :meth:`from_pretrained`). Several paths make an ensemble that
-        averages their class probabilities (:class:`~unet_resnet.inference.ensemble.Ensemble`);
-        they must share task, classes and input channels (each member normalises its input
-        as its own checkpoint says: folds of a cross-validation each fit their own)."""
+        shared model: see :meth:`from_pretrained`), an ONNX file or an OpenVINO IR folder from
+        ``unet-resnet export``. Several paths make an ensemble that averages their class
+        probabilities (:class:`~unet_resnet.inference.ensemble.Ensemble`); they must share
+        task, classes and input channels (each member normalises its input as its own
+        checkpoint says: folds of a cross-validation each fit their own).
+
+        ``backend`` (:data:`~unet_resnet.inference.backends.BACKENDS`): ``auto`` runs each
+        source on the backend that loads it as it is (PyTorch for checkpoints); ``openvino``
+        also converts a checkpoint in memory."""
+        from unet_resnet.inference.backends import check_precision, choose_backend
+
         paths = [path] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
-        loaded = [load_checkpoint(p) for p in paths]
+        chosen = choose_backend(paths[0], backend)
+        check_precision(chosen, precision)
+        if len(paths) > 1 and chosen.name != "torch":
+            raise ConfigError(
+                f"Ensembles run on the torch backend (checkpoints), not {chosen.name}: "
+                "ensemble the checkpoints the exports were made from."
+            )
+        loaded = [chosen.build(str(p), device, precision) for p in paths]
         model, meta = loaded[0]
+        runtime = isinstance(model, RuntimeModel)
         if len(loaded) > 1:
             from unet_resnet.inference.ensemble import (
                 Ensemble,
@@ -219,7 +238,7 @@ class Segmenter:
             mean=meta.mean,
             std=meta.std,
             device=device,
-            precision=precision,
+            precision="auto" if runtime else precision,
             image_dtype=meta.image_dtype,
             volume=meta.volume,
             split=meta.split,
@@ -243,21 +262,8 @@ class Segmenter:
         Classes and normalisation come from the export's metadata; tiling and TTA work as with
         the PyTorch backend.
         """
-        meta = read_export_metadata(path)
         kwargs.setdefault("device", "cpu")
-        return cls(
-            OnnxModel(path, meta, device=kwargs["device"]),
-            classes=ClassInfo.from_dict(meta["classes"]),
-            mean=meta["mean"],
-            std=meta["std"],
-            image_dtype=meta.get("image_dtype"),
-            task=meta.get("task") or "multiclass",
-            thresholds=kwargs.pop("thresholds", None) or meta.get("thresholds"),
-            precision="fp32",
-            fold_bn=False,
-            channels_last=False,
-            **kwargs,
-        )
+        return cls.from_checkpoint(path, backend="onnxruntime", **kwargs)
 
     # Arrays in, arrays out ------------------------------------------------------------------
     def probabilities(self, batch: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
@@ -336,7 +342,9 @@ class Segmenter:
         """An fp32 copy of the model (built on first use), for batches that overflowed."""
         if self._fp32_model is None:
             if self._source is None:
-                raise InputShapeError("The ONNX model's output is not finite for this input.")
+                raise InputShapeError(
+                    f"The {self.model.backend} model's output is not finite for this input."
+                )
             self._fp32_model, _ = prepare_model(
                 self._source,
                 device=self.device,
