@@ -186,3 +186,29 @@ def test_fp16_keeps_batchnorm_unfolded_where_folding_leaves_its_range(caplog):
     assert "exceed fp16's range" in caplog.text
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
     assert all(torch.isfinite(p).all() for p in prepared.parameters())
+
+
+def test_a_choice_made_once_is_applied_as_it_is_elsewhere(checkpoint):
+    """A Ray run's driver decides the fast path once; every worker applies that decision
+    (precision, packing, the layers left plain) without timing anything itself."""
+    import numpy as np
+
+    from unet_resnet.inference import Segmenter
+    from unet_resnet.inference.scale import decided_once
+
+    options = decided_once([str(checkpoint)], {"precision": "auto", "tile_size": 64})
+    decided = options["fastpath"]
+    assert decided["timings"]  # the driver timed the candidates
+    worker = Segmenter.from_checkpoint(checkpoint, **options)
+    assert (worker.fastpath.precision, worker.fastpath.packed) == (
+        decided["precision"], decided["packed"],
+    )  # fmt: skip
+    assert worker.fastpath.source == "fixed" and "decided once" in worker.fastpath.reason
+    assert worker.fastpath.plain_layers == (decided["plain_layers"] if decided["packed"] else [])
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    local = Segmenter.from_checkpoint(checkpoint, precision="auto", tile_size=64)
+    assert local.fastpath.source == "cache"  # what the driver measured, read back here
+    np.testing.assert_array_equal(worker.predict(image), local.predict(image))
+    assert decided_once([str(checkpoint)], {"precision": "fp32"}, gpus_per_worker=1) == {
+        "precision": "fp32"
+    }

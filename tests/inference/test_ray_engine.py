@@ -155,3 +155,14 @@ def test_worker_count_fits_the_cluster():
         worker_count({"CPU": 4.0}, **count, gpus_per_worker=1)
     with pytest.raises(ConfigError, match="--workers 3 cannot all start"):
         worker_count(cluster, **{**count, "workers": 3}, gpus_per_worker=1)
+
+
+def test_ray_workers_apply_the_runs_one_fastpath_choice(inputs, tmp_path, checkpoint):
+    """Each worker timed the candidates with its own thread count and could choose another
+    precision or packing than the local engine: masks differed. The driver decides once."""
+    assert _predict(inputs, tmp_path / "local", checkpoint, "--precision", "auto") == 0
+    ray_out = tmp_path / "ray"
+    argv = ("--precision", "auto", "--engine", "ray", "--workers", "2")
+    assert _predict(inputs, ray_out, checkpoint, *argv) == 0
+    for image in inputs.glob("*.png"):
+        assert (ray_out / image.name).read_bytes() == (tmp_path / "local" / image.name).read_bytes()

@@ -304,13 +304,15 @@ def prepare_model(
     channels_last: bool = True,
     fold_bn: bool = True,
     pack_weights: PackMode = "auto",
+    decided: FastPathChoice | None = None,
 ) -> tuple[nn.Module, FastPathChoice]:
     """The inference copy of ``model``: folded, cast, laid out and possibly packed.
 
     Reduced precision is applied to the weights, not through autocast: autocast re-casts
     every weight on every call, which costs a quarter of this model's time on a CPU.
     ``precision="auto"`` and ``pack_weights="auto"`` are decided by timing the candidates
-    (see the module docstring); fixed values are used as given. Packing is always checked
+    (see the module docstring); fixed values are used as given. A ``decided`` choice (from another
+    process's :func:`prepare_model`) is applied as it is, nothing timed. Packing is always checked
     against the unpacked model on a random input (:func:`onednn.pack_checked`) and dropped with
     a warning if they differ.
     """
@@ -343,6 +345,15 @@ def prepare_model(
             **per_layer,
         )
 
+    if decided is not None:
+        # Decided once for a whole run (by the driver of a Ray run, for every worker): the
+        # same precision, packing and plain layers, so every process predicts the same.
+        chosen, packed = build(decided.precision, decided.packed and can_pack,
+                               plain=list(decided.plain_layers))  # fmt: skip
+        reason = f"decided once for the run ({decided.source}: {decided.reason})"
+        fixed = FastPathChoice(decided.precision, packed, "fixed", dict(decided.timings), reason)
+        fixed.plain_layers = list(decided.plain_layers) if packed else []
+        return chosen, fixed
     if len(candidates) == 1:
         chosen, packed = build(*candidates[0])
         choice = FastPathChoice(candidates[0][0], packed, "fixed", reason=why_fixed)

@@ -29,7 +29,7 @@ from unet_resnet.hardware import device_class, keep_freed_memory
 from unet_resnet.inference.files import OutputPaths, PredictPlan, PredictReport
 from unet_resnet.io import atomic_path, remove_partials
 
-__all__ = ["RunRecord", "model_hash", "predict_with_ray", "read_manifest"]
+__all__ = ["RunRecord", "decided_once", "model_hash", "predict_with_ray", "read_manifest"]
 
 RECORD_FILE = ".unet-resnet-run.jsonl"
 REPORT_FILE = "predict_report.json"
@@ -150,6 +150,27 @@ class _Worker:
         }
 
 
+def decided_once(
+    checkpoints: Sequence[str], options: dict[str, Any], gpus_per_worker: float = 0
+) -> dict[str, Any]:
+    """The Segmenter options with the run's fast-path choice made here, once: CPU workers
+    then apply it instead of each timing the candidates with its own thread count (and
+    perhaps choosing differently: their masks would differ from the local engine's). GPU
+    workers, and models another runtime runs, have nothing timed to decide."""
+    from dataclasses import asdict
+
+    from unet_resnet.inference import Segmenter
+
+    if gpus_per_worker or options.get("fastpath") is not None:
+        return options
+    source = checkpoints if len(checkpoints) > 1 else checkpoints[0]
+    local = {k: v for k, v in options.items() if k not in ("device", "progress")}
+    segmenter = Segmenter.from_checkpoint(source, device="cpu", **local)
+    if segmenter.fastpath.source == "fixed" and not segmenter.fastpath.timings:
+        return options  # nothing was timed: every worker decides the same
+    return {**options, "fastpath": asdict(segmenter.fastpath)}
+
+
 def predict_with_ray(
     plan: PredictPlan,
     checkpoints: Sequence[str],
@@ -191,6 +212,7 @@ def predict_with_ray(
             log_to_driver=False,
             configure_logging=False,
         )
+    options = decided_once(checkpoints, options, gpus_per_worker)
     count = worker_count(
         ray.cluster_resources(),
         inputs=len(todo),

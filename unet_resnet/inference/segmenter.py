@@ -80,6 +80,9 @@ class Segmenter:
             (softmax, one class per pixel) or ``"multilabel"`` (a sigmoid per class;
             ``predict`` returns ``C x H x W`` 0/1 planes decided by ``thresholds``, default
             0.5 per class).
+        fastpath: a fast-path choice made by another process (:attr:`fastpath` of its
+            segmenter, or that as a dict), applied as it is instead of timing candidates:
+            how every worker of a Ray run predicts exactly as the run decided once.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Segmenter:
         split: dict | None = None,
         task: str = "multiclass",
         thresholds: Sequence[float] | None = None,
+        fastpath: FastPathChoice | dict | None = None,
     ) -> None:
         self.task = get_task(task)
         if precision not in PRECISIONS:
@@ -161,6 +165,7 @@ class Segmenter:
                 channels_last=self.channels_last,
                 fold_bn=fold_bn,
                 pack_weights=False if compile else pack_weights,
+                decided=FastPathChoice(**fastpath) if isinstance(fastpath, dict) else fastpath,
             )
         self.precision = self.fastpath.precision
         self.packed = self.fastpath.packed
