@@ -172,7 +172,31 @@ def format_results(results: dict[str, Any]) -> str:
                 f"{r['engine']:<8}{r['workers']:>8}{r['seconds']:>9.1f}{r['inputs_per_s']:>10.2f}"
                 f"{r['vs_local']:>9.2f}x{r['vs_local_without_startup']:>13.2f}x"
             )
+    if "backends" in results:
+        lines += format_backends(results["backends"])
     return "\n".join(lines)
+
+
+def format_backends(backends: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "Backends (guide's model, batch 1): vs default = the default path's p50 over the row's",
+        f"{'variant':<22}{'size':>5}{'p50 s':>8}{'GFLOP/s':>9}{'vs default':>11}",
+    ]
+    for r in backends["speed"]:
+        lines.append(
+            f"{r['variant']:<22}{r['size']:>5}{r['latency_p50_s']:>8.3f}{r['gflops']:>9.0f}"
+            f"{r['vs_default']:>11.2f}"
+        )
+    for r in backends.get("accuracy", []):
+        if "miou" in r:
+            lines.append(
+                f"  {r['variant']:<22} mIoU {r['miou']:.4f}  agreement with torch fp32 "
+                f"{100 * r['agreement_with_fp32']:.2f}% ({r['images']} images)"
+            )
+        else:
+            lines.append(f"  {r['variant']}: {r['report']}")
+    return lines
 
 
 def save_results(results: dict[str, Any], path: str | os.PathLike) -> None:

@@ -6,7 +6,7 @@ product, the fast path against plain eager fp32, our training step against the g
 loop, the data loader against the training step, tiled prediction against its tile count.
 
 python -m benchmarks.run [--only peak inference isa encoders training profile epoch data tiling
-serve scale] [--compile] [--quick]
+serve scale backends] [--compile] [--quick] [--checkpoint CKPT --data DATA]
 """
 
 from __future__ import annotations
@@ -37,10 +37,18 @@ SECTIONS = (
     "tiling",
     "serve",
     "scale",
+    "backends",
 )
 
 
-def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dict[str, Any]:
+def run(
+    sections=SECTIONS,
+    *,
+    quick: bool = False,
+    compile: bool = False,
+    checkpoint: str | None = None,
+    data: str | None = None,
+) -> dict[str, Any]:
     """Run the chosen sections; ``quick`` shrinks them (for smoke tests)."""
     results: dict[str, Any] = {"machine": machine_info()}
     peak = None
@@ -131,6 +139,15 @@ def run(sections=SECTIONS, *, quick: bool = False, compile: bool = False) -> dic
         from benchmarks.scale import bench_scale
 
         results["scale"] = bench_scale(n=4 if quick else 48, size=64 if quick else 1024)
+    if "backends" in sections:
+        from benchmarks.backends import bench_backends
+
+        results["backends"] = bench_backends(
+            sizes=(64,) if quick else (256, 512),
+            reps=1 if quick else 3,
+            checkpoint=checkpoint,
+            data=data,
+        )
     return results
 
 
@@ -140,8 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_out", default="benchmarks/results/latest.json")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--checkpoint", help="backends: a trained model to score each backend on")
+    parser.add_argument("--data", help="backends: the --checkpoint's dataset (folder layout)")
     args = parser.parse_args(argv)
-    results = run(tuple(args.only), quick=args.quick, compile=args.compile)
+    results = run(
+        tuple(args.only),
+        quick=args.quick,
+        compile=args.compile,
+        checkpoint=args.checkpoint,
+        data=args.data,
+    )
     print(format_results(results))
     save_results(results, args.json_out)
     print(f"\nresults written to {args.json_out}")

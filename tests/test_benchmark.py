@@ -227,3 +227,21 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert report[name]["ok"], (name, report[name], result.stderr[-2000:])
     assert report["C_training"]["resume"]["bitwise"]
     assert report["D_speed"]["training"]["2"]["ours_vs_plain"] > 0
+
+
+@pytest.mark.slow
+def test_quick_backends_benchmark(tmp_path, capsys, checkpoint, demo_data):
+    """Every backend and precision timed against the default path, and scored on a trained
+    model (mIoU, agreement with torch fp32, the int8 export's report)."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "backends", "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--data", str(demo_data), "--json", str(out)]) == 0
+    assert "Backends" in capsys.readouterr().out
+    results = json.loads(out.read_text())["backends"]
+    speed = {r["variant"] for r in results["speed"]}
+    assert {"default", "openvino_fp32", "openvino_int8", "onnxruntime_int8"} <= speed
+    scored = [r for r in results["accuracy"] if "miou" in r]
+    assert {r["variant"] for r in scored} >= {"torch_fp32", "openvino_int8"}
+    fp32 = next(r for r in scored if r["variant"] == "torch_fp32")
+    assert fp32["agreement_with_fp32"] == 1.0
