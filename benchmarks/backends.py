@@ -117,10 +117,10 @@ def _openvino_int8_random(tmp: Path, model, calibration: list[np.ndarray]):
     """int8 of a random-init model (speed only): NNCF on random inputs, same float layers."""
     import nncf
 
+    from unet_resnet.accel.fastpath import fold_checked
     from unet_resnet.checkpoint import CheckpointMeta, export_metadata
     from unet_resnet.data import ClassInfo
     from unet_resnet.inference import Segmenter
-    from unet_resnet.inference.fastpath import fold_checked
     from unet_resnet.inference.openvino import OpenVinoModel, convert
     from unet_resnet.quantize import _first_and_last_convolutions
 

@@ -126,7 +126,7 @@ def roofline_seconds(model: torch.nn.Module, size: int, tflops: float, gbps: flo
     from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import flop_registry
 
-    from unet_resnet.inference.fastpath import fold_batchnorm
+    from unet_resnet.accel.fastpath import fold_batchnorm
 
     x = torch.randn(1, model.in_channels, size, size)
     folded = fold_batchnorm(copy.deepcopy(model).eval(), x[..., :64, :64])

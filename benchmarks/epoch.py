@@ -37,7 +37,8 @@ class _EpochClock(L.Callback):
 
 def _isolated_step_seconds(size: int, batch: int, classes: int, reps: int) -> float:
     from benchmarks.training import training_step
-    from unet_resnet.hardware import cpu_has_fast_bf16, keep_freed_memory
+    from unet_resnet.accel.memory import keep_freed_memory
+    from unet_resnet.hardware import cpu_has_fast_bf16
 
     variant = "default_bf16_mixed" if cpu_has_fast_bf16() else "default_fp32"
     step = training_step(variant, size, batch, classes)  # the step as train() runs it

@@ -161,7 +161,7 @@ def _loss_drop(check: Check, precision: str) -> dict[str, float]:
     """30 steps of our training recipe on one fixed batch: the loss's first and last value."""
     import torch.nn.functional as F
 
-    from unet_resnet.training.optim import Adam
+    from unet_resnet.accel.optim import Adam
 
     model = _model(check).to(check.device).to(memory_format=torch.channels_last).train()
     x, y = _fixed_batch(check, check.sizes["image"] // 2, 4)
@@ -379,10 +379,10 @@ def _cli(check: Check, ckpt: str) -> dict[str, int]:
 def _our_step(check: Check, batch: int, size: int):
     """One training step as ``train`` runs it: SegmentationModule's forward (channels_last,
     the batch in the autocast dtype), our fused Adam, our loss, autocast bf16."""
+    from unet_resnet.accel.optim import Adam
     from unet_resnet.checkpoint import CheckpointMeta
     from unet_resnet.data.classes import ClassInfo
     from unet_resnet.training.module import SegmentationModule
-    from unet_resnet.training.optim import Adam
 
     meta = CheckpointMeta(
         model_config={"n_classes": 4, "in_channels": 3, "encoder": check.encoder},

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 
 from benchmarks.common import copy_gbps, in_subprocess, matmul_tflops, timeit
-from unet_resnet.hardware import keep_freed_memory
+from unet_resnet.accel.memory import keep_freed_memory
 
 #: Profiled operator -> the part of a training step it belongs to; operators not listed
 #: (the loss, pooling, framework calls) are "other".

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import in_subprocess, matmul_tflops, peak_rss_mb, timeit
-from unet_resnet.hardware import keep_freed_memory
+from unet_resnet.accel.memory import keep_freed_memory
 
 
 def training_step(variant: str, size: int, batch: int, classes: int = 4) -> Callable[[], None]:
@@ -31,8 +31,8 @@ def training_step(variant: str, size: int, batch: int, classes: int = 4) -> Call
         optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
         autocast = False
     else:
+        from unet_resnet.accel.optim import Adam
         from unet_resnet.training import use_gemm_convolutions
-        from unet_resnet.training.optim import Adam
 
         model = model.to(memory_format=torch.channels_last)
         if variant.startswith("default_"):

@@ -111,13 +111,13 @@ def tiny_config(data, out, **overrides):
 def spy_keep_freed_memory(monkeypatch, module) -> list[bool]:
     """Record the ``enabled`` of every ``keep_freed_memory`` block ``module`` enters (the
     real blocks still run)."""
-    from unet_resnet import hardware
+    from unet_resnet.accel import memory
 
     entered: list[bool] = []
 
     def spy(enabled=True):
         entered.append(enabled)
-        return hardware.keep_freed_memory(enabled)
+        return memory.keep_freed_memory(enabled)
 
     monkeypatch.setattr(module, "keep_freed_memory", spy)
     return entered

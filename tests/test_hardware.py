@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unet_resnet.hardware import _glibc, keep_freed_memory
+from unet_resnet.accel.memory import _glibc, keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_glibc = pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt (Linux) only")
@@ -34,7 +34,7 @@ def _resident_mib() -> float:
 _REUSE_CHECK = """
 import resource, sys
 from tests.test_hardware import _faults_of_repeated_allocations
-from unet_resnet.hardware import keep_freed_memory
+from unet_resnet.accel.memory import keep_freed_memory
 before = _faults_of_repeated_allocations()
 with keep_freed_memory() as active:
     inside = _faults_of_repeated_allocations()
@@ -95,13 +95,13 @@ def test_training_runs_inside_it(monkeypatch, tmp_path):
 
 _NESTED_CHECK = """
 from tests.test_hardware import _faults_of_repeated_allocations
-from unet_resnet import hardware
-with hardware.keep_freed_memory():
-    with hardware.keep_freed_memory():
+from unet_resnet.accel import memory
+with memory.keep_freed_memory():
+    with memory.keep_freed_memory():
         _faults_of_repeated_allocations()
     after_inner = _faults_of_repeated_allocations()  # the outer block still keeps memory
-    depth = hardware._kept_depth
-print(after_inner, depth, hardware._kept_depth)
+    depth = memory._kept_depth
+print(after_inner, depth, memory._kept_depth)
 """
 
 
@@ -114,7 +114,8 @@ def test_blocks_nest_and_only_the_outermost_restores():
 
 
 def test_commands_that_predict_keep_freed_memory(monkeypatch):
-    from unet_resnet import cli, hardware
+    from unet_resnet import cli
+    from unet_resnet.accel import memory
     from unet_resnet.cli.registry import COMMANDS, Command
 
     keeping = {name for name, cmd in COMMANDS.items() if cmd.keeps_freed_memory}
@@ -122,7 +123,7 @@ def test_commands_that_predict_keep_freed_memory(monkeypatch):
     seen = []
 
     def handler(args):
-        seen.append(hardware._kept_depth)
+        seen.append(memory._kept_depth)
         return 0
 
     monkeypatch.setitem(
@@ -132,23 +133,23 @@ def test_commands_that_predict_keep_freed_memory(monkeypatch):
         COMMANDS, "probe-plain", Command("probe-plain", "", handler, lambda p: None)
     )
     assert cli.main(["probe-keeps"]) == 0 and cli.main(["probe-plain"]) == 0
-    assert seen == [1 if hardware._glibc() else 0, 0]
-    assert hardware._kept_depth == 0
+    assert seen == [1 if memory._glibc() else 0, 0]
+    assert memory._kept_depth == 0
 
 
 def test_a_ray_worker_keeps_freed_memory_for_its_life(checkpoint):
-    from unet_resnet import hardware
+    from unet_resnet.accel import memory
     from unet_resnet.inference.scale import _Worker
 
     threads = torch.get_num_threads()
     worker = _Worker([str(checkpoint)], {"device": "cpu"}, threads)
     try:
-        assert worker.kept_memory is (hardware._glibc() is not None)
-        assert hardware._kept_depth == int(worker.kept_memory)
+        assert worker.kept_memory is (memory._glibc() is not None)
+        assert memory._kept_depth == int(worker.kept_memory)
     finally:
         worker._memory.close()
         torch.set_num_threads(threads)  # the worker sets the process's threads
-    assert hardware._kept_depth == 0
+    assert memory._kept_depth == 0
 
 
 # The device-class table: one precision and one set of tricks per class of device --------------

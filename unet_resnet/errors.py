@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "ExportError",
     "ImageReadError",
     "ImageTooLargeError",
     "InputShapeError",
@@ -32,6 +33,11 @@ class ConfigError(UnetResnetError, ValueError):
 
 class DataError(UnetResnetError, ValueError):
     """A dataset file or layout problem; the message names the file and the fix."""
+
+
+class ExportError(UnetResnetError):
+    """An export failed, or its output does not match the eager model (or, for int8, lost
+    more accuracy than allowed)."""
 
 
 class OutputExistsError(UnetResnetError, FileExistsError):

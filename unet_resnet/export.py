@@ -21,19 +21,15 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from unet_resnet.accel.fastpath import fold_checked
 from unet_resnet.checkpoint import export_metadata, load_checkpoint, read_export_metadata
-from unet_resnet.errors import OutputExistsError, UnetResnetError
-from unet_resnet.inference.fastpath import fold_checked
+from unet_resnet.errors import ExportError, OutputExistsError
 from unet_resnet.io import atomic_path
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "read_export_metadata"]
 
 ExportFormat = Literal["onnx", "torchscript"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
-
-
-class ExportError(UnetResnetError):
-    """Export failed or its output does not match the eager model."""
 
 
 @dataclass

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from unet_resnet.accel.fastpath import fold_checked
 from unet_resnet.checkpoint import export_metadata, load_checkpoint
-from unet_resnet.errors import ConfigError, OutputExistsError, UnetResnetError
-from unet_resnet.export import ExportError
-from unet_resnet.inference.fastpath import fold_checked
+from unet_resnet.errors import ConfigError, ExportError, OutputExistsError, UnetResnetError
 from unet_resnet.inference.openvino import (
     IR_FILE,
     METADATA_FILE,

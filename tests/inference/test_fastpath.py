@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unet_resnet import Segmenter
-from unet_resnet.inference import fastpath, onednn
+from unet_resnet.accel import fastpath, onednn
 from unet_resnet.models import UNetWithResnet50Encoder
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="no oneDNN operators")
@@ -148,7 +148,7 @@ def test_real_measurement_explains_the_timings(tmp_path, monkeypatch, capsys):
 def test_the_inference_copy_is_on_its_device_before_any_pass(monkeypatch):
     """The CUDA crash of #29: the folding check ran the CPU copy on an input made on the
     device. Every forward pass prepare_model makes must find the model where its input is."""
-    from unet_resnet.inference import fastpath
+    from unet_resnet.accel import fastpath
 
     devices = []
     model = _model()
@@ -170,7 +170,7 @@ def test_the_inference_copy_is_on_its_device_before_any_pass(monkeypatch):
 def test_fp16_keeps_batchnorm_unfolded_where_folding_leaves_its_range(caplog):
     """A BatchNorm with a tiny running variance folds into weights beyond 65504: in fp16
     they would be inf and every pixel NaN. Such a model is prepared unfolded."""
-    from unet_resnet.inference import fastpath
+    from unet_resnet.accel import fastpath
 
     model = _model()
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from unet_resnet import Segmenter
-from unet_resnet.inference import onednn
-from unet_resnet.inference.fastpath import fold_batchnorm
+from unet_resnet.accel import onednn
+from unet_resnet.accel.fastpath import fold_batchnorm
 from unet_resnet.models import UNetWithResnet50Encoder
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason="no oneDNN in this build")

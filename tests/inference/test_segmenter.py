@@ -12,9 +12,9 @@ from PIL import Image
 
 from tests.data.fixtures import make_geotiff
 from unet_resnet import Segmenter
+from unet_resnet.accel.fastpath import fold_batchnorm
 from unet_resnet.cli import main
 from unet_resnet.errors import InputShapeError
-from unet_resnet.inference.fastpath import fold_batchnorm
 from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.io import to_float_image
 from unet_resnet.models import UNetWithResnet50Encoder
@@ -162,7 +162,7 @@ def test_fold_batchnorm_follows_the_forward_pass_whatever_the_names():
 
 
 def test_conv_readers_sees_through_identities_not_in_place_results():
-    from unet_resnet.inference.trace import conv_readers
+    from unet_resnet.accel.trace import conv_readers
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -388,7 +388,7 @@ def test_tiled_and_file_predictions_keep_freed_memory(monkeypatch, tmp_path):
     """Many tiles (or a file's chunks) reuse each other's memory; one tile has nothing to
     reuse and leaves the allocator alone."""
     from tests.conftest import spy_keep_freed_memory
-    from unet_resnet import hardware
+    from unet_resnet.accel import memory
     from unet_resnet.inference import segmenter as segmenter_module
 
     depths = spy_keep_freed_memory(monkeypatch, segmenter_module)
@@ -404,7 +404,7 @@ def test_tiled_and_file_predictions_keep_freed_memory(monkeypatch, tmp_path):
     Image.fromarray(image).save(tmp_path / "in.png")
     seg.predict_file(tmp_path / "in.png", tmp_path / "out.png")
     assert depths[2] is True  # the whole file, then its (one-tile) image
-    assert (tmp_path / "out.png").is_file() and hardware._kept_depth == 0
+    assert (tmp_path / "out.png").is_file() and memory._kept_depth == 0
 
 
 # Reduced precision that overflows, and TTA views in one batch (#29) ------------------------

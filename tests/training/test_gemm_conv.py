@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_resnet.training import gemm_conv
-from unet_resnet.training.gemm_conv import (
+from unet_resnet.accel import gemm_conv
+from unet_resnet.accel.gemm_conv import (
     GemmConv2d,
     GemmConvTranspose2d,
     gemm_rule,
@@ -228,9 +228,9 @@ def test_under_autocast_the_model_sees_the_autocast_dtype_throughout():
 
 
 def test_a_trained_module_model_gets_the_full_inference_fast_path():
+    from unet_resnet.accel.fastpath import prepare_model
     from unet_resnet.checkpoint import CheckpointMeta
     from unet_resnet.data import ClassInfo
-    from unet_resnet.inference.fastpath import prepare_model
     from unet_resnet.models import UNetWithResnet50Encoder
     from unet_resnet.training import SegmentationModule
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unet_resnet.training.optim import Adam, AdamW
+from unet_resnet.accel.optim import Adam, AdamW
 
 
 def _resumed_steps(cls, *, fused: bool, state_channels_last: bool):

@@ -15,10 +15,11 @@ import warnings
 from collections.abc import Sequence
 
 from unet_resnet._version import __version__
+from unet_resnet.accel.memory import keep_freed_memory
 from unet_resnet.cli import data, demo, models, predict, serve, train  # noqa: F401 (registers)
 from unet_resnet.cli.registry import COMMANDS
 from unet_resnet.errors import UnetResnetError
-from unet_resnet.hardware import device_class, keep_freed_memory
+from unet_resnet.hardware import device_class
 
 __all__ = ["build_parser", "main"]
 

@@ -18,7 +18,7 @@ class Command:
     help: str
     run: Handler
     setup: Setup
-    #: Runs inside :func:`unet_resnet.hardware.keep_freed_memory`: commands that run a model
+    #: Runs inside :func:`unet_resnet.accel.memory.keep_freed_memory`: commands that run a model
     #: over many inputs (each would otherwise page in its activations afresh).
     keeps_freed_memory: bool = False
 

@@ -121,8 +121,8 @@ def _openvino(source: str, device: str, precision: str) -> tuple[Any, Checkpoint
     if _is_ir(source):
         model, metadata = load_openvino_folder(source, precision)
         return model, CheckpointMeta.from_dict(metadata)
+    from unet_resnet.accel.fastpath import fold_checked
     from unet_resnet.checkpoint import export_metadata
-    from unet_resnet.inference.fastpath import fold_checked
 
     torch_model, meta = load_checkpoint(source)
     c = meta.model_config["in_channels"]

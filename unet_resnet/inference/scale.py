@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unet_resnet.accel.memory import keep_freed_memory
 from unet_resnet.errors import ConfigError, UnetResnetError
-from unet_resnet.hardware import device_class, keep_freed_memory
+from unet_resnet.hardware import device_class
 from unet_resnet.inference.files import OutputPaths, PredictPlan, PredictReport
 from unet_resnet.io import atomic_path, remove_partials
 

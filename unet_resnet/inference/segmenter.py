@@ -1,7 +1,7 @@
 """``Segmenter``: arrays in, arrays out, for a trained model on any image size.
 
 It carries what the checkpoint says about the data (classes, normalisation, channel count),
-runs the model through the fast path for the hardware (:mod:`unet_resnet.inference.fastpath`),
+runs the model through the fast path for the hardware (:mod:`unet_resnet.accel.fastpath`),
 tiles images larger than ``tile_size`` and can average test-time augmentations. Reading and
 writing files is :mod:`unet_resnet.inference.files`' job; :meth:`Segmenter.predict_file` is a
 shortcut to it.
@@ -18,18 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from unet_resnet.accel.fastpath import DTYPES, FastPathChoice, PackMode, prepare_model
+from unet_resnet.accel.memory import keep_freed_memory
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import ConfigError, InputShapeError
 from unet_resnet.grid import overlap_pixels
-from unet_resnet.hardware import (
-    PRECISIONS,
-    Precision,
-    device_class,
-    keep_freed_memory,
-    resolve_device,
-)
-from unet_resnet.inference.fastpath import DTYPES, FastPathChoice, PackMode, prepare_model
+from unet_resnet.hardware import PRECISIONS, Precision, device_class, resolve_device
 from unet_resnet.inference.runtime import RuntimeModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
@@ -61,11 +56,11 @@ class Segmenter:
         tta: average predictions over flips (and 90-degree rotations with ``tta_rotations``).
         channels_last, fold_bn, pack_weights: fast-path switches (on by default);
             ``pack_weights`` packs convolution weights for oneDNN once and fuses ReLUs and
-            residual adds on CPUs (see :mod:`unet_resnet.inference.onednn`): ``"auto"``
+            residual adds on CPUs (see :mod:`unet_resnet.accel.onednn`): ``"auto"``
             (default) keeps it only where it is faster on this CPU, ``True`` forces it.
             ``precision="auto"`` and ``pack_weights="auto"`` are decided by timing the
             candidates once per model architecture and CPU (cached; see
-            :mod:`unet_resnet.inference.fastpath`); ``fastpath`` holds the choice.
+            :mod:`unet_resnet.accel.fastpath`); ``fastpath`` holds the choice.
         compile: wrap the model in ``torch.compile`` with Inductor freezing (slow first call;
             on CPUs no faster than the packed default, see docs/performance.md).
         image_dtype: the dtype the model was trained on, for a warning on mismatches.

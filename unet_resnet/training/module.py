@@ -15,14 +15,14 @@ import lightning as L
 import numpy as np
 import torch
 
+from unet_resnet.accel.gemm_conv import use_gemm_convolutions
+from unet_resnet.accel.optim import Adam, AdamW
 from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import UnetResnetError
 from unet_resnet.losses import build_loss
 from unet_resnet.metrics import ThresholdTuner, build_metrics
 from unet_resnet.models import UNetWithResnet50Encoder
 from unet_resnet.task import check_thresholds, get_task
-from unet_resnet.training.gemm_conv import use_gemm_convolutions
-from unet_resnet.training.optim import Adam, AdamW
 
 __all__ = ["SegmentationModule", "TrainingDivergedError"]
 
@@ -52,7 +52,7 @@ class SegmentationModule(L.LightningModule):
         freeze_encoder_epochs: epochs to train the decoder only before unfreezing.
         channels_last: NHWC memory format, faster for convolutions on CPU and tensor cores.
         gemm_convolutions: on CPU, the layers oneDNN trains slowly run as matrix products
-            (:mod:`unet_resnet.training.gemm_conv`); weights and state-dict keys unchanged.
+            (:mod:`unet_resnet.accel.gemm_conv`); weights and state-dict keys unchanged.
     """
 
     def __init__(
@@ -227,7 +227,7 @@ class SegmentationModule(L.LightningModule):
         params = self.model.parameters()
         # Fused Adam updates every parameter in one kernel: half the step time of the default
         # per-parameter loop for this 148M-parameter model on a CPU; ours feeds it the
-        # channels_last weights without copies (unet_resnet.training.optim).
+        # channels_last weights without copies (unet_resnet.accel.optim).
         match hp.optimizer:
             case "adam":
                 optimizer = Adam(params, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)

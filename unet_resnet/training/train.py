@@ -22,13 +22,13 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.strategies import DDPStrategy
 
+from unet_resnet.accel.memory import keep_freed_memory
 from unet_resnet.checkpoint import CheckpointMeta
 from unet_resnet.errors import ConfigError, OutputExistsError
 from unet_resnet.hardware import (
     PRECISION_ALIASES,
     configure_device,
     device_class,
-    keep_freed_memory,
     resolve_train_precision,
     training_device,
 )

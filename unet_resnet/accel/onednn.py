@@ -344,7 +344,7 @@ def _fuse_traced_activations(model: nn.Module, example: torch.Tensor) -> None:
     """Fuse each activation module that a forward pass shows to be the one reader of a
     convolution's output (timm's blocks: ``conv_pw`` then ``bn1.act`` once BatchNorms are
     folded), whatever the modules are called."""
-    from unet_resnet.inference.trace import conv_readers
+    from unet_resnet.accel.trace import conv_readers
 
     for conv_name, reader_name in conv_readers(model, example):
         conv, reader = model.get_submodule(conv_name), model.get_submodule(reader_name)
@@ -359,7 +359,7 @@ def _fuse_traced_activations(model: nn.Module, example: torch.Tensor) -> None:
 
 def pack_for_cpu(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
     """Replace, in place, every convolution of an eval-mode model whose BatchNorms are folded
-    (see :func:`~unet_resnet.inference.fastpath.fold_batchnorm`) by its packed version, with
+    (see :func:`~unet_resnet.accel.fastpath.fold_batchnorm`) by its packed version, with
     ReLUs and residual adds fused; given an ``example`` input, also every activation that a
     forward pass shows to follow a convolution. Weights must already have their final dtype and
     device. Layers hold both weights until :func:`settle` (or :func:`choose_per_layer`)."""
@@ -406,7 +406,7 @@ def choose_per_layer(model: nn.Module, example: torch.Tensor) -> list[str]:
     return the names left plain. Packed kernels lose on some shapes: a 1x1 convolution on the
     1x1 map of a squeeze-excite gate takes 2.7 ms packed against 0.1 ms plain on AMX, and
     convolutions with few channels at full resolution about 2x."""
-    from unet_resnet.inference.trace import forward_with_hooks
+    from unet_resnet.accel.trace import forward_with_hooks
 
     inputs: dict[str, tuple[tuple, dict]] = {}
     handles = []

@@ -1,7 +1,7 @@
 """Model surgery for fast inference, chosen by measurement on the machine it runs on.
 
 The inference copy of a model is Conv+BN folded, cast to reduced-precision weights, laid out
-channels_last and, on CPUs, optionally oneDNN-packed (:mod:`unet_resnet.inference.onednn`).
+channels_last and, on CPUs, optionally oneDNN-packed (:mod:`unet_resnet.accel.onednn`).
 Which combination is fastest depends on the CPU: packed bf16 kernels win on Intel CPUs with
 AMX and lose to plain convolutions on CPUs without it (AVX-512 BF16 only); bf16 loses to fp32
 where oneDNN has no native bf16 units. So where a choice is left open (``precision="auto"``,
@@ -126,7 +126,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
         return model.get_submodule(parent), child
 
     if example is not None:
-        from unet_resnet.inference.trace import conv_readers
+        from unet_resnet.accel.trace import conv_readers
 
         for conv, reader in conv_readers(model, example):
             fold(*split(conv), *split(reader))
@@ -169,7 +169,7 @@ def _inference_copy(model: nn.Module, device: torch.device) -> nn.Module:
     there, on inputs made there."""
     base = copy.deepcopy(model).eval().to(device)
     for module in base.modules():
-        # A training-only layer class (training/gemm_conv.py) names the plain class it computes
+        # A training-only layer class (accel/gemm_conv.py) names the plain class it computes
         # like; folding and packing recognise that one.
         plain = getattr(type(module), "inference_class", None)
         if plain is not None:
@@ -198,7 +198,7 @@ def _build(
         model = model.to(memory_format=torch.channels_last)
     if not pack:
         return model, False
-    from unet_resnet.inference.onednn import pack_checked
+    from unet_resnet.accel.onednn import pack_checked
 
     dtype = DTYPES[precision]
     return pack_checked(
@@ -223,7 +223,7 @@ def _seconds(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
 def _architecture_key(model: nn.Module, candidates: Sequence[tuple[str, bool]], device) -> str:
     """Cache key: the model's layer types and parameter shapes (not its values), the
     candidates, the device, the CPU signature and what packing covers."""
-    from unet_resnet.inference import onednn
+    from unet_resnet.accel import onednn
 
     layers = [(name, type(m).__name__) for name, m in model.named_modules()]
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
@@ -316,7 +316,7 @@ def prepare_model(
     against the unpacked model on a random input (:func:`onednn.pack_checked`) and dropped with
     a warning if they differ.
     """
-    from unet_resnet.inference import onednn
+    from unet_resnet.accel import onednn
 
     base = _inference_copy(model, device)
     generator = torch.Generator().manual_seed(0)
@@ -393,7 +393,7 @@ def prepare_model(
         f"fastest of {len(timings)} candidates timed on a {size}x{size} input on this CPU "
         f"({cpu_signature()['model']})"
     )
-    from unet_resnet.inference.onednn import plain_layers
+    from unet_resnet.accel.onednn import plain_layers
 
     choice = FastPathChoice(prec, packed, "measured", timings, reason, plain_layers(chosen))
     _cache_write(key, asdict(choice))
