@@ -45,7 +45,7 @@ FOLDER = {
     "freeze_encoder_epochs": 1,
     "epochs": 2,
     "batch_size": 2,
-    "lr": 0.01,
+    "lr": 0.003,  # 0.01 diverged once in bf16 when the encoder unfroze (suite order-dependent)
     "optimizer": "sgd",
     "weight_decay": 1e-4,
     "momentum": 0.8,
