@@ -140,7 +140,7 @@ def backend_accuracy(checkpoint: str, data: str, split: str = "val") -> list[dic
     int8 rows calibrated on the training split."""
     from unet_resnet.data.layouts import SplitOptions, open_split
     from unet_resnet.inference import Segmenter
-    from unet_resnet.quantize import _normalised, _spread, export_openvino
+    from unet_resnet.quantize import _normalised, _spread, compare, export_openvino
 
     reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
     options = SplitOptions().for_checkpoint(
@@ -161,25 +161,12 @@ def backend_accuracy(checkpoint: str, data: str, split: str = "val") -> list[dic
             checkpoint, tmp / "ir8", precision="int8", calibration=data, max_drop=100
         )
         variants["openvino_int8"] = Segmenter.from_checkpoint(ir)
-        n, ignore = reference.classes.num_classes, reference.classes.ignore_index
+        samples = [val.load(i) for i in range(len(val))]
         for name, segmenter in variants.items():
-            confusion = np.zeros((n, n), np.int64)
-            agree = total = 0
-            for i in range(len(val)):
-                image, mask = val.load(i)
-                pred, ref = segmenter.predict(image), reference.predict(image)
-                keep = mask != ignore
-                confusion += np.bincount(
-                    mask[keep].astype(np.int64) * n + pred[keep], minlength=n * n
-                ).reshape(n, n)
-                agree, total = agree + int((pred == ref).sum()), total + pred.size
-            tp = np.diag(confusion)
-            union = confusion.sum(0) + confusion.sum(1) - tp
-            iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+            scores = compare(reference, segmenter, samples, reference.classes)
             rows.append({
-                "variant": name,
-                "miou": float(np.nanmean(iou)), "agreement_with_fp32": agree / total,
-                "images": len(val),
+                "variant": name, "miou": scores["miou"],
+                "agreement_with_fp32": scores["pixel_agreement"], "images": len(samples),
             })  # fmt: skip
         rows.append({"variant": "openvino_int8 (export report)", "report": report.summary()})
     return rows

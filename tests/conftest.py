@@ -121,3 +121,29 @@ def spy_keep_freed_memory(monkeypatch, module) -> list[bool]:
 
     monkeypatch.setattr(module, "keep_freed_memory", spy)
     return entered
+
+
+_OWN_PROCESS_ENV = "UNET_RESNET_TEST_OWN_PROCESS"
+
+
+def elsewhere(request) -> bool:
+    """Run the calling test again in a pytest process of its own; True in the caller, which
+    then returns (the child's result is asserted here), False in that child, which runs the
+    body. For tests whose outcome depended on what the suite's long process ran before them
+    (say so where it is used)."""
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get(_OWN_PROCESS_ENV) == request.node.nodeid:
+        return False
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
+         request.node.nodeid],
+        cwd=root, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, _OWN_PROCESS_ENV: request.node.nodeid},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
+    return True

@@ -130,3 +130,29 @@ def test_onnx_runtime_providers_follow_the_device(monkeypatch):
         ("CUDAExecutionProvider", {"device_id": 1}),
         "CPUExecutionProvider",
     ]
+
+
+def test_an_onnx_file_on_a_gpu_machine_without_onnxruntime_gpu_runs_on_the_cpu(
+    tmp_path, monkeypatch
+):
+    """--device auto (the CLI's default) on a machine with a GPU but plain onnxruntime: the
+    CPU, not an error; an explicit --device cuda still says which package it needs."""
+    import onnxruntime as ort
+
+    from unet_resnet import hardware
+    from unet_resnet.errors import ConfigError
+    from unet_resnet.inference.onnx import onnx_device
+
+    ckpt, _ = _checkpoint(tmp_path, "resnet18")
+    export_model(ckpt, tmp_path / "m.onnx")
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    segmenter = Segmenter.from_checkpoint(tmp_path / "m.onnx", device="auto")
+    assert segmenter.device.type == "cpu" and segmenter.model.device.type == "cpu"
+    assert segmenter.predict(np.zeros((40, 40, 3), np.uint8)).shape == (40, 40)
+    with pytest.raises(ConfigError, match="onnxruntime-gpu"):
+        Segmenter.from_checkpoint(tmp_path / "m.onnx", device="cuda")
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert onnx_device("auto").type == "cuda"

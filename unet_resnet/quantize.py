@@ -37,7 +37,7 @@ from unet_resnet.inference.openvino import (
 )
 from unet_resnet.io import to_float_image
 
-__all__ = ["QuantizationReport", "export_openvino"]
+__all__ = ["QuantizationReport", "compare", "export_openvino"]
 
 #: Calibration and validation images are centre-cropped to at most this side (statistics need
 #: representative content, not whole scenes in memory).
@@ -145,29 +145,32 @@ def _iou(confusion: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / union, np.nan)
 
 
-def _score(float_seg, int8_seg, samples, classes) -> dict[str, Any]:
+def compare(reference, candidate, samples, classes) -> dict[str, Any]:
+    """Two segmenters on labelled ``(image, mask)`` samples: the mIoU of each
+    (``reference_miou``, ``miou``), their pixel agreement, and per class the IoU of each and
+    its change (``reference``, ``candidate``, ``change``; None for a class absent from both)."""
     n, ignore = classes.num_classes, classes.ignore_index
-    conf_f = np.zeros((n, n), np.int64)
-    conf_q = np.zeros((n, n), np.int64)
+    conf_r = np.zeros((n, n), np.int64)
+    conf_c = np.zeros((n, n), np.int64)
     agree = total = 0
     for image, mask in samples:
-        pf, pq = float_seg.predict(image), int8_seg.predict(image)
-        conf_f += _confusion(pf, mask, n, ignore)
-        conf_q += _confusion(pq, mask, n, ignore)
-        agree += int((pf == pq).sum())
-        total += pf.size
-    iou_f, iou_q = _iou(conf_f), _iou(conf_q)
+        pr, pc = reference.predict(image), candidate.predict(image)
+        conf_r += _confusion(pr, mask, n, ignore)
+        conf_c += _confusion(pc, mask, n, ignore)
+        agree += int((pr == pc).sum())
+        total += pr.size
+    iou_r, iou_c = _iou(conf_r), _iou(conf_c)
     per_class = {
         name: {
-            "float": None if np.isnan(f) else float(f),
-            "int8": None if np.isnan(q) else float(q),
-            "change": None if np.isnan(f) or np.isnan(q) else float(q - f),
+            "reference": None if np.isnan(r) else float(r),
+            "candidate": None if np.isnan(c) else float(c),
+            "change": None if np.isnan(r) or np.isnan(c) else float(c - r),
         }
-        for name, f, q in zip(classes.names, iou_f, iou_q, strict=True)
+        for name, r, c in zip(classes.names, iou_r, iou_c, strict=True)
     }
     return {
-        "float_miou": float(np.nanmean(iou_f)),
-        "int8_miou": float(np.nanmean(iou_q)),
+        "reference_miou": float(np.nanmean(iou_r)),
+        "miou": float(np.nanmean(iou_c)),
         "pixel_agreement": agree / max(total, 1),
         "per_class": per_class,
     }
@@ -306,7 +309,16 @@ def _quantize(
             classes=meta.classes, mean=mean, std=std, device="cpu",
             image_dtype=meta.image_dtype, task=meta.task,
         )  # fmt: skip
-        return _score(reference, candidate, samples, meta.classes)
+        scores = compare(reference, candidate, samples, meta.classes)
+        return {  # in the report's words: float is the reference, int8 the candidate
+            "float_miou": scores["reference_miou"],
+            "int8_miou": scores["miou"],
+            "pixel_agreement": scores["pixel_agreement"],
+            "per_class": {
+                name: {"float": v["reference"], "int8": v["candidate"], "change": v["change"]}
+                for name, v in scores["per_class"].items()
+            },
+        }
 
     scores = scored(quantized)
     used_control = False

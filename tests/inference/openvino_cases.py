@@ -157,3 +157,16 @@ def test_backends_are_chosen_by_what_they_load_and_refuse_what_they_cannot(
         choose_backend(checkpoint, "tensorrt")
     with pytest.raises(ConfigError, match="openvino backend runs in fp32, bf16, int8"):
         Segmenter.from_checkpoint(float_ir, precision="fp16")
+
+
+def test_an_ir_folder_on_a_gpu_machine_runs_on_the_cpu(float_ir, monkeypatch, demo_data):
+    """OpenVINO runs on the CPU: --device auto (the CLI's default) on a machine with a GPU
+    takes the CPU instead of refusing; an explicit --device cuda is one clear error."""
+    from unet_resnet import hardware
+
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
+    segmenter = Segmenter.from_checkpoint(float_ir, device="auto")
+    assert segmenter.device.type == "cpu"
+    assert segmenter.predict(_images(demo_data, 1)[0]).shape == (64, 64)
+    with pytest.raises(ConfigError, match="runs on the CPU, not --device cuda"):
+        Segmenter.from_checkpoint(float_ir, device="cuda")

@@ -30,12 +30,13 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "backend_names",
+    "check_precision",
     "choose_backend",
     "register_backend",
 ]
 
-#: build(source, device, precision) -> (model, metadata, precision it runs in or None when the
-#: Segmenter decides it: the torch fast path)
+#: build(source, device, precision) -> (the model, the checkpoint's metadata); a model another
+#: runtime runs is a RuntimeModel, which says its precision and device itself
 Builder = Callable[[str, str, str], tuple[nn.Module, CheckpointMeta]]
 
 
@@ -116,8 +117,11 @@ def _openvino(source: str, device: str, precision: str) -> tuple[Any, Checkpoint
     from unet_resnet.hardware import cpu_has_fast_bf16, resolve_device
     from unet_resnet.inference.openvino import OpenVinoModel, convert, load_openvino_folder
 
-    if resolve_device(device).type != "cpu":
-        raise ConfigError("The OpenVINO backend runs on the CPU: pass --device cpu.")
+    if device != "auto" and resolve_device(device).type != "cpu":
+        raise ConfigError(
+            f"The OpenVINO backend runs on the CPU, not --device {device}: pass --device cpu "
+            "(or auto), or --backend torch for the GPU."
+        )
     if _is_ir(source):
         model, metadata = load_openvino_folder(source, precision)
         return model, CheckpointMeta.from_dict(metadata)

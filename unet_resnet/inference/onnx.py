@@ -9,7 +9,7 @@ import torch
 
 from unet_resnet.inference.runtime import RuntimeModel
 
-__all__ = ["OnnxModel", "providers_for"]
+__all__ = ["OnnxModel", "onnx_device", "providers_for"]
 
 
 def providers_for(device: str | torch.device) -> list[str]:
@@ -31,6 +31,20 @@ def providers_for(device: str | torch.device) -> list[str]:
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
+def onnx_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA where there is a GPU *and* ONNX Runtime has its CUDA provider
+    (onnxruntime-gpu), else the CPU; anything else as given."""
+    from unet_resnet.hardware import resolve_device
+
+    if device == "auto":
+        import onnxruntime as ort
+
+        gpu = resolve_device("auto").type == "cuda"
+        cuda = gpu and "CUDAExecutionProvider" in ort.get_available_providers()
+        return torch.device("cuda" if cuda else "cpu")
+    return resolve_device(device)
+
+
 class OnnxModel(RuntimeModel):
     """An exported ONNX file run by ONNX Runtime, callable like the PyTorch model (fp32)."""
 
@@ -47,9 +61,10 @@ class OnnxModel(RuntimeModel):
         super().__init__(metadata)
         import onnxruntime as ort
 
+        self.device = onnx_device(device)
         options = ort.SessionOptions()
         self.session = ort.InferenceSession(
-            str(path), options, providers=providers or providers_for(device)
+            str(path), options, providers=providers or providers_for(self.device)
         )
         self.input_name = self.session.get_inputs()[0].name
 

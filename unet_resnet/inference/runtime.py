@@ -26,6 +26,8 @@ class RuntimeModel(nn.Module):
     precision: str = "fp32"
     #: the backend's name in :data:`~unet_resnet.inference.backends.BACKENDS`
     backend: str = ""
+    #: where the runtime runs (the Segmenter then works there too)
+    device: torch.device = torch.device("cpu")
 
     def __init__(self, metadata: dict) -> None:
         super().__init__()

@@ -237,7 +237,7 @@ class Segmenter:
             classes=meta.classes,
             mean=meta.mean,
             std=meta.std,
-            device=device,
+            device=str(model.device) if runtime else device,
             precision="auto" if runtime else precision,
             image_dtype=meta.image_dtype,
             volume=meta.volume,
