@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from unet_resnet.cli.common import build_segmenter, segmenter_arguments
 from unet_resnet.cli.registry import command
@@ -29,6 +30,23 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-connections", type=int, default=64, help="open connections before 503"
     )
+    parser.add_argument(
+        "--model-name",
+        default="unet-resnet",
+        help="the model's name in the Open Inference Protocol routes (/v2/models/NAME)",
+    )
+    parser.add_argument(
+        "--label-studio-root",
+        default=None,
+        metavar="DIR",
+        help="Label Studio backend: task images may be files under DIR (never outside it)",
+    )
+    parser.add_argument(
+        "--label-studio-max-tasks",
+        type=int,
+        default=64,
+        help="Label Studio backend: tasks in one predict call",
+    )
 
 
 @command(
@@ -41,12 +59,23 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
+        from unet_resnet.integrations.label_studio import LabelStudioSettings
         from unet_resnet.serve import create_app
     except ImportError:
         raise UnetResnetError(
             "Serving needs the serve extra: pip install 'unet-resnet[serve]'."
         ) from None
+    if args.label_studio_root is not None and not Path(args.label_studio_root).is_dir():
+        raise UnetResnetError(
+            f"--label-studio-root {args.label_studio_root}: no such folder; name the folder "
+            "that holds the task images."
+        )
     segmenter = build_segmenter(args)
+    label_studio = LabelStudioSettings.from_env(
+        root=args.label_studio_root,
+        max_tasks=args.label_studio_max_tasks,
+        model_version="unet-resnet-" + "+".join(Path(c).stem for c in args.checkpoint),
+    )
     app = create_app(
         segmenter,
         max_upload_mb=args.max_upload_mb,
@@ -55,8 +84,13 @@ def serve_command(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_decoded_mb=args.max_decoded_mb,
         body_timeout_s=args.body_timeout,
+        model_name=args.model_name,
+        label_studio_settings=label_studio,
     )
-    print(f"serving {' + '.join(args.checkpoint)} on http://{args.host}:{args.port}/")
+    url = f"http://{args.host}:{args.port}"
+    print(f"serving {' + '.join(args.checkpoint)} on {url}/")
+    print(f"  Open Inference Protocol: {url}/v2/models/{args.model_name}")
+    print(f"  Label Studio ML backend: {url}/label-studio")
     uvicorn.run(
         app,
         host=args.host,

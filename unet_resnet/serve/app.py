@@ -8,13 +8,10 @@ says what was wrong, and the service keeps working for the next request.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import io
 import math
-from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from importlib import resources
 from typing import Any, Literal
 
@@ -25,57 +22,23 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from unet_resnet._version import __version__
-from unet_resnet.errors import (
-    ConfigError,
-    ImageReadError,
-    ImageTooLargeError,
-    InputShapeError,
-    NotAnImageError,
-    UnetResnetError,
-)
+from unet_resnet.errors import ConfigError
 from unet_resnet.inference import Segmenter
-from unet_resnet.io import decode_image_bytes
+from unet_resnet.integrations.label_studio import LabelStudioSettings
+from unet_resnet.serve import label_studio, oip
+from unet_resnet.serve.service import (
+    STATUS_FOR_ERROR,
+    HTTPProblem,
+    Limits,
+    Service,
+    error_responses,
+    status_for,
+)
 from unet_resnet.visualize import colorize, overlay
 
-__all__ = ["create_app"]
+__all__ = ["STATUS_FOR_ERROR", "create_app", "status_for"]
 
 FORMATS = ("png", "json", "overlay")
-
-#: The one place an error type becomes an HTTP status (most specific type first).
-STATUS_FOR_ERROR: tuple[tuple[type[UnetResnetError], int], ...] = (
-    (ImageTooLargeError, 413),
-    (NotAnImageError, 415),
-    (ImageReadError, 400),
-    (InputShapeError, 422),
-    (UnetResnetError, 400),
-)
-
-
-def status_for(exc: UnetResnetError) -> int:
-    """The HTTP status of a user-fixable error, by its type."""
-    return next(status for kind, status in STATUS_FOR_ERROR if isinstance(exc, kind))
-
-
-def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
-    """OpenAPI entries for the errors a route answers with: ``{"error": message}``."""
-    schema = {
-        "type": "object",
-        "properties": {"error": {"type": "string"}},
-        "required": ["error"],
-    }
-    return {
-        status: {
-            "description": HTTPStatus(status).phrase,
-            "content": {"application/json": {"schema": schema}},
-        }
-        for status in statuses
-    }
-
-
-class HTTPProblem(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
 
 
 def _png(image: Image.Image) -> bytes:
@@ -93,6 +56,8 @@ def create_app(
     queue_size: int = 8,
     max_decoded_mb: float | None = None,
     body_timeout_s: float = 30.0,
+    model_name: str = oip.DEFAULT_MODEL_NAME,
+    label_studio_settings: LabelStudioSettings | None = None,
 ) -> FastAPI:
     """Build the FastAPI app around a loaded :class:`Segmenter`.
 
@@ -100,36 +65,32 @@ def create_app(
     counted while it streams; ``max_pixels`` and ``max_decoded_mb`` (default: 16 bytes per
     allowed pixel) for the decoded image, both checked from the header before decoding;
     ``body_timeout_s`` for the whole body to arrive; ``workers + queue_size`` requests
-    predicted or waiting, beyond that 503.
+    predicted or waiting, beyond that 503. The same limits hold on every route: our own
+    (``/predict``), the Open Inference Protocol v2 (``/v2/...``, the model called
+    ``model_name``) and the Label Studio ML backend (``/label-studio/...``, configured by
+    ``label_studio_settings``).
     """
     if segmenter.task.overlapping:
         raise ConfigError(
             "The service returns one class per pixel; this is a multilabel model (overlapping "
             "classes). Use `unet-resnet predict` (a band per class) or Segmenter.predict_proba."
         )
-    pool: dict[str, ThreadPoolExecutor] = {}
-
-    def executor() -> ThreadPoolExecutor:
-        # One pool per app lifetime: a server (or test client) that starts the app again after
-        # a shutdown gets a fresh pool instead of one that refuses work.
-        if "pool" not in pool:
-            pool["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict")
-        return pool["pool"]
+    limits = Limits(
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        max_decoded_mb=max_decoded_mb,
+        body_timeout_s=body_timeout_s,
+        workers=workers,
+        queue_size=queue_size,
+    )
+    service = Service(segmenter, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
-        if "pool" in pool:
-            pool.pop("pool").shutdown(wait=False, cancel_futures=True)
+        service.shutdown()
 
     app = FastAPI(title="unet-resnet", version=__version__, lifespan=lifespan)
-    capacity = workers + queue_size
-    state = {"in_flight": 0}
-    max_bytes = int(max_upload_mb * 1024 * 1024)
-    max_body = max_bytes + 64 * 1024  # multipart framing around the file
-    max_decoded_bytes = int(
-        max_decoded_mb * 2**20 if max_decoded_mb is not None else 16 * max_pixels
-    )
     classes = segmenter.classes
     static = resources.files("unet_resnet.serve") / "static"
 
@@ -148,7 +109,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "in_flight": state["in_flight"], "capacity": capacity}
+        return {"status": "ok", "in_flight": service.in_flight, "capacity": limits.capacity}
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
@@ -163,14 +124,7 @@ def create_app(
             "model_config": segmenter.config,
             "device": str(segmenter.device),
             "precision": segmenter.precision,
-            "limits": {
-                "max_upload_mb": max_upload_mb,
-                "max_pixels": max_pixels,
-                "max_decoded_mb": max_decoded_bytes / 2**20,
-                "body_timeout_s": body_timeout_s,
-                "workers": workers,
-                "queue_size": queue_size,
-            },
+            "limits": limits.describe(),
         }
 
     @app.get("/", response_class=HTMLResponse)
@@ -185,27 +139,8 @@ def create_app(
             raise HTTPProblem(404, f"No static file {name!r}.")
         return Response((static / name).read_bytes(), media_type=types[suffix])
 
-    async def read_body(request: Request) -> bytes:
-        """The request body, counted while it streams: cut off at the limit whatever the
-        transfer encoding (Content-Length, chunked) and whether raw or multipart."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            raise HTTPProblem(413, f"Upload of {int(length)} bytes is over {max_upload_mb} MB.")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise HTTPProblem(413, f"Upload is over {max_upload_mb} MB (stopped reading).")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def read_upload(request: Request) -> bytes:
-        try:
-            body = await asyncio.wait_for(read_body(request), timeout=body_timeout_s)
-        except TimeoutError:
-            raise HTTPProblem(
-                408, f"The upload did not arrive within {body_timeout_s:g} s; send it faster."
-            ) from None
+        body = await service.read_body(request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             # The form is parsed from the bounded body already read, never from the socket.
             request._body = body
@@ -219,7 +154,7 @@ def create_app(
             data = await upload.read()
         else:
             data = body
-        if len(data) > max_bytes:
+        if len(data) > limits.max_bytes:
             raise HTTPProblem(413, f"Upload of {len(data)} bytes is over {max_upload_mb} MB.")
         if not data:
             raise HTTPProblem(
@@ -230,7 +165,7 @@ def create_app(
         return data
 
     def run(data: bytes, tta: bool, tile_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-        image = decode_image_bytes(data, max_pixels=max_pixels, max_bytes=max_decoded_bytes)
+        image = service.decode(data)
         return image, segmenter.predict(image, tta=tta, tile_size=tile_size)
 
     @app.post(
@@ -273,19 +208,7 @@ def create_app(
         # A request takes an inference slot only once its body has arrived: slow uploads
         # cannot lock the service (they time out on their own, see body_timeout_s).
         data = await read_upload(request)
-        if state["in_flight"] >= capacity:
-            raise HTTPProblem(503, "The server is busy; retry shortly.", {"Retry-After": "1"})
-        state["in_flight"] += 1
-        try:
-            loop = asyncio.get_running_loop()
-            try:
-                image, labels = await loop.run_in_executor(
-                    executor(), run, data, tta or segmenter.tta, tile_size
-                )
-            except UnetResnetError as exc:
-                raise HTTPProblem(status_for(exc), str(exc)) from None
-        finally:
-            state["in_flight"] -= 1
+        image, labels = await service.run(run, data, tta or segmenter.tta, tile_size)
         return _respond(image, labels, format, alpha, mask)
 
     def _respond(image, labels, format, alpha, with_mask) -> Response:
@@ -326,4 +249,6 @@ def create_app(
             body["mask_png"] = base64.b64encode(_png(Image.fromarray(rgba, "RGBA"))).decode()
         return JSONResponse(body)
 
+    oip.add_routes(app, service, model_name)
+    label_studio.add_routes(app, service, label_studio_settings or LabelStudioSettings())
     return app

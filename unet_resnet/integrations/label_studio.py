@@ -1,0 +1,384 @@
+"""Label Studio's ML-backend protocol, without the HTTP part (that is ``serve/label_studio.py``).
+
+- :func:`parse_config`: which ``<Image>`` the project labels and with which
+  ``<BrushLabels>`` / ``<PolygonLabels>`` controls and label values;
+  :func:`match_classes` pairs them with the checkpoint's classes by name (one clear error
+  naming both sets when none match).
+- :func:`encode_rle`: a mask in Label Studio's brush RLE (the format its brush tool and
+  ``label_studio_sdk.converter.brush.decode_rle`` read: RGBA bytes, run-length coded with
+  8-bit words and run sizes of 3, 4, 8 and 16 bits), vectorised.
+- :func:`task_prediction`: one task's pre-annotation (brush masks and/or polygons, a score).
+- :class:`ImageFetcher`: a task's image from Label Studio itself (uploads, local-files
+  storage, cloud storage through its presign endpoint; token from ``LABEL_STUDIO_API_KEY``
+  or from the project's setup call), from http(s) URLs, from ``data:`` URLs, or from files
+  under a root you name (never outside it), within the service's byte limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_resnet.errors import ImageReadError, UnetResnetError
+from unet_resnet.integrations.shapes import region_polygons
+
+__all__ = [
+    "CONTROL_TYPES",
+    "ImageFetcher",
+    "LabelConfig",
+    "LabelStudioError",
+    "LabelStudioSettings",
+    "encode_rle",
+    "match_classes",
+    "parse_config",
+    "task_prediction",
+]
+
+#: Label Studio control tags we can pre-annotate -> the result ``type`` (and value key).
+CONTROL_TYPES = {"brushlabels": "brushlabels", "polygonlabels": "polygonlabels"}
+
+
+class LabelStudioError(UnetResnetError, ValueError):
+    """A labeling config, task or image source we cannot serve (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str  # from_name
+    to_name: str
+    kind: str  # brushlabels | polygonlabels
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    image_name: str  # to_name
+    image_key: str  # the task data key ($image -> image)
+    controls: tuple[Control, ...]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v for c in self.controls for v in c.labels))
+
+
+def parse_config(xml: str) -> LabelConfig:
+    """The image and the brush/polygon controls of a labeling config (its XML)."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelStudioError(
+            "The project has no labeling config (empty 'schema'/'label_config')."
+        )
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise LabelStudioError(f"The labeling config is not valid XML: {exc}.") from None
+    images = {
+        el.get("name"): el.get("value", "")
+        for el in root.iter()
+        if el.tag.lower() == "image" and el.get("name")
+    }
+    if not images:
+        raise LabelStudioError(
+            'The labeling config names no <Image name="..." value="$..."/>: this backend '
+            "segments images."
+        )
+    controls = []
+    for el in root.iter():
+        kind = CONTROL_TYPES.get(el.tag.lower())
+        if kind is None or el.get("toName") not in images:
+            continue
+        values = tuple(
+            label.get("value")
+            for label in el
+            if label.tag.lower() == "label" and label.get("value")
+        )
+        controls.append(Control(el.get("name", kind), el.get("toName"), kind, values))
+    if not controls:
+        raise LabelStudioError(
+            "The labeling config has no <BrushLabels> or <PolygonLabels> on its image; add one "
+            "whose <Label value> names are the model's classes."
+        )
+    image_name = controls[0].to_name
+    value = images[image_name]
+    if not value.startswith("$") or len(value) < 2:
+        raise LabelStudioError(
+            f'<Image name="{image_name}"> needs value="$key" naming the task field with the image.'
+        )
+    controls = [c for c in controls if c.to_name == image_name]
+    return LabelConfig(image_name, value[1:], tuple(controls))
+
+
+def match_classes(config: LabelConfig, class_names: list[str] | tuple[str, ...]) -> dict[int, str]:
+    """Class index -> label value for the classes the project labels (by name, then
+    case-insensitively). Background (index 0) is never pre-annotated."""
+    exact = {v: v for v in config.labels}
+    folded = {v.casefold(): v for v in config.labels}
+    mapping = {}
+    for index, name in enumerate(class_names):
+        if index == 0:
+            continue
+        value = exact.get(name) or folded.get(name.casefold())
+        if value is not None:
+            mapping[index] = value
+    if not mapping:
+        raise LabelStudioError(
+            f"The labeling config's labels {sorted(config.labels)} share no name with the "
+            f"checkpoint's classes {list(class_names[1:])} (background left out). Rename the "
+            "<Label value> entries to the class names."
+        )
+    return mapping
+
+
+# -- brush RLE -------------------------------------------------------------------------------
+_RUN_BITS = (3, 4, 8, 16)  # Label Studio's run-length field sizes, by a 2-bit index
+_MAX_RUN = 1 << _RUN_BITS[-1]
+
+
+def encode_rle(mask: np.ndarray) -> list[int]:
+    """A boolean ``H x W`` mask in Label Studio's brush RLE (RGBA, 255 where the mask is)."""
+    values = np.where(np.asarray(mask, dtype=bool).reshape(-1), 255, 0).astype(np.int64)
+    if values.size == 0:
+        raise LabelStudioError("Cannot encode an empty mask.")
+    starts = np.concatenate([[0], np.flatnonzero(values[1:] != values[:-1]) + 1])
+    lengths = np.diff(np.concatenate([starts, [values.size]])) * 4  # 4 channels per pixel
+    # runs longer than the largest field are split in pieces of _MAX_RUN
+    pieces = -(-lengths // _MAX_RUN)
+    piece_values = np.repeat(values[starts], pieces)
+    piece_lengths = np.full(piece_values.size, _MAX_RUN, dtype=np.int64)
+    piece_lengths[np.cumsum(pieces) - 1] = lengths - (pieces - 1) * _MAX_RUN
+    index = np.searchsorted(1 << np.asarray(_RUN_BITS), piece_lengths)  # smallest field
+    widths = np.asarray(_RUN_BITS)[index]
+    # each piece: 1 (a run), its 2-bit size index, length - 1, the 8-bit value
+    field_values = np.stack(
+        [np.ones_like(index), index, piece_lengths - 1, piece_values], axis=1
+    ).reshape(-1)
+    field_widths = np.stack(
+        [np.ones_like(index), np.full_like(index, 2), widths, np.full_like(index, 8)], axis=1
+    ).reshape(-1)
+    header_values = np.asarray([values.size * 4, 8 - 1, *(b - 1 for b in _RUN_BITS)])
+    header_widths = np.asarray([32, 5, 4, 4, 4, 4])
+    field_values = np.concatenate([header_values, field_values])
+    field_widths = np.concatenate([header_widths, field_widths])
+    ends = np.cumsum(field_widths)
+    position = np.arange(ends[-1]) - np.repeat(ends - field_widths, field_widths)
+    shift = np.repeat(field_widths, field_widths) - 1 - position
+    bits = (np.repeat(field_values, field_widths) >> shift) & 1
+    return np.packbits(bits.astype(np.uint8)).tolist()
+
+
+# -- predictions -----------------------------------------------------------------------------
+def task_prediction(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    config: LabelConfig,
+    mapping: dict[int, str],
+    model_version: str,
+    *,
+    min_pixels: int = 4,
+) -> dict[str, Any]:
+    """One task's prediction: for each class present, a brush mask (RLE) for each
+    BrushLabels control and a polygon per region for each PolygonLabels control; ``score`` is
+    the mean winning probability over the image, each result's its mean over the region."""
+    height, width = labels.shape
+    confidence = probs.max(axis=0)
+    results: list[dict[str, Any]] = []
+    for index, value in mapping.items():
+        region = labels == index
+        if region.sum() < min_pixels:
+            continue
+        score = float(confidence[region].mean())
+        for control in config.controls:
+            if value not in control.labels:
+                continue
+            common = {
+                "from_name": control.name,
+                "to_name": config.image_name,
+                "type": control.kind,
+                "original_width": int(width),
+                "original_height": int(height),
+                "image_rotation": 0,
+                "score": score,
+            }
+            if control.kind == "brushlabels":
+                results.append(
+                    common
+                    | {
+                        "value": {
+                            "format": "rle",
+                            "rle": encode_rle(region),
+                            "brushlabels": [value],
+                        }
+                    }
+                )
+                continue
+            for ring in region_polygons(region, min_pixels=min_pixels):
+                points = np.column_stack([ring[:, 0] / width, ring[:, 1] / height]) * 100
+                results.append(
+                    common
+                    | {
+                        "value": {
+                            "points": np.round(points, 4).tolist(),
+                            "polygonlabels": [value],
+                            "closed": True,
+                        }
+                    }
+                )
+    return {
+        "result": results,
+        "score": float(confidence.mean()),
+        "model_version": model_version,
+    }
+
+
+# -- task images -----------------------------------------------------------------------------
+@dataclass
+class LabelStudioSettings:
+    """Where task images come from. ``url``/``api_key`` default to ``LABEL_STUDIO_URL`` and
+    ``LABEL_STUDIO_API_KEY`` (else what the project's setup call sends); ``root`` allows
+    files under it (paths relative to it, or Label Studio's ``/data/local-files/?d=...``);
+    ``max_tasks`` bounds one predict call."""
+
+    url: str | None = None
+    api_key: str | None = None
+    root: str | os.PathLike | None = None
+    model_version: str = "unet-resnet"
+    timeout_s: float = 10.0
+    max_tasks: int = 64
+    learned: dict[str, str] = field(default_factory=dict)  # from setup: hostname, access_token
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> LabelStudioSettings:
+        return cls(
+            url=os.environ.get("LABEL_STUDIO_URL") or None,
+            api_key=os.environ.get("LABEL_STUDIO_API_KEY") or None,
+            **kwargs,
+        )
+
+    @property
+    def base_url(self) -> str | None:
+        url = self.url or self.learned.get("hostname")
+        return url.rstrip("/") if url else None
+
+    @property
+    def token(self) -> str | None:
+        return self.api_key or self.learned.get("access_token")
+
+
+LOCAL_FILES = "/data/local-files/"
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+
+
+class ImageFetcher:
+    """Bytes of a task's image, at most ``max_bytes``."""
+
+    def __init__(self, settings: LabelStudioSettings, max_bytes: int):
+        self.settings, self.max_bytes = settings, max_bytes
+
+    def fetch(self, reference: Any, task_id: Any = None) -> bytes:
+        if not isinstance(reference, str) or not reference:
+            raise LabelStudioError(f"Task {task_id}: the image field is not a URL or path.")
+        parsed = urllib.parse.urlparse(reference)
+        if parsed.scheme == "data":
+            return self._data_url(reference, task_id)
+        if parsed.scheme in ("http", "https"):
+            return self._download(reference, task_id, auth=self._same_origin(reference))
+        if parsed.scheme in CLOUD_SCHEMES:
+            return self._presigned(reference, task_id)
+        if parsed.scheme:
+            raise LabelStudioError(
+                f"Task {task_id}: cannot read {parsed.scheme}:// URLs ({reference!r})."
+            )
+        if reference.startswith(LOCAL_FILES) and self.settings.root is not None:
+            query = urllib.parse.parse_qs(parsed.query)
+            return self._local(query.get("d", [""])[0], task_id)
+        if reference.startswith("/data/"):  # Label Studio's uploads and storages
+            return self._from_label_studio(reference, task_id)
+        if self.settings.root is not None:
+            return self._local(reference, task_id)
+        raise LabelStudioError(
+            f"Task {task_id}: {reference!r} is a file path; start the service with "
+            "--label-studio-root DIR to allow files under DIR."
+        )
+
+    # -- sources -------------------------------------------------------------------------------
+    def _from_label_studio(self, path: str, task_id: Any) -> bytes:
+        base = self.settings.base_url
+        if not base:
+            raise LabelStudioError(
+                f"Task {task_id}: {path!r} is served by Label Studio; set LABEL_STUDIO_URL "
+                "(and LABEL_STUDIO_API_KEY) for the service, or connect it from the project."
+            )
+        return self._download(base + path, task_id, auth=True)
+
+    def _presigned(self, uri: str, task_id: Any) -> bytes:
+        if task_id is None:
+            raise LabelStudioError(f"{uri!r} needs the task id to be resolved by Label Studio.")
+        encoded = base64.urlsafe_b64encode(uri.encode()).decode()
+        return self._from_label_studio(
+            f"/tasks/{int(task_id)}/presign/?fileuri={urllib.parse.quote(encoded)}", task_id
+        )
+
+    def _same_origin(self, url: str) -> bool:
+        base = self.settings.base_url
+        if not base:
+            return False
+        a, b = urllib.parse.urlparse(url), urllib.parse.urlparse(base)
+        return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+    def _download(self, url: str, task_id: Any, *, auth: bool) -> bytes:
+        headers = {"User-Agent": "unet-resnet"}
+        if auth and self.settings.token:
+            headers["Authorization"] = f"Token {self.settings.token}"
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
+                data = response.read(self.max_bytes + 1)
+        except urllib.error.HTTPError as exc:
+            raise ImageReadError(
+                f"Task {task_id}: {url} answered {exc.code} {exc.reason}."
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ImageReadError(f"Task {task_id}: could not download {url}: {reason}.") from None
+        return self._bounded(data, url, task_id)
+
+    def _data_url(self, url: str, task_id: Any) -> bytes:
+        head, _, payload = url.partition(",")
+        if not head.endswith(";base64"):
+            raise LabelStudioError(f"Task {task_id}: only base64 data: URLs are read.")
+        if len(payload) > self.max_bytes * 4 // 3 + 4:
+            raise ImageReadError(f"Task {task_id}: the data: URL is over the upload limit.")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageReadError(f"Task {task_id}: the data: URL is not valid base64.") from None
+
+    def _local(self, relative: str, task_id: Any) -> bytes:
+        root = Path(self.settings.root).resolve()  # type: ignore[arg-type]
+        given = Path(urllib.parse.unquote(relative))
+        path = (given if given.is_absolute() else root / given).resolve()
+        if not path.is_relative_to(root):
+            raise LabelStudioError(
+                f"Task {task_id}: {relative!r} is outside the allowed root {root}."
+            )
+        if not path.is_file():
+            raise ImageReadError(f"Task {task_id}: no file {relative!r} under {root}.")
+        if path.stat().st_size > self.max_bytes:
+            raise ImageReadError(f"Task {task_id}: {relative!r} is over the upload limit.")
+        return path.read_bytes()
+
+    def _bounded(self, data: bytes, where: str, task_id: Any) -> bytes:
+        if len(data) > self.max_bytes:
+            raise ImageReadError(
+                f"Task {task_id}: {where} is over the limit of {self.max_bytes} bytes."
+            )
+        return data
