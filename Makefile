@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow lint format bench bench-quality gpu-check docs dist clean
+.PHONY: install label-studio-client browser demo test test-slow lint format bench bench-quality gpu-check docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Label Studio's SDK pins numpy below ours (through opencv), so the tests that read our
+# predictions back with its own decoder run it from a venv of its own.
+LS_VENV ?= .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q "label-studio-sdk>=2.0"
+	touch $(LS_STAMP)
+
+label-studio-client: $(LS_STAMP)
 
 demo: install
 	$(BIN)/unet-resnet demo
@@ -32,10 +43,10 @@ browser:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "note: chromium not installed; the browser test will be skipped"; fi
 
-test: install browser
+test: install label-studio-client browser
 	$(BIN)/python -m pytest
 
-test-slow: install
+test-slow: install label-studio-client
 	$(BIN)/python -m pytest -m slow
 
 bench: install
@@ -71,4 +82,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LS_VENV) build *.egg-info .pytest_cache .ruff_cache
