@@ -125,7 +125,7 @@ def test_health_setup_and_webhook(client):
 def test_brush_predictions_decode_to_our_mask_with_label_studios_sdk(
     client, segmenter, images, tmp_path
 ):
-    root, arrays = images
+    _, arrays = images
     data_url = "data:image/png;base64," + base64.b64encode(_png(arrays["sub/scene1.png"])).decode()
     tasks = [
         {"id": 1, "data": {"image": "/data/local-files/?d=sub/scene0.png"}},
