@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -37,20 +39,25 @@ def _checkpoint(tmp_path, encoder: str, name: str = "model.pt", in_channels: int
     return path, model.eval()
 
 
-@pytest.mark.parametrize("encoder", ["resnet50", "resnet18"])
-def test_onnx_round_trip_at_odd_sizes(tmp_path, encoder):
+@pytest.mark.parametrize(
+    ("encoder", "output"), [("resnet50", "probabilities"), ("resnet18", "logits")]
+)
+def test_onnx_round_trip_at_odd_sizes(tmp_path, encoder, output):
     ckpt, model = _checkpoint(tmp_path, encoder)
-    report = export_model(ckpt, tmp_path / "m.onnx", format="onnx")
+    report = export_model(ckpt, tmp_path / "m.onnx", format="onnx", output=output)
     assert report.max_abs_diff <= 1e-3
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for shape in [(1, 3, 33, 47), (3, 3, 100, 64), (2, 3, 65, 129)]:
         x = torch.randn(*shape)
         got = session.run(None, {"image": x.numpy()})[0]
         with torch.no_grad():
-            expected = model(x).numpy()
+            expected = model(x)
+        if output == "probabilities":
+            expected = expected.softmax(1)
         assert got.shape == expected.shape
-        np.testing.assert_allclose(got, expected, atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(got, expected.numpy(), atol=2e-3, rtol=1e-3)
     meta = read_export_metadata(tmp_path / "m.onnx")
+    assert meta["output_kind"] == output
     assert meta["classes"]["names"] == ["a", "b", "c"] and meta["mean"] == [0.5] * 3
     inside = {
         p.key for p in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).metadata_props
@@ -156,3 +163,42 @@ def test_an_onnx_file_on_a_gpu_machine_without_onnxruntime_gpu_runs_on_the_cpu(
         ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     assert onnx_device("auto").type == "cuda"
+
+
+def test_onnx_carries_what_qgis_deepness_reads(checkpoint, tmp_path):
+    """The keys Deepness reads (JSON values), and one tile pre-processed the way its docs
+    describe (8-bit RGB / 255, then its standardisation, NHWC -> NCHW; values under seg_thresh
+    zeroed, arg-max) gives our prediction; our own ONNX backend still predicts the same."""
+    from unet_resnet import Segmenter
+
+    path = tmp_path / "qgis.onnx"
+    export_model(checkpoint, path, format="onnx", resolution_cm=30)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    meta = {k: json.loads(v) for k, v in props.items() if k != "unet_resnet"}
+    assert meta["model_type"] == "Segmentor"
+    assert meta["class_names"] == {"0": "background", "1": "disk", "2": "square", "3": "triangle"}
+    assert meta["resolution"] == 30 and meta["tiles_size"] == 512 and meta["seg_thresh"] == 0
+    assert 0 < meta["tiles_overlap"] < 100
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
+    x = np.float32(tile * 1.0 / 255.0)
+    x = (x - np.asarray(meta["standardization_mean"])) / np.asarray(meta["standardization_std"])
+    x = np.transpose(x, (0, 3, 1, 2)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (result,) = session.run(None, {session.get_inputs()[0].name: x})
+    result[result < meta["seg_thresh"]] = 0.0
+    labels = np.argmax(result, axis=1)[0]
+    expected = segmenter.predict(tile[0])
+    assert (labels == expected).mean() > 0.999
+    ours = Segmenter.from_checkpoint(path).predict(tile[0])
+    assert (ours == expected).mean() > 0.999
+
+
+def test_export_options_are_checked(tmp_path):
+    ckpt, _ = _checkpoint(tmp_path, "resnet18")
+    with pytest.raises(ExportError, match="--resolution"):
+        export_model(ckpt, tmp_path / "m.onnx", resolution_cm=-1)
+    with pytest.raises(ExportError, match="--output goes with --format onnx"):
+        export_model(ckpt, tmp_path / "m.ts", format="torchscript", output="logits")
+    assert not list(tmp_path.glob("m.*"))

@@ -315,15 +315,26 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     return load_checkpoint(path)[1]
 
 
-def export_metadata(meta: CheckpointMeta, fmt: str) -> dict[str, Any]:
+#: What an export's graph returns (the metadata key ``output_kind``; missing = logits).
+OUTPUT_DESCRIPTIONS = {
+    "logits": (
+        "N x num_classes x H x W logits: softmax over classes (task multiclass), or a "
+        "sigmoid per class compared with 'thresholds' (task multilabel)"
+    ),
+    "probabilities": (
+        "N x num_classes x H x W probabilities: softmax over classes (task multiclass, "
+        "arg-max decides), or a sigmoid per class compared with 'thresholds' (multilabel)"
+    ),
+}
+
+
+def export_metadata(meta: CheckpointMeta, fmt: str, output: str = "logits") -> dict[str, Any]:
     """The metadata an exported file carries (inside an ONNX file and in ``FILE.json``)."""
     return {
         "format": f"unet-resnet-export/{fmt}",
         "input": "N x C x H x W float32, scaled to [0, 1] by dtype range then (x - mean) / std",
-        "output": (
-            "N x num_classes x H x W logits: softmax over classes (task multiclass), or a "
-            "sigmoid per class compared with 'thresholds' (task multilabel)"
-        ),
+        "output": OUTPUT_DESCRIPTIONS[output],
+        "output_kind": output,
         **meta.to_dict(),
     }
 

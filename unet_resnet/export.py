@@ -1,17 +1,20 @@
 """Export to ONNX or TorchScript, with the checkpoint's metadata and a parity check.
 
 The exported graph takes ``N x C x H x W`` float input, already normalised, with dynamic batch,
-height and width (sides of at least 32 pixels; any value, not only multiples of 32) and returns
-logits of the same height and width. Class names/colours, normalisation statistics and the
-model config travel with it: inside the ONNX file as metadata properties, and in a
-``FILE.json`` beside either format. After writing, the export is run on a random input and
-compared with the eager model; a difference over the tolerance is an error and the file is not
-kept.
+height and width (sides of at least 32 pixels; any value, not only multiples of 32). An ONNX
+file returns class probabilities by default (the task's softmax or sigmoid inside the graph,
+what GIS tools such as QGIS's Deepness plugin expect; ``output="logits"`` leaves it out); a
+TorchScript file returns logits. Class names/colours, normalisation statistics and the model
+config travel with it: inside the ONNX file as metadata properties (ours, and the keys
+Deepness reads: :func:`deepness_metadata`), and in a ``FILE.json`` beside either format. After
+writing, the export is run on a random input and compared with the eager model; a difference
+over the tolerance is an error and the file is not kept.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,11 +28,63 @@ from unet_resnet.accel.fastpath import fold_checked
 from unet_resnet.checkpoint import export_metadata, load_checkpoint, read_export_metadata
 from unet_resnet.errors import ExportError, OutputExistsError
 from unet_resnet.io import atomic_path
+from unet_resnet.task import get_task
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "read_export_metadata"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ONNX_OUTPUTS",
+    "ExportError",
+    "ExportReport",
+    "deepness_metadata",
+    "export_model",
+    "read_export_metadata",
+]
 
 ExportFormat = Literal["onnx", "torchscript"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+#: What an ONNX graph returns: probabilities (default) or the raw logits.
+ONNX_OUTPUTS = ("probabilities", "logits")
+#: Deepness's defaults for our files: tile size (pixels) and overlap (percent of the tile).
+DEEPNESS_TILE, DEEPNESS_OVERLAP = 512, 15
+
+
+def deepness_metadata(
+    meta, *, resolution_cm: float | None = None, tile_size: int = DEEPNESS_TILE
+) -> dict[str, str]:
+    """The ONNX metadata keys QGIS's Deepness plugin reads (each value JSON-encoded, as its
+    "add metadata to model" page says): a ``Segmentor`` with our class names, our
+    normalisation as its standardisation (it scales 8-bit tiles to [0, 1] first, as we do),
+    tile size and overlap, no probability threshold for one-class-per-pixel models (its
+    arg-max then equals ours) and the ground resolution in cm per pixel when known."""
+    task = get_task(meta.task)
+    if task.overlapping:
+        thresholds = meta.thresholds or [0.5] * meta.classes.num_classes
+        threshold = float(np.mean(thresholds))
+    else:
+        threshold = 0.0
+    values: dict[str, object] = {
+        "model_type": "Segmentor",
+        "class_names": {str(i): name for i, name in enumerate(meta.classes.names)},
+        "tiles_size": int(tile_size),
+        "tiles_overlap": DEEPNESS_OVERLAP,
+        "seg_thresh": threshold,
+        "standardization_mean": [float(v) for v in meta.mean],
+        "standardization_std": [float(v) for v in meta.std],
+    }
+    if resolution_cm is not None:
+        values["resolution"] = float(resolution_cm)
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+class _Activated(torch.nn.Module):
+    """The model followed by its task's activation (probabilities out)."""
+
+    def __init__(self, model: torch.nn.Module, task: str | None):
+        super().__init__()
+        self.model, self.activate = model, get_task(task).activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.model(x))
 
 
 @dataclass
@@ -58,12 +113,24 @@ def export_model(
     check_size: tuple[int, int] = (96, 80),
     tolerance: float = 1e-3,
     overwrite: bool = False,
+    output: str = "probabilities",
+    resolution_cm: float | None = None,
 ) -> ExportReport:
     """Export a checkpoint; returns where it went and the parity check's max abs difference.
 
     ``out`` (or its ``.json`` side file) may never be the checkpoint itself, and replaces an
-    existing file only with ``overwrite``.
+    existing file only with ``overwrite``. ``output`` (ONNX): ``probabilities`` or
+    ``logits``; ``resolution_cm``: the training imagery's ground resolution for Deepness
+    (default: what the checkpoint recorded from georeferenced training data, if any).
     """
+    if output not in ONNX_OUTPUTS:
+        raise ExportError(f"--output {output}: choose one of {', '.join(ONNX_OUTPUTS)}.")
+    if format != "onnx" and output != "probabilities":
+        raise ExportError("--output goes with --format onnx (TorchScript returns logits).")
+    if resolution_cm is not None and not (math.isfinite(resolution_cm) and resolution_cm > 0):
+        raise ExportError(
+            f"--resolution must be a positive number of cm per pixel, not {resolution_cm}."
+        )
     out = Path(out)
     side = out.with_name(out.name + ".json")
     source = Path(checkpoint).resolve()
@@ -84,12 +151,18 @@ def export_model(
     model, _ = fold_checked(model.eval(), torch.randn(1, c, 64, 64))
     example = torch.randn(2, c, 64, 64)
     check = torch.randn(1, c, *check_size)
-    metadata = export_metadata(meta, format)
+    activated = format == "onnx" and output == "probabilities"
+    metadata = export_metadata(meta, format, output="probabilities" if activated else "logits")
+    if activated:
+        model = _Activated(model, meta.task).eval()
+    if resolution_cm is None:
+        resolution_cm = meta.extra.get("resolution_cm")
     try:
         with atomic_path(out) as tmp:
             match format:
                 case "onnx":
-                    _export_onnx(model, example, tmp, opset, metadata)
+                    deepness = deepness_metadata(meta, resolution_cm=resolution_cm)
+                    _export_onnx(model, example, tmp, opset, metadata, deepness, output)
                     got = _run_onnx(tmp, check.numpy())
                 case "torchscript":
                     with torch.no_grad(), warnings.catch_warnings():
@@ -124,7 +197,9 @@ def export_model(
     return ExportReport(out, side, format, diff, tolerance, tuple(check.shape))
 
 
-def _export_onnx(model, example, path: Path, opset: int, metadata: dict) -> None:
+def _export_onnx(
+    model, example, path: Path, opset: int, metadata: dict, extra: dict[str, str], output: str
+) -> None:
     import onnx
 
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -135,13 +210,16 @@ def _export_onnx(model, example, path: Path, opset: int, metadata: dict) -> None
             (example,),
             str(path),
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": axes, "logits": axes},
+            output_names=[output],
+            dynamic_axes={"image": axes, output: axes},
             opset_version=opset,
             dynamo=False,
         )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = "unet_resnet", json.dumps(metadata)
+    for key, value in extra.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))

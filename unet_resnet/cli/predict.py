@@ -262,6 +262,19 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
         "--scores", help="hf: scores.json of `evaluate` for the model card (default: the run's)"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument(
+        "--output",
+        choices=("probabilities", "logits"),
+        default="probabilities",
+        help="ONNX: what the graph returns (probabilities: what QGIS's Deepness reads)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=float,
+        default=None,
+        metavar="CM_PER_PX",
+        help="ONNX: ground resolution for Deepness (default: recorded from GeoTIFF training data)",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="parity check limit")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -322,6 +335,8 @@ def export_command(args: argparse.Namespace) -> int:
         opset=args.opset,
         tolerance=args.tolerance,
         overwrite=args.overwrite,
+        output=args.output,
+        resolution_cm=args.resolution,
     )
     print(f"wrote {report.path} ({report.format}) and {report.metadata_path}")
     print(

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from unet_resnet.inference.runtime import RuntimeModel
+from unet_resnet.task import get_task
 
 __all__ = ["OnnxModel", "onnx_device", "providers_for"]
 
@@ -67,6 +68,15 @@ class OnnxModel(RuntimeModel):
             str(path), options, providers=providers or providers_for(self.device)
         )
         self.input_name = self.session.get_inputs()[0].name
+        # Files that return probabilities hand the Segmenter logits again (it activates).
+        self.to_logits = (
+            get_task(metadata.get("task")).from_probabilities
+            if metadata.get("output_kind") == "probabilities"
+            else None
+        )
 
     def run(self, array: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: array})[0]
+        out = self.session.run(None, {self.input_name: array})[0]
+        if self.to_logits is not None:
+            out = self.to_logits(torch.from_numpy(out)).numpy()
+        return out
