@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= all,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install label-studio-client browser demo test test-slow lint format bench bench-quality gpu-check docs dist clean
+.PHONY: install label-studio-client label-studio-server browser demo test test-slow lint format bench bench-quality gpu-check docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ $(LS_STAMP):
 
 label-studio-client: $(LS_STAMP)
 
+# A real Label Studio for the slow end-to-end test (same venv; the server pulls in the SDK).
+LS_SERVER_STAMP := $(LS_VENV)/.server-installed
+$(LS_SERVER_STAMP): $(LS_STAMP)
+	$(LS_VENV)/bin/python -m pip install -q "label-studio>=1.20"
+	touch $(LS_SERVER_STAMP)
+
+label-studio-server: $(LS_SERVER_STAMP)
+
 demo: install
 	$(BIN)/unet-resnet demo
 
@@ -46,7 +54,7 @@ browser:
 test: install label-studio-client browser
 	$(BIN)/python -m pytest
 
-test-slow: install label-studio-client
+test-slow: install label-studio-client label-studio-server
 	$(BIN)/python -m pytest -m slow
 
 bench: install

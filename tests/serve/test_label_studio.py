@@ -16,8 +16,8 @@ from fastapi.responses import Response
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from tests.serve.label_studio_sdk import sdk_decode
 from tests.serve.live_server import LiveServer
+from tests.serve.ls_client import sdk_decode
 from unet_resnet import Segmenter
 from unet_resnet.integrations.label_studio import (
     LabelStudioError,
