@@ -70,6 +70,9 @@ class CheckpointMeta:
     #: slice axis, label field); ``evaluate`` and ``cross-validate`` read splits the same way
     #: unless a flag says otherwise. None for checkpoints written before it existed.
     split: dict[str, Any] | None = None
+    #: The training imagery's ground resolution in cm per pixel (georeferenced rasters), for
+    #: GIS tools that resample to it (the Deepness metadata of an ONNX export); None if unknown.
+    resolution_cm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class CheckpointMeta:
             "task": self.task,
             "thresholds": None if self.thresholds is None else list(self.thresholds),
             "split": self.split,
+            "resolution_cm": self.resolution_cm,
         }
 
     @classmethod
@@ -100,6 +104,7 @@ class CheckpointMeta:
             task=data.get("task") or "multiclass",
             thresholds=None if data.get("thresholds") is None else list(data["thresholds"]),
             split=data.get("split"),
+            resolution_cm=data.get("resolution_cm"),
         )
 
 
@@ -215,6 +220,7 @@ def hub_metadata(meta: CheckpointMeta) -> dict[str, Any]:
         "volume": meta.volume,
         "task": meta.task,
         "thresholds": meta.thresholds,
+        "resolution_cm": meta.resolution_cm,
     }
 
 
@@ -231,6 +237,7 @@ def _load_shared(source: str | os.PathLike) -> tuple[UNetWithResnet50Encoder, Ch
         "volume": metadata.get("volume"),
         "task": metadata.get("task"),
         "thresholds": metadata.get("thresholds"),
+        "resolution_cm": metadata.get("resolution_cm"),
     }
     meta = _meta_or_error(Path(source) / "config.json", data)
     return model, meta

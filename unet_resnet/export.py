@@ -156,7 +156,7 @@ def export_model(
     if activated:
         model = _Activated(model, meta.task).eval()
     if resolution_cm is None:
-        resolution_cm = meta.extra.get("resolution_cm")
+        resolution_cm = meta.resolution_cm
     try:
         with atomic_path(out) as tmp:
             match format:

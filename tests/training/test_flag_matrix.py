@@ -220,6 +220,8 @@ def test_each_layouts_own_flags(tmp_path, layout, precision):
     meta = read_meta(result.best_checkpoint)
     saved = {k: v for k, v in flags.items() if k in LAYOUT_OPTIONS and LAYOUT_OPTIONS[k].saved}
     assert meta.split == {"layout": flags.get("dataset", "folder"), **saved}
+    # georeferenced scenes (10 m pixels in UTM) record their ground resolution, for GIS tools
+    assert meta.resolution_cm == (1000.0 if layout == "raster" else None)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -167,6 +167,14 @@ class SegmentationDataModule(L.LightningDataModule):
         """What a checkpoint keeps to read the splits again (``CheckpointMeta.split``)."""
         return self._options().to_save(self.dataset_format)
 
+    def ground_resolution_cm(self) -> float | None:
+        """The training imagery's ground resolution (cm per pixel) where the layout knows it
+        (georeferenced rasters), else None."""
+        dataset = self.train_set
+        while dataset is not None and not hasattr(dataset, "ground_resolution_cm"):
+            dataset = getattr(dataset, "dataset", None)
+        return None if dataset is None else dataset.ground_resolution_cm
+
     def volume_options(self) -> dict | None:
         if not get_layout(self.dataset_format).volumes:
             return None

@@ -363,6 +363,7 @@ def build_model(
         volume=data.volume_options(),
         split=data.split_options(),
         task=config.task,
+        resolution_cm=data.ground_resolution_cm(),
     )
     thresholds = config.thresholds
     if isinstance(thresholds, list):

@@ -22,6 +22,19 @@ from unet_resnet.io import to_float_image
 __all__ = ["RasterWindowDataset", "check_rasters"]
 
 
+def _cm_per_pixel(src) -> float | None:
+    """A scene's pixel width on the ground in cm, from its CRS's linear unit (None when it
+    has no projected CRS: degrees are no ground distance)."""
+    crs = src.crs
+    if crs is None or not crs.is_projected:
+        return None
+    try:
+        _, metres_per_unit = crs.linear_units_factor
+    except Exception:  # a CRS without a linear unit
+        return None
+    return abs(float(src.res[0])) * float(metres_per_unit) * 100
+
+
 class RasterWindowDataset(Dataset):
     """Windows of large GeoTIFF/TIFF scenes and their label rasters (or vector labels), read
     lazily with rasterio.
@@ -74,9 +87,11 @@ class RasterWindowDataset(Dataset):
         self.vector_labels = vector_labels
         self._scene_labels: dict[int, object] = {}
         self.shapes = []
+        resolutions = []
         for image, label in self.scenes:
             with rasterio.open(image) as src:
                 shape = (src.height, src.width)
+                resolutions.append(_cm_per_pixel(src))
             if label is not None:
                 with rasterio.open(label) as src:
                     if (src.height, src.width) != shape:
@@ -85,6 +100,10 @@ class RasterWindowDataset(Dataset):
                             f"is {shape[1]}x{shape[0]}; they must cover the same pixel grid."
                         )
             self.shapes.append(shape)
+        known = [r for r in resolutions if r is not None]
+        #: The scenes' ground resolution in cm per pixel (median; None without a projected
+        #: CRS): saved with the model, for GIS tools that scale imagery to it (Deepness).
+        self.ground_resolution_cm = float(np.median(known)) if known else None
         stride = stride or self.window[0]
         self.grid = [
             (s, top, left)
