@@ -547,3 +547,34 @@ def test_the_run_is_named_steps_a_test_can_call(data, tmp_path):
     assert len(weights) == 4 and module.meta.split == {"layout": "folder"}
     assert module.meta.model_config["encoder"] == "resnet18"
     assert not (run_dir / "config.yaml").exists()  # nothing written before the run starts
+
+
+def test_init_from_fine_tunes_a_checkpoint(checkpoint, demo_data, tmp_path):
+    """--init-from starts from a checkpoint's weights, architecture and normalisation (the
+    config's encoder is not used); other classes than the checkpoint's are one clear error."""
+    import shutil
+
+    from unet_resnet.errors import ConfigError
+
+    source, source_meta = load_checkpoint(checkpoint)
+    config = tiny_config(
+        demo_data, tmp_path / "ft", init_from=str(checkpoint), encoder="resnet34", lr=1e-12,
+        scheduler="none", limit_train_batches=1, normalization="dataset",
+    )  # fmt: skip
+    result = train(config)
+    tuned, meta = load_checkpoint(result.last_checkpoint)
+    assert meta.model_config == source_meta.model_config  # resnet18, as the checkpoint
+    assert (meta.mean, meta.std) == (source_meta.mean, source_meta.std)
+    first = "encoder.conv1.weight" if "encoder.conv1.weight" in tuned.state_dict() else None
+    name = first or next(k for k in tuned.state_dict() if k.endswith("weight"))
+    # the fine-tune started from the checkpoint (lr ~0: its weights are still the source's)
+    torch.testing.assert_close(
+        tuned.state_dict()[name], source.state_dict()[name], atol=1e-6, rtol=0
+    )
+    other = tmp_path / "other"
+    shutil.copytree(demo_data, other)
+    names = json.loads((other / "classes.json").read_text())
+    names["names"] = ["background", "a", "b", "c"]
+    (other / "classes.json").write_text(json.dumps(names))
+    with pytest.raises(ConfigError, match="same classes"):
+        train(tiny_config(other, tmp_path / "ft2", init_from=str(checkpoint)))

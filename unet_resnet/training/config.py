@@ -257,6 +257,12 @@ class TrainConfig:
         "replace an earlier run in --out (without it, an existing run is an error)",
         group="run",
     )
+    init_from: str | None = opt(
+        None,
+        "fine-tune: start from this checkpoint's weights, architecture and normalisation "
+        "(its classes and input channels must be the data's)",
+        group="run",
+    )
     max_minutes: float | None = opt(None, "stop training after this long", group="trainer")
     limit_train_batches: float = opt(
         1.0, "fraction (<= 1) or number of batches per epoch", group="trainer"

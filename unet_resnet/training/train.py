@@ -327,6 +327,12 @@ def build_data(
         pretrained_stats=encoder_mean_std(config.encoder),
         epochs=config.epochs,
     )
+    if config.init_from and Path(config.init_from).is_file():
+        # A fine-tune feeds the model what it learned on: its checkpoint's normalisation.
+        from unet_resnet.checkpoint import read_meta
+
+        start = read_meta(config.init_from)
+        data.mean, data.std = list(start.mean), list(start.std)
     data.setup("fit")  # data problems surface here, before any model is built or epoch run
     if resume_path is not None:
         data.start_epoch = _resume_epoch(resume_path)
@@ -349,6 +355,12 @@ def build_model(
         )
     model = config.group("model")
     encoder_weights = model.pop("encoder_weights")
+    start = _start_from(config.init_from, data) if config.init_from else None
+    if start is not None:  # the architecture (and weights) of the checkpoint fine-tuned
+        model = {
+            k: v for k, v in start[1].model_config.items() if k not in ("n_classes", "in_channels")
+        }
+        encoder_weights = None
     meta = CheckpointMeta(
         model_config={
             "n_classes": classes.num_classes,
@@ -376,7 +388,29 @@ def build_model(
         encoder_weights=encoder_weights,
         **{**config.group("optim"), "class_weights": class_weights, "thresholds": thresholds},
     )
+    if start is not None:
+        module.model.load_state_dict(start[0].state_dict())
     return module, class_weights
+
+
+def _start_from(path: str, data: SegmentationDataModule):
+    """The checkpoint a fine-tune starts from: ``(model, meta)``, checked against the data."""
+    from unet_resnet.checkpoint import load_checkpoint
+
+    if not Path(path).exists():
+        raise ConfigError(f"--init-from {path}: no such checkpoint.")
+    model, meta = load_checkpoint(path)
+    if list(meta.classes.names) != list(data.classes.names):
+        raise ConfigError(
+            f"--init-from {path} has classes {list(meta.classes.names)}, the data "
+            f"{list(data.classes.names)}; fine-tuning needs the same classes in the same order."
+        )
+    if meta.model_config["in_channels"] != data.in_channels:
+        raise ConfigError(
+            f"--init-from {path} takes {meta.model_config['in_channels']} input channels, the "
+            f"data has {data.in_channels}."
+        )
+    return model, meta
 
 
 def _record_config(config: TrainConfig, data: SegmentationDataModule, run_dir: Path) -> None:
