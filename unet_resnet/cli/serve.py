@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from unet_resnet.cli.common import build_segmenter, segmenter_arguments
@@ -42,6 +43,24 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="Label Studio backend: task images may be files under DIR (never outside it)",
     )
     parser.add_argument(
+        "--label-studio-train",
+        action="store_true",
+        help="Label Studio backend: on annotation webhooks, fine-tune the checkpoint on the "
+        "project's finished annotations in the background (new checkpoint, serving unchanged)",
+    )
+    parser.add_argument(
+        "--label-studio-train-dir",
+        default="label-studio-runs",
+        metavar="DIR",
+        help="where fine-tuning runs go (one folder per project and run)",
+    )
+    parser.add_argument(
+        "--label-studio-train-args",
+        default="--epochs 10",
+        metavar="FLAGS",
+        help="extra `unet-resnet train` flags for fine-tuning, in quotes",
+    )
+    parser.add_argument(
         "--label-studio-max-tasks",
         type=int,
         default=64,
@@ -70,8 +89,26 @@ def serve_command(args: argparse.Namespace) -> int:
             f"--label-studio-root {args.label_studio_root}: no such folder; name the folder "
             "that holds the task images."
         )
+    finetune = {}
+    if args.label_studio_train:
+        source = Path(args.checkpoint[0])
+        if len(args.checkpoint) != 1 or source.suffix != ".pt" or not source.is_file():
+            raise UnetResnetError(
+                "--label-studio-train fine-tunes one checkpoint from `unet-resnet train` (a .pt "
+                f"file); got {' '.join(args.checkpoint)}."
+            )
+        try:
+            train_args = tuple(shlex.split(args.label_studio_train_args))
+        except ValueError as exc:
+            raise UnetResnetError(f"--label-studio-train-args: {exc}.") from None
+        finetune = dict(
+            finetune_checkpoint=str(source),
+            finetune_dir=args.label_studio_train_dir,
+            finetune_args=train_args,
+        )
     segmenter = build_segmenter(args)
     label_studio = LabelStudioSettings.from_env(
+        **finetune,
         root=args.label_studio_root,
         max_tasks=args.label_studio_max_tasks,
         model_version="unet-resnet-" + "+".join(Path(c).stem for c in args.checkpoint),

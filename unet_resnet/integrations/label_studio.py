@@ -245,7 +245,8 @@ class LabelStudioSettings:
     """Where task images come from. ``url``/``api_key`` default to ``LABEL_STUDIO_URL`` and
     ``LABEL_STUDIO_API_KEY`` (else what the project's setup call sends); ``root`` allows
     files under it (paths relative to it, or Label Studio's ``/data/local-files/?d=...``);
-    ``max_tasks`` bounds one predict call."""
+    ``max_tasks`` bounds one predict call; ``finetune_*`` turn on fine-tuning from finished
+    annotations."""
 
     url: str | None = None
     api_key: str | None = None
@@ -254,6 +255,11 @@ class LabelStudioSettings:
     timeout_s: float = 10.0
     max_tasks: int = 64
     learned: dict[str, str] = field(default_factory=dict)  # from setup: hostname, access_token
+    #: Fine-tuning on webhooks (``serve --label-studio-train``): the checkpoint to start from,
+    #: where runs go, and extra ``train`` flags. Off while ``finetune_checkpoint`` is None.
+    finetune_checkpoint: str | None = None
+    finetune_dir: str = "label-studio-runs"
+    finetune_args: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> LabelStudioSettings:
@@ -280,8 +286,10 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 class ImageFetcher:
     """Bytes of a task's image, at most ``max_bytes``."""
 
-    def __init__(self, settings: LabelStudioSettings, max_bytes: int):
-        self.settings, self.max_bytes = settings, max_bytes
+    def __init__(
+        self, settings: LabelStudioSettings, max_bytes: int, max_pixels: int | None = None
+    ):
+        self.settings, self.max_bytes, self.max_pixels = settings, max_bytes, max_pixels
 
     def fetch(self, reference: Any, task_id: Any = None) -> bytes:
         if not isinstance(reference, str) or not reference:
@@ -301,7 +309,7 @@ class ImageFetcher:
             query = urllib.parse.parse_qs(parsed.query)
             return self._local(query.get("d", [""])[0], task_id)
         if reference.startswith("/data/"):  # Label Studio's uploads and storages
-            return self._from_label_studio(reference, task_id)
+            return self.from_label_studio(reference, task_id)
         if self.settings.root is not None:
             return self._local(reference, task_id)
         raise LabelStudioError(
@@ -310,7 +318,8 @@ class ImageFetcher:
         )
 
     # -- sources -------------------------------------------------------------------------------
-    def _from_label_studio(self, path: str, task_id: Any) -> bytes:
+    def from_label_studio(self, path: str, task_id: Any = None) -> bytes:
+        """``path`` (from ``/``) on Label Studio's server, with its token."""
         base = self.settings.base_url
         if not base:
             raise LabelStudioError(
@@ -323,7 +332,7 @@ class ImageFetcher:
         if task_id is None:
             raise LabelStudioError(f"{uri!r} needs the task id to be resolved by Label Studio.")
         encoded = base64.urlsafe_b64encode(uri.encode()).decode()
-        return self._from_label_studio(
+        return self.from_label_studio(
             f"/tasks/{int(task_id)}/presign/?fileuri={urllib.parse.quote(encoded)}", task_id
         )
 
@@ -382,3 +391,132 @@ class ImageFetcher:
                 f"Task {task_id}: {where} is over the limit of {self.max_bytes} bytes."
             )
         return data
+
+
+def decode_rle(rle: list[int] | bytes) -> np.ndarray:
+    """Label Studio's brush RLE -> the flat array of values it encodes (RGBA bytes)."""
+    bits = np.unpackbits(np.asarray(bytearray(rle), dtype=np.uint8))
+    weights = {n: 1 << np.arange(n - 1, -1, -1) for n in (1, 2, 4, 5, 32)}
+    position = 0
+
+    def read(n: int) -> int:
+        nonlocal position
+        if position + n > bits.size:
+            raise LabelStudioError("A brush RLE ends early (damaged annotation).")
+        w = weights.get(n)
+        if w is None:
+            w = weights[n] = 1 << np.arange(n - 1, -1, -1)
+        value = int(bits[position : position + n] @ w)
+        position += n
+        return value
+
+    total = read(32)
+    word = read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    if total > 4 * 2**31:
+        raise LabelStudioError(f"A brush RLE claims {total} values; refusing.")
+    out = np.zeros(total, dtype=np.uint8)
+    i = 0
+    while i < total:
+        run = read(1)
+        end = min(total, i + 1 + read(sizes[read(2)]))
+        if run:
+            out[i:end] = read(word)
+            i = end
+        else:
+            while i < end:
+                out[i] = read(word)
+                i += 1
+    return out
+
+
+def annotation_mask(
+    results: list[dict[str, Any]], class_index: dict[str, int], height: int, width: int
+) -> np.ndarray:
+    """One annotation's brush and polygon results as a class-index mask (0 = background;
+    later results paint over earlier ones, as Label Studio draws them)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for result in results:
+        kind = str(result.get("type", "")).lower()
+        value = result.get("value") or {}
+        labels = value.get(kind) or []
+        index = next((class_index[v] for v in labels if v in class_index), None)
+        if index is None:
+            continue
+        if kind == "brushlabels" and value.get("format", "rle") == "rle" and value.get("rle"):
+            flat = decode_rle(value["rle"])
+            if flat.size != height * width * 4:
+                raise LabelStudioError(
+                    f"A brush mask of {flat.size // 4} pixels on a {width}x{height} image."
+                )
+            mask[flat.reshape(height, width, 4)[:, :, 3] > 0] = index
+        elif kind == "polygonlabels" and value.get("points"):
+            from rasterio import features
+            from shapely.geometry import Polygon
+
+            points = np.asarray(value["points"], dtype=float) / 100 * [width, height]
+            if len(points) >= 3:
+                inside = features.rasterize(
+                    [(Polygon(points), 1)], out_shape=(height, width), dtype="uint8"
+                )
+                mask[inside > 0] = index
+    return mask
+
+
+def export_dataset(
+    tasks: list[dict[str, Any]],
+    config: LabelConfig,
+    class_names: list[str],
+    fetcher: ImageFetcher,
+    out: Path,
+    *,
+    val_every: int = 5,
+) -> dict[str, int]:
+    """The finished annotations of a project (Label Studio's JSON export) as our folder
+    layout under ``out``: ``{train,val}/{images,masks}`` and ``classes.json`` (the
+    checkpoint's classes; labels matched as for predictions). Every ``val_every``-th image
+    goes to val (the first one too when there would be none). Cancelled annotations and tasks
+    without any are skipped. Returns the counts per split."""
+    import json
+
+    from PIL import Image
+
+    from unet_resnet.io import decode_image_bytes
+
+    mapping = match_classes(config, class_names)
+    class_index = {value: index for index, value in mapping.items()}
+    done = []
+    for task in tasks:
+        annotations = [
+            a
+            for a in task.get("annotations") or []
+            if not a.get("was_cancelled") and a.get("result")
+        ]
+        if annotations and isinstance(task.get("data"), dict):
+            done.append((task, annotations[-1]))
+    if not done:
+        raise LabelStudioError("The project has no finished annotations to train on yet.")
+    counts = {"train": 0, "val": 0}
+    for number, (task, annotation) in enumerate(done):
+        split = "val" if number % val_every == val_every - 1 else "train"
+        image = decode_image_bytes(
+            fetcher.fetch(task["data"].get(config.image_key), task.get("id"))
+        )
+        height, width = image.shape[:2]
+        mask = annotation_mask(annotation["result"], class_index, height, width)
+        name = f"task-{task.get('id', number)}"
+        for kind, array in (("images", image), ("masks", mask)):
+            folder = out / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(
+                array if array.ndim == 2 or array.shape[-1] != 1 else array[..., 0]
+            ).save(folder / f"{name}.png")
+        counts[split] += 1
+    if counts["val"] == 0:  # one image: validate on it too
+        for kind in ("images", "masks"):
+            (out / "val" / kind).mkdir(parents=True, exist_ok=True)
+            first = next((out / "train" / kind).iterdir())
+            (out / "val" / kind / first.name).write_bytes(first.read_bytes())
+        counts["val"] = 1
+    (out / "classes.json").write_text(json.dumps({"names": list(class_names)}))
+    return counts

@@ -26,6 +26,7 @@ from unet_resnet.integrations.label_studio import (
     parse_config,
     task_prediction,
 )
+from unet_resnet.integrations.label_studio_train import FineTuner
 from unet_resnet.serve.service import HTTPProblem, Service, error_responses
 
 __all__ = ["PREFIX", "LabelStudioSettings", "add_routes"]
@@ -78,8 +79,20 @@ def add_routes(app: FastAPI, service: Service, settings: LabelStudioSettings) ->
     """Add the ML-backend routes under :data:`PREFIX`."""
     segmenter = service.segmenter
     class_names = list(service.classes.names)
-    fetcher = ImageFetcher(settings, service.limits.max_bytes)
+    fetcher = ImageFetcher(settings, service.limits.max_bytes, service.limits.max_pixels)
     tags = ["label studio"]
+    tuner = None
+    if settings.finetune_checkpoint is not None:
+        tuner = FineTuner(
+            settings.finetune_checkpoint,
+            settings,
+            class_names,
+            settings.finetune_dir,
+            train_args=settings.finetune_args,
+            max_bytes=service.limits.max_bytes,
+            max_pixels=service.limits.max_pixels,
+        )
+    app.state.label_studio_tuner = tuner
 
     async def read_json(request: Request) -> dict[str, Any]:
         body = await service.read_body(request)
@@ -195,4 +208,17 @@ def add_routes(app: FastAPI, service: Service, settings: LabelStudioSettings) ->
         if action not in TRAIN_EVENTS:
             return JSONResponse({"status": "Unknown event"}, status_code=200)
         log.info("Label Studio webhook %s for project %s", action, project_id)
-        return JSONResponse({"status": "ok", "result": {"logged": action}}, status_code=201)
+        result: dict[str, Any] = {"logged": action}
+        if tuner is not None and project_id is not None:
+            config = project.get("label_config") if isinstance(project, dict) else None
+            try:
+                job = tuner.request(int(project_id), config)
+            except (TypeError, ValueError):
+                raise HTTPProblem(400, f"Project id {project_id!r} is not a number.") from None
+            result["training"] = {"project": job.project, "state": job.state}
+        return JSONResponse({"status": "ok", "result": result}, status_code=201)
+
+    @app.get(f"{PREFIX}/train", tags=tags)
+    async def training() -> dict[str, Any]:
+        """Fine-tuning jobs started by webhooks (``serve --label-studio-train``)."""
+        return {"enabled": tuner is not None, "jobs": [] if tuner is None else tuner.describe()}
