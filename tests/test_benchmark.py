@@ -16,7 +16,10 @@ from benchmarks.run import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_run(tmp_path, capsys):
+    """Every section of `make bench` (2.5 min on 2 cores: in `make test-slow`; the fast suite
+    runs the sections that report speed-ups, test_quick_speedup_sections)."""
     out = tmp_path / "bench.json"
     code = main(
         [
@@ -82,6 +85,24 @@ def test_quick_benchmark_run(tmp_path, capsys):
     assert within["ok"] + within["shed_503"] == within["requests"]
 
 
+def test_quick_speedup_sections(tmp_path, capsys):
+    """The fast suite's share of `make bench`: the yardstick, inference speed-ups against
+    plain PyTorch and the HTTP service under load (the other sections: make test-slow)."""
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--only", "peak", "inference", "serve", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for heading in ("CPU:", "Peak", "Inference", "HTTP service"):
+        assert heading in text
+    results = json.loads(out.read_text())
+    assert results["peak"]["bf16_matmul_tflops"] > 0 and results["machine"]["cpu"]["model"]
+    default = [r for r in results["inference"] if r["variant"] == "default"]
+    assert default and all(r["speedup_vs_best_plain"] > 0 for r in default)
+    within, over = results["serve"]
+    assert within["errors"] == 0 and over["errors"] == 0
+    assert within["ok"] + within["shed_503"] == within["requests"]
+
+
+@pytest.mark.slow
 def test_cpu_classes_each_run_under_their_own_isa_cap(tmp_path, capsys):
     from benchmarks.common import cpu_info
     from benchmarks.isa import CLASSES, classes_below

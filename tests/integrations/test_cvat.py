@@ -119,3 +119,14 @@ def test_missing_checkpoint_is_one_clear_error():
 
     with pytest.raises(UnetResnetError, match="checkpoint=str:PATH"):
         create()
+
+
+def test_missing_extra_is_one_error_naming_it(monkeypatch):
+    import sys
+
+    from unet_resnet.errors import UnetResnetError
+
+    monkeypatch.setitem(sys.modules, "cvat_sdk.auto_annotation", None)
+    monkeypatch.delitem(sys.modules, "unet_resnet.integrations.cvat", raising=False)
+    with pytest.raises(UnetResnetError, match=r"unet-resnet\[integrations\]"):
+        importlib.import_module("unet_resnet.integrations.cvat")

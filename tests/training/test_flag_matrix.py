@@ -95,6 +95,7 @@ NOT_RUN = {
     "precision": "the parameter of every run",
     "num_nodes": "needs several machines",
     "layout_options": "holds plug-in layouts' options (tests/data/test_registry.py)",
+    "init_from": "needs a trained checkpoint (tests/training/test_train.py, fine-tuning)",
 }
 
 
