@@ -8,6 +8,7 @@ would keep the real one.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,10 @@ def spy_keep_freed_memory(monkeypatch, module) -> list[bool]:
 
 
 _OWN_PROCESS_ENV = "UNET_RESNET_TEST_OWN_PROCESS"
+#: The environment the suite started with: what earlier tests set in this process (Lightning's
+#: DDP and seeding variables: WORLD_SIZE, LOCAL_RANK, MASTER_PORT, PL_GLOBAL_SEED, ...) must not
+#: leak into a test run in a process of its own.
+_START_ENV = dict(os.environ)
 
 
 def elsewhere(request) -> bool:
@@ -142,7 +147,11 @@ def elsewhere(request) -> bool:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
          request.node.nodeid],
         cwd=root, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, _OWN_PROCESS_ENV: request.node.nodeid},
+        env={
+            **_START_ENV,
+            **{k: v for k, v in os.environ.items() if k == "UNET_RESNET_CACHE"},
+            _OWN_PROCESS_ENV: request.node.nodeid,
+        },
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
