@@ -73,6 +73,9 @@ class CheckpointMeta:
     #: The training imagery's ground resolution in cm per pixel (georeferenced rasters), for
     #: GIS tools that resample to it (the Deepness metadata of an ONNX export); None if unknown.
     resolution_cm: float | None = None
+    #: The temperature the logits are divided by before the softmax (``unet-resnet
+    #: calibrate``, fitted on a validation split); None = uncalibrated (1).
+    temperature: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,7 @@ class CheckpointMeta:
             "thresholds": None if self.thresholds is None else list(self.thresholds),
             "split": self.split,
             "resolution_cm": self.resolution_cm,
+            "temperature": self.temperature,
         }
 
     @classmethod
@@ -105,6 +109,7 @@ class CheckpointMeta:
             thresholds=None if data.get("thresholds") is None else list(data["thresholds"]),
             split=data.get("split"),
             resolution_cm=data.get("resolution_cm"),
+            temperature=data.get("temperature"),
         )
 
 
@@ -221,6 +226,7 @@ def hub_metadata(meta: CheckpointMeta) -> dict[str, Any]:
         "task": meta.task,
         "thresholds": meta.thresholds,
         "resolution_cm": meta.resolution_cm,
+        "temperature": meta.temperature,
     }
 
 
@@ -238,6 +244,7 @@ def _load_shared(source: str | os.PathLike) -> tuple[UNetWithResnet50Encoder, Ch
         "task": metadata.get("task"),
         "thresholds": metadata.get("thresholds"),
         "resolution_cm": metadata.get("resolution_cm"),
+        "temperature": metadata.get("temperature"),
     }
     meta = _meta_or_error(Path(source) / "config.json", data)
     return model, meta

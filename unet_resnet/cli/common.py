@@ -109,6 +109,13 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
         help="multilabel models: per-class decision thresholds (one value, or one per class) "
         "instead of the checkpoint's",
     )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="divide the logits by this before the softmax (default: the checkpoint's, from "
+        "`unet-resnet calibrate`; an ensemble's from calibrating the ensemble)",
+    )
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument("--tta-rotations", action="store_true", help="also 90-degree turns")
     parser.add_argument(
@@ -137,6 +144,7 @@ def segmenter_options(args: argparse.Namespace, progress: bool = False) -> dict:
         "tta_rotations": args.tta_rotations,
         "compile": args.compile,
         "progress": progress,
+        **({"temperature": args.temperature} if getattr(args, "temperature", None) else {}),
         **({"thresholds": args.thresholds} if getattr(args, "thresholds", None) else {}),
     }
 

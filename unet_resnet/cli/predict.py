@@ -162,24 +162,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@command(
-    "evaluate",
-    "score a checkpoint on a labelled split (mIoU, Dice, per-class table)",
-    _evaluate_arguments,
-    keeps_freed_memory=True,
-)
-def evaluate_command(args: argparse.Namespace) -> int:
+def _labelled_split(args: argparse.Namespace, segmenter):
+    """The split ``--data``/``--split`` names, read as the checkpoint was trained (its classes,
+    volume rule and saved layout options) unless a flag says otherwise; its own classes (if
+    it has a classes file) must be the checkpoint's."""
     from unet_resnet.data import DataError
     from unet_resnet.data.layouts import SplitOptions, open_split
-    from unet_resnet.inference.evaluate import (
-        evaluate,
-        format_scores,
-        plot_confusion_matrix,
-        write_cases_csv,
-        write_scores_json,
-    )
 
-    segmenter = build_segmenter(args)
     # Read as the checkpoint was trained (its classes, volume rule and saved layout options),
     # unless a flag says otherwise; first with the dataset's own classes, to compare them.
     options = SplitOptions(task=segmenter.task.name).for_checkpoint(
@@ -195,12 +184,35 @@ def evaluate_command(args: argparse.Namespace) -> int:
     dataset = open_split(args.data, args.split, args.dataset, options)
     if dataset is None:
         raise DataError(f"No split '{args.split}' in {args.data} ({args.dataset} layout).")
+    return dataset
+
+
+@command(
+    "evaluate",
+    "score a checkpoint on a labelled split (mIoU, Dice, per-class table)",
+    _evaluate_arguments,
+    keeps_freed_memory=True,
+)
+def evaluate_command(args: argparse.Namespace) -> int:
+    from unet_resnet.inference.evaluate import (
+        evaluate,
+        format_scores,
+        plot_confusion_matrix,
+        write_cases_csv,
+        write_scores_json,
+    )
+
+    segmenter = build_segmenter(args)
+    dataset = _labelled_split(args, segmenter)
     if not args.tolerance_mm >= 0:
         raise ConfigError(f"Invalid --tolerance-mm {args.tolerance_mm}: a distance >= 0 in mm.")
-    scores = evaluate(segmenter, dataset, hd95=args.hd95, tolerance=args.tolerance_mm)
-    print(format_scores(scores))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    reliability = None if segmenter.task.overlapping else out / "reliability.png"
+    scores = evaluate(
+        segmenter, dataset, hd95=args.hd95, tolerance=args.tolerance_mm, reliability=reliability
+    )
+    print(format_scores(scores))
     write_scores_json(scores, out / "scores.json")
     if scores.get("cases"):
         write_cases_csv(scores, out / "cases.csv")
@@ -208,9 +220,107 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if "confusion_matrix" in scores:  # multiclass; multilabel classes are scored one by one
         plot_confusion_matrix(scores, out / "confusion_matrix.png")
         written.append("confusion_matrix.png")
+    if reliability is not None:
+        written.append("reliability.png")
     if args.json_out:
         write_scores_json(scores, args.json_out)
     print(f"{', '.join(written)} in {out}")
+    return 0
+
+
+def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    segmenter_arguments(parser)
+    parser.add_argument("--data", required=True, help="dataset root with labels")
+    parser.add_argument("--split", default="val", help="the split to fit on (not train)")
+    parser.add_argument("--dataset", default="folder", choices=layout_names())
+    layout_arguments(parser)
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the calibrated checkpoint to write (a .pt; default: only report the temperature)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+@command(
+    "calibrate",
+    "fit a temperature on a labelled split so that probabilities match how often they are "
+    "right (ECE before and after, reliability diagram)",
+    _calibrate_arguments,
+    keeps_freed_memory=True,
+)
+def calibrate_command(args: argparse.Namespace) -> int:
+    import json
+
+    from unet_resnet.calibration import CalibrationStats, plot_reliability
+    from unet_resnet.checkpoint import load_checkpoint, save_checkpoint
+    from unet_resnet.errors import OutputExistsError
+    from unet_resnet.io import atomic_path
+
+    if args.temperature is not None:
+        raise ConfigError("calibrate fits the temperature; leave out --temperature.")
+    sources = checkpoints_of(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if len(sources) > 1 or Path(sources[0]).suffix != ".pt":
+            raise ConfigError(
+                "--out writes a calibrated .pt checkpoint; for an ensemble or an export, leave "
+                "out --out and pass the reported --temperature to predict, evaluate or serve."
+            )
+        if out.suffix != ".pt":
+            raise ConfigError(f"--out {out}: name a .pt file.")
+        if out.resolve() == Path(sources[0]).resolve() and not args.overwrite:
+            raise OutputExistsError(
+                f"--out {out} is the checkpoint being calibrated; choose another name, or "
+                "pass --overwrite to replace it."
+            )
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it.")
+    args.temperature = 1.0  # fit from the raw probabilities
+    segmenter = build_segmenter(args)
+    if segmenter.task.overlapping:
+        raise ConfigError(
+            "calibrate fits one temperature for one-class-per-pixel (softmax) models; this "
+            "model is multilabel."
+        )
+    dataset = _labelled_split(args, segmenter)
+    classes = segmenter.classes
+    stats = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
+    for index in range(len(dataset)):
+        image, mask = dataset.load(index)
+        if mask is not None:
+            stats.update(segmenter.image_probabilities(image), mask)
+    if stats.pixels == 0:
+        raise ConfigError(f"No labelled pixels in the {args.split} split of {args.data}.")
+    temperature = stats.fit_temperature()
+    before, after = stats.at_temperature(1.0), stats.at_temperature(temperature)
+    report = {
+        "temperature": temperature,
+        "split": args.split,
+        "pixels": stats.pixels,
+        "sampled_pixels": before.pixels,
+        "before": before.summary(),
+        "after": after.summary(),
+    }
+    print(
+        f"temperature {temperature:.4g} (fitted by NLL on {before.pixels} sampled pixels of "
+        f"{stats.pixels})\n"
+        f"  ECE {before.ece():.4f} -> {after.ece():.4f}   ACE {before.ace():.4f} -> "
+        f"{after.ace():.4f}   MCE {before.mce():.4f} -> {after.mce():.4f}"
+    )
+    if out is None:
+        print(f"pass --temperature {temperature:.4g} to predict, evaluate or serve")
+        return 0
+    model, meta = load_checkpoint(sources[0])
+    meta.temperature = temperature
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model, meta)
+    side = out.with_suffix(".calibration.json")
+    with atomic_path(side) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    plot = out.with_suffix(".reliability.png")
+    plot_reliability(before, after, plot, title=f"temperature {temperature:.3g}")
+    print(f"wrote {out} (temperature {temperature:.4g}), {side.name} and {plot.name}")
     return 0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unet_resnet.calibration import CalibrationStats, plot_reliability, rescale
 from unet_resnet.data.classes import DataError
 from unet_resnet.data.datasets import PairedSegmentationDataset
 from unet_resnet.inference.segmenter import Segmenter
@@ -37,6 +38,7 @@ def evaluate(
     progress: bool = True,
     hd95: bool = False,
     tolerance: float = 2.0,
+    reliability: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """mIoU, mean Dice, pixel accuracy, per-class IoU/Dice/precision/recall, confusion matrix.
 
@@ -48,6 +50,11 @@ def evaluate(
     ``scores["per_case"]`` the mean / std / median over cases and the miss and false-alarm
     counts. ``hd95=True`` also puts the per-case mean HD95 in ``per_class[name]["hd95"]`` and
     ``mean_hd95``.
+
+    One-class-per-pixel models also get ``scores["calibration"]``: ECE, ACE (equal-mass bins),
+    MCE and class-wise ECE of the probabilities as the segmenter gives them (its
+    ``temperature`` applied), ``ece_uncalibrated`` at temperature 1, and a reliability
+    diagram written to ``reliability`` when given.
     """
     classes = segmenter.classes
     metrics = build_metrics(
@@ -57,6 +64,12 @@ def evaluate(
         class_names=classes.names,
         thresholds=segmenter.thresholds,
     )
+    calibrated = not segmenter.task.overlapping
+    stats = raw = None
+    if calibrated:
+        stats = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
+        if segmenter.temperature != 1.0:
+            raw = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
     volumes: dict[int, tuple[list, list]] = {}
     volumetric = hasattr(dataset, "spacings") and hasattr(dataset, "index")
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
@@ -71,7 +84,15 @@ def evaluate(
                 f"ignore_index {classes.ignore_index}): the dataset and the checkpoint do not "
                 "have the same classes."
             )
-        labels = segmenter.predict(image)
+        if stats is not None:
+            probs = segmenter.image_probabilities(image)
+            labels = segmenter.decide(probs)
+            stats.update(probs, mask)
+            if raw is not None:
+                raw.update(rescale(probs, 1 / segmenter.temperature), mask)
+            del probs
+        else:
+            labels = segmenter.predict(image)
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
         )
@@ -80,6 +101,20 @@ def evaluate(
             preds.append(labels)
             truths.append(mask)
     scores = metrics.compute()
+    if stats is not None:
+        uncalibrated = raw or stats
+        scores["calibration"] = {
+            "temperature": segmenter.temperature,
+            **stats.summary(),
+            "ece_uncalibrated": uncalibrated.ece(),
+        }
+        if reliability is not None:
+            plot_reliability(
+                raw or stats,
+                stats if raw is not None else None,
+                reliability,
+                title=f"temperature {segmenter.temperature:.3g}",
+            )
     if volumetric:
         _add_cases(scores, volumes, dataset, tolerance)
         if hd95:
@@ -139,6 +174,18 @@ def format_scores(scores: dict[str, Any]) -> str:
         "",
         f"{'class':<20} {'IoU':>6} {'Dice':>6} {'prec.':>6} {'recall':>6} {'pixels':>10}",
     ]
+    calibration = scores.get("calibration")
+    if calibration:
+
+        def num(value: float) -> str:
+            return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+        lines.insert(
+            1,
+            f"calibration: ECE {num(calibration['ece'])} (temperature 1: "
+            f"{num(calibration['ece_uncalibrated'])})   ACE {num(calibration['ace'])}   "
+            f"MCE {num(calibration['mce'])}   temperature {calibration['temperature']:.3g}",
+        )
     for name, row in scores["per_class"].items():
         lines.append(
             f"{name[:20]:<20} {pct(row['iou'])} {pct(row['dice'])} {pct(row['precision'])} "

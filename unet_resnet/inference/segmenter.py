@@ -9,6 +9,7 @@ shortcut to it.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -107,8 +108,17 @@ class Segmenter:
         task: str = "multiclass",
         thresholds: Sequence[float] | None = None,
         fastpath: FastPathChoice | dict | None = None,
+        temperature: float | None = None,
     ) -> None:
         self.task = get_task(task)
+        self.temperature = 1.0 if temperature is None else float(temperature)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"Invalid temperature {temperature!r}: a positive number.")
+        if self.temperature != 1.0 and self.task.overlapping:
+            raise ConfigError(
+                "A temperature calibrates one-class-per-pixel (softmax) models; this model is "
+                "multilabel."
+            )
         if precision not in PRECISIONS:
             raise ConfigError(
                 f"Unknown precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}."
@@ -244,6 +254,9 @@ class Segmenter:
             split=meta.split,
             task=meta.task,
             thresholds=kwargs.pop("thresholds", None) or meta.thresholds,
+            # an ensemble's members were calibrated alone, not their average: pass its own
+            temperature=kwargs.pop("temperature", None)
+            or (meta.temperature if len(loaded) == 1 else None),
             **kwargs,
         )
 
@@ -332,7 +345,10 @@ class Segmenter:
                     if len(group) == 1
                     else torch.cat([view(batch, f, k) for f, k in group])
                 ).contiguous(memory_format=fmt)  # a no-op where it already is
-                p = self.task.activate(model(x)).float()
+                logits = model(x)
+                if self.temperature != 1.0:  # calibrated: the arg-max is unchanged
+                    logits = logits.float() / self.temperature
+                p = self.task.activate(logits).float()
                 for i, (flip, k) in enumerate(group):
                     part = view(p[i * n : (i + 1) * n], flip, k, inverse=True)
                     total = part if total is None else total + part
