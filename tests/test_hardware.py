@@ -119,7 +119,8 @@ def test_commands_that_predict_keep_freed_memory(monkeypatch):
     from unet_resnet.cli.registry import COMMANDS, Command
 
     keeping = {name for name, cmd in COMMANDS.items() if cmd.keeps_freed_memory}
-    assert keeping == {"predict", "evaluate", "serve"}  # train has its own (--keep-freed-memory)
+    # train has its own (--keep-freed-memory)
+    assert keeping == {"predict", "evaluate", "calibrate", "serve"}
     seen = []
 
     def handler(args):

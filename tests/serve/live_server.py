@@ -35,3 +35,20 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def wait_until_healthy(url: str, process, timeout: float, describe=lambda: "") -> None:
+    """Poll ``url`` until it answers 200; fail with ``describe()`` if ``process`` exits or
+    ``timeout`` seconds pass first."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            raise AssertionError(f"{url} did not come up: {describe()}")
+        time.sleep(0.2)

@@ -9,15 +9,13 @@ import io
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.live_server import LiveServer, _free_port
+from tests.serve.live_server import LiveServer, _free_port, wait_until_healthy
 from tests.serve.ls_client import PYTHON
 from unet_resnet import Segmenter
 from unet_resnet.integrations.label_studio import LabelStudioSettings
@@ -48,16 +46,9 @@ def label_studio(tmp_path):
     process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or process.poll() is not None:
-                pytest.fail(f"Label Studio did not start: {(tmp_path / 'ls.log').read_text()}")
-            time.sleep(1)
+        wait_until_healthy(
+            f"{url}/health", process, 240, lambda: (tmp_path / "ls.log").read_text()[-3000:]
+        )
         yield url
     finally:
         process.terminate()

@@ -7,7 +7,6 @@ import io
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import httpx
 import numpy as np
 import pytest
 import tifffile
+
+from tests.serve.live_server import wait_until_healthy
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 
@@ -36,16 +37,9 @@ def test_server_rss_does_not_grow_with_uploads(checkpoint, tmp_path):
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_until_healthy(
+            f"{url}/health", server, 120, lambda: server.stderr.read().decode()[-2000:]
+        )
         before = _status(server.pid, "VmHWM")
 
         def flood(_):

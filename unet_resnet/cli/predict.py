@@ -139,12 +139,17 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+def _labelled_split_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    """The segmenter's flags and those naming a labelled split (evaluate, calibrate)."""
     segmenter_arguments(parser)
-    parser.add_argument("--data", required=True, help="dataset root")
-    parser.add_argument("--split", default="val", help="val | test | train")
+    parser.add_argument("--data", required=True, help="dataset root with labels")
+    parser.add_argument("--split", default="val", help=split_help)
     parser.add_argument("--dataset", default="folder", choices=layout_names())
     layout_arguments(parser)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _labelled_split_arguments(parser, "val | test | train")
     parser.add_argument(
         "--hd95",
         action="store_true",
@@ -229,11 +234,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    segmenter_arguments(parser)
-    parser.add_argument("--data", required=True, help="dataset root with labels")
-    parser.add_argument("--split", default="val", help="the split to fit on (not train)")
-    parser.add_argument("--dataset", default="folder", choices=layout_names())
-    layout_arguments(parser)
+    _labelled_split_arguments(parser, "the split to fit on (not train)")
     parser.add_argument(
         "--out",
         default=None,
