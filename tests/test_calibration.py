@@ -44,6 +44,11 @@ def test_streamed_equals_at_once_and_memory_is_bounded():
     assert parts.mce() == pytest.approx(whole.mce(), abs=1e-12)
     assert parts.pixels == whole.pixels == 30_000
     assert parts._kept == 250  # the sample stops at its bound
+    chunked = CalibrationStats(4, sample_per_image=100, max_samples=250)
+    chunked.CHUNK = 999  # an image binned in pieces: the same statistics
+    chunked.update(probs, labels.numpy())
+    assert chunked.ece() == pytest.approx(whole.ece(), abs=1e-12)
+    assert chunked.classwise_ece() == pytest.approx(whole.classwise_ece(), abs=1e-12)
 
 
 def test_ignored_pixels_are_not_counted():

@@ -64,6 +64,9 @@ class CalibrationStats:
         self._samples, self._kept = [], 0
         self._rng = np.random.default_rng(self.seed)
 
+    #: pixels binned at once: what one update holds besides its input is bounded by this
+    CHUNK = 1 << 18
+
     def update(self, probs: torch.Tensor | np.ndarray, labels: np.ndarray) -> None:
         """One image: probabilities ``C x H x W`` and its true labels ``H x W``."""
         p = torch.as_tensor(probs).float().reshape(self.num_classes, -1).cpu()
@@ -71,31 +74,36 @@ class CalibrationStats:
         valid = (y >= 0) & (y < self.num_classes)
         if self.ignore_index is not None:
             valid &= y != self.ignore_index
-        p, y = p[:, valid], y[valid]
-        if y.numel() == 0:
+        keep = valid.nonzero()[:, 0]
+        if keep.numel() == 0:
             return
-        confidence, predicted = p.max(0)
-        correct = (predicted == y).double()
-        index = (confidence * self.bins).long().clamp_(max=self.bins - 1)
-        self._count += np.bincount(index.numpy(), minlength=self.bins)
-        self._confidence += np.bincount(index.numpy(), confidence.double().numpy(), self.bins)
-        self._correct += np.bincount(index.numpy(), correct.numpy(), self.bins)
-        class_index = (p * self.bins).long().clamp_(max=self.bins - 1)
-        hits = torch.nn.functional.one_hot(y, self.num_classes).T.double()
-        flat = (torch.arange(self.num_classes)[:, None] * self.bins + class_index).reshape(-1)
-        size = self.num_classes * self.bins
-        shape = (self.num_classes, self.bins)
-        self._class_count += np.bincount(flat.numpy(), minlength=size).reshape(shape)
-        self._class_prob += np.bincount(flat.numpy(), p.double().reshape(-1).numpy(), size).reshape(
-            shape
-        )
-        self._class_hits += np.bincount(flat.numpy(), hits.reshape(-1).numpy(), size).reshape(shape)
+        for part in keep.split(self.CHUNK):
+            self._bin(p[:, part], y[part])
         room = min(self.sample_per_image, self.max_samples - self._kept)
         if room > 0:
-            take = self._rng.choice(y.numel(), size=min(room, y.numel()), replace=False)
-            take = torch.from_numpy(np.sort(take))
+            take = self._rng.choice(keep.numel(), size=min(room, keep.numel()), replace=False)
+            take = keep[torch.from_numpy(np.sort(take))]
             self._samples.append((p[:, take].T.clone(), y[take].clone()))
             self._kept += take.numel()
+
+    def _bin(self, p: torch.Tensor, y: torch.Tensor) -> None:
+        """Add ``C x n`` probabilities of ``n`` valid pixels with labels ``y`` to the bins."""
+        bins, size = self.bins, self.num_classes * self.bins
+        confidence, predicted = p.max(0)
+        index = (confidence * bins).long().clamp_(max=bins - 1).numpy()
+        self._count += np.bincount(index, minlength=bins)
+        self._confidence += np.bincount(index, confidence.double().numpy(), bins)
+        self._correct += np.bincount(index, (predicted == y).double().numpy(), bins)
+        # class-wise: each class's probability bin, and (for the true class only) a hit
+        class_index = (p * bins).long().clamp_(max=bins - 1)
+        flat = (torch.arange(self.num_classes)[:, None] * bins + class_index).reshape(-1)
+        shape = (self.num_classes, bins)
+        self._class_count += np.bincount(flat.numpy(), minlength=size).reshape(shape)
+        self._class_prob += np.bincount(flat.numpy(), p.reshape(-1).double().numpy(), size).reshape(
+            shape
+        )
+        true_bins = y * bins + class_index.gather(0, y[None])[0]
+        self._class_hits += np.bincount(true_bins.numpy(), minlength=size).reshape(shape)
 
     # -- scores --------------------------------------------------------------------------------
     @property
