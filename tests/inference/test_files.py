@@ -123,6 +123,7 @@ def test_a_made_up_format_is_one_registry_entry(tmp_path, registry, checkpoint):
     assert main([*argv, "--precision", "fp32"]) == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "photo.png",
+        "predict_report.json",
         "scan_labels.txt",
     ]
     assert np.loadtxt(out / "scan_labels.txt").shape == (48, 40)

@@ -146,6 +146,7 @@ def segmenter_options(args: argparse.Namespace, progress: bool = False) -> dict:
         "progress": progress,
         **({"temperature": args.temperature} if getattr(args, "temperature", None) else {}),
         **({"thresholds": args.thresholds} if getattr(args, "thresholds", None) else {}),
+        **({"uncertainty": args.uncertainty} if getattr(args, "uncertainty", None) else {}),
     }
 
 

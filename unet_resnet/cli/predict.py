@@ -18,6 +18,7 @@ from unet_resnet.cli.common import (
 from unet_resnet.cli.registry import command
 from unet_resnet.data.layouts import layout_names
 from unet_resnet.errors import ConfigError
+from unet_resnet.uncertainty import UNCERTAINTIES
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,22 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TOL",
         help="--vectorize: simplify polygons by this tolerance in CRS units (e.g. metres)",
     )
+    parser.add_argument(
+        "--uncertainty",
+        choices=tuple(UNCERTAINTIES),
+        default=None,
+        help="also write a per-pixel uncertainty map, NAME_uncertainty.png (8-bit; a float "
+        "GeoTIFF for GeoTIFFs, NIfTI for volumes): entropy of the probabilities, tta = "
+        "disagreement of the TTA views (turns --tta on), ensemble = of the --checkpoint models",
+    )
+    parser.add_argument(
+        "--review-top",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write OUT/review.csv: the N inputs whose masks the model trusts least (its "
+        "expected IoU, see predict_report.json's review_order), to check first",
+    )
     layout_arguments(parser, ["slice_axis"])  # NIfTI input
     parser.add_argument(
         "--overwrite", action="store_true", help="replace outputs of an earlier run in --out"
@@ -71,6 +88,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_command(args: argparse.Namespace) -> int:
     from unet_resnet.checkpoint import read_meta
     from unet_resnet.inference.files import plan_predictions, predict_files
+    from unet_resnet.inference.review import read_report, write_report, write_review
 
     if args.simplify is not None and not args.simplify >= 0:
         raise ConfigError(f"Invalid --simplify {args.simplify}: a tolerance >= 0 in CRS units.")
@@ -85,6 +103,14 @@ def predict_command(args: argparse.Namespace) -> int:
         raise ConfigError("--address and --workers go with --engine ray.")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"Invalid --workers {args.workers}: at least 1.")
+    if args.review_top is not None and args.review_top < 1:
+        raise ConfigError(f"Invalid --review-top {args.review_top}: at least 1 image.")
+    if args.uncertainty == "ensemble" and len(checkpoints_of(args)) < 2:
+        raise ConfigError(
+            "--uncertainty ensemble measures how much an ensemble's members disagree: give "
+            "--checkpoint twice or more (for example a cross-validation's folds), or use "
+            "--uncertainty entropy or tta."
+        )
     done, model = None, None
     if args.engine == "ray":
         from unet_resnet.inference.scale import RunRecord, model_hash
@@ -107,6 +133,7 @@ def predict_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         done=done,
         multilabel=multilabel,
+        uncertainty=args.uncertainty is not None,
     )
     if args.engine == "ray":
         from unet_resnet.inference.scale import predict_with_ray
@@ -130,7 +157,18 @@ def predict_command(args: argparse.Namespace) -> int:
         report = predict_files(
             segmenter, plan, slice_axis=args.slice_axis, simplify=args.simplify, progress=True
         )
+        summary = {
+            "engine": "local",
+            "inputs": len(plan.files),
+            "done": len(report.written),
+            "failed": [{"input": name, "reason": reason} for name, reason in report.failed],
+            "uncertainty": segmenter.uncertainty,
+        }
+        write_report(Path(args.out), report.quality, summary)
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
+    if args.review_top:
+        queue = write_review(Path(args.out), read_report(Path(args.out)), args.review_top)
+        print(f"review queue: {queue} (the {args.review_top} least trusted first)")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
         for name, reason in report.failed:

@@ -33,7 +33,11 @@ class Ensemble(nn.Module):
         self.n_classes = int(getattr(first, "n_classes", 0))
         self.config = {"ensemble": [getattr(m, "config", None) for m in members]}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
+        """Logits of the members' mean probabilities; ``members=True``: each member's own
+        logits, stacked (``M x N x C x H x W``), for their disagreement."""
+        if members:
+            return torch.stack([m(x) for m in self.members])
         probabilities = torch.stack([self.task.activate(m(x)) for m in self.members]).mean(0)
         return self.task.from_probabilities(probabilities)
 

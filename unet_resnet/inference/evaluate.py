@@ -21,6 +21,7 @@ from unet_resnet.data.datasets import PairedSegmentationDataset
 from unet_resnet.inference.segmenter import Segmenter
 from unet_resnet.io import atomic_path
 from unet_resnet.metrics import build_metrics
+from unet_resnet.uncertainty import QualityMeter, image_iou, spearman
 
 __all__ = [
     "evaluate",
@@ -55,6 +56,11 @@ def evaluate(
     MCE and class-wise ECE of the probabilities as the segmenter gives them (its
     ``temperature`` applied), ``ece_uncalibrated`` at temperature 1, and a reliability
     diagram written to ``reliability`` when given.
+
+    ``scores["quality"]`` checks the per-image quality estimate ``predict`` writes (the
+    expected mIoU, :class:`~unet_resnet.uncertainty.QualityMeter`) against each image's true
+    mIoU (over the classes its mask or prediction holds): Spearman's rank correlation, and
+    both per image.
     """
     classes = segmenter.classes
     metrics = build_metrics(
@@ -71,6 +77,8 @@ def evaluate(
         if segmenter.temperature != 1.0:
             raw = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
     volumes: dict[int, tuple[list, list]] = {}
+    estimated: list[float] = []
+    observed: list[float] = []
     volumetric = hasattr(dataset, "spacings") and hasattr(dataset, "index")
     for index in tqdm(range(len(dataset)), desc="evaluate", disable=not progress):
         image, mask = dataset.load(index)
@@ -84,15 +92,29 @@ def evaluate(
                 f"ignore_index {classes.ignore_index}): the dataset and the checkpoint do not "
                 "have the same classes."
             )
+        probs, unsure = segmenter.image_prediction(image)
+        labels = segmenter.decide(probs)
+        meter = QualityMeter(
+            classes.num_classes,
+            overlapping=segmenter.task.overlapping,
+            background=None if segmenter.task.overlapping else 0,
+        )
+        meter.update(probs, labels, unsure)
+        true_iou = image_iou(
+            labels,
+            mask,
+            classes.num_classes,
+            ignore_index=classes.ignore_index,
+            overlapping=segmenter.task.overlapping,
+        )
+        if not math.isnan(true_iou):
+            estimated.append(meter.summary()["quality"])
+            observed.append(true_iou)
         if stats is not None:
-            probs = segmenter.image_probabilities(image)
-            labels = segmenter.decide(probs)
             stats.update(probs, mask)
             if raw is not None:
                 raw.update(rescale(probs, 1 / segmenter.temperature), mask)
-            del probs
-        else:
-            labels = segmenter.predict(image)
+        del probs, unsure
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
         )
@@ -101,6 +123,12 @@ def evaluate(
             preds.append(labels)
             truths.append(mask)
     scores = metrics.compute()
+    scores["quality"] = {
+        "spearman": spearman(estimated, observed),
+        "images": len(observed),
+        "estimated": [round(v, 6) for v in estimated],
+        "observed": [round(v, 6) for v in observed],
+    }
     if stats is not None:
         uncalibrated = raw or stats
         scores["calibration"] = {
@@ -185,6 +213,15 @@ def format_scores(scores: dict[str, Any]) -> str:
             f"calibration: ECE {num(calibration['ece'])} (temperature 1: "
             f"{num(calibration['ece_uncalibrated'])})   ACE {num(calibration['ace'])}   "
             f"MCE {num(calibration['mce'])}   temperature {calibration['temperature']:.3g}",
+        )
+    quality = scores.get("quality")
+    if quality and quality.get("images"):
+        rho = quality["spearman"]
+        lines.insert(
+            1,
+            f"quality estimate vs true per-image mIoU: Spearman "
+            f"{'n/a' if rho is None or math.isnan(rho) else f'{rho:.3f}'} over "
+            f"{quality['images']} images",
         )
     for name, row in scores["per_class"].items():
         lines.append(

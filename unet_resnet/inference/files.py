@@ -52,6 +52,7 @@ def predict_file(
     *,
     overlay: str | os.PathLike | None = None,
     probabilities: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
     chunk_size: int = 4096,
     slice_axis: int | None = None,
 ) -> Path:
@@ -69,6 +70,7 @@ def predict_file(
         Path(path_out),
         overlay=None if overlay is None else Path(overlay),
         probabilities=None if probabilities is None else Path(probabilities),
+        uncertainty=None if uncertainty is None else Path(uncertainty),
     )
     fmt.predict(segmenter, Path(path_in), outputs, chunk_size=chunk_size, slice_axis=slice_axis)
     return Path(path_out)
@@ -176,11 +178,13 @@ def plan_outputs(
     vector_format: str = "gpkg",
     multilabel: bool = False,
     formats: Sequence[FileFormat] | None = None,
+    uncertainty: bool = False,
 ) -> list[OutputPaths]:
     """Output names for each input, as its format names them (``formats``, one per file,
     detected here when not given): ``NAME.png`` (``.tif`` for GeoTIFF and for ``multilabel``
     masks, ``.nii.gz`` for NIfTI), ``NAME_overlay.png``, ``NAME_proba.npy``/``.tif``,
-    ``NAME.geojson`` and ``NAME.gpkg`` (or ``.fgb``).
+    ``NAME.geojson`` and ``NAME.gpkg`` (or ``.fgb``), ``NAME_uncertainty.png`` (``.tif``,
+    ``.nii.gz``).
 
     No output is ever an input or another input's output: when any of an input's names is
     taken (same file name in two folders, ``a.png`` and ``a.jpg``, ``x.png`` beside
@@ -188,7 +192,9 @@ def plan_outputs(
     folder as a prefix (``FOLDER_NAME``), then its suffix (``NAME_jpg``), then a number
     (``NAME-2``), whichever is free first.
     """
-    request = OutputRequest(overlay, probabilities, vectorize, vector_format, multilabel)
+    request = OutputRequest(
+        overlay, probabilities, vectorize, vector_format, multilabel, uncertainty
+    )
     formats = list(formats) if formats is not None else [detect_format(f) for f in files]
     inputs = {p.resolve() for p in files}
     claimed: set[Path] = set()
@@ -210,10 +216,12 @@ def plan_outputs(
 
 @dataclass
 class PredictReport:
-    """What :func:`predict_files` wrote and which inputs failed (with the reason)."""
+    """What :func:`predict_files` wrote, which inputs failed (with the reason), and each
+    predicted input's quality estimate (:mod:`unet_resnet.uncertainty`), by input path."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    quality: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -240,6 +248,7 @@ def plan_predictions(
     overwrite: bool = False,
     done: Callable[[Path, OutputPaths], bool] | None = None,
     multilabel: bool = False,
+    uncertainty: bool = False,
 ) -> PredictPlan:
     """Expand ``inputs`` and name every output; an output that already exists is an error
     (before any work) unless ``overwrite``. Inputs for which ``done(path, outputs)`` holds (a
@@ -265,6 +274,7 @@ def plan_predictions(
         vector_format=vector_format,
         multilabel=multilabel,
         formats=formats,
+        uncertainty=uncertainty,
     )
     skipped: list[Path] = []
     entries = list(zip(files, plans, formats, strict=True))
@@ -292,18 +302,19 @@ def predict_one(
     fmt: str | None = None,
     slice_axis: int | None = None,
     simplify: float | None = None,
-) -> None:
+) -> dict:
     """Predict one input into its outputs (each written atomically) as its format ``fmt``
     (the plan's; detected when None) says; what both engines run per input, so their outputs
-    are identical."""
+    are identical. Returns the input's quality estimate."""
     file_format = get_format(fmt) if fmt else detect_format(path)
-    file_format.predict(segmenter, path, paths, slice_axis=slice_axis)
+    quality = file_format.predict(segmenter, path, paths, slice_axis=slice_axis)
     if paths.vectors is not None:
         from unet_resnet.inference.vectorize import vectorize_mask
 
         vectorize_mask(
             paths.mask, paths.vectors, segmenter.classes, gis_path=paths.gis, simplify=simplify
         )
+    return quality
 
 
 def predict_files(
@@ -332,8 +343,12 @@ def predict_files(
     formats = plan.formats or [None] * len(files)
     for path, paths, fmt in zip(bar, outputs, formats, strict=True):
         try:
-            predict_one(segmenter, path, paths, fmt=fmt, slice_axis=slice_axis, simplify=simplify)
+            quality = predict_one(
+                segmenter, path, paths, fmt=fmt, slice_axis=slice_axis, simplify=simplify
+            )
             report.written.append(paths.mask)
+            if quality is not None:  # a format of one's own may not estimate it
+                report.quality[str(path)] = quality
         except UnetResnetError as exc:
             report.failed.append((str(path), str(exc)))
     return report

@@ -28,12 +28,12 @@ from unet_resnet.accel.memory import keep_freed_memory
 from unet_resnet.errors import ConfigError, UnetResnetError
 from unet_resnet.hardware import device_class
 from unet_resnet.inference.files import OutputPaths, PredictPlan, PredictReport
-from unet_resnet.io import atomic_path, remove_partials
+from unet_resnet.inference.review import write_report
+from unet_resnet.io import remove_partials
 
 __all__ = ["RunRecord", "decided_once", "model_hash", "predict_with_ray", "read_manifest"]
 
 RECORD_FILE = ".unet-resnet-run.jsonl"
-REPORT_FILE = "predict_report.json"
 
 
 def read_manifest(path: str | os.PathLike) -> list[str]:
@@ -132,7 +132,7 @@ class _Worker:
         start = time.perf_counter()
         paths = OutputPaths(**{k: None if v is None else Path(v) for k, v in outputs.items()})
         try:
-            predict_one(
+            quality = predict_one(
                 self.segmenter,
                 Path(path),
                 paths,
@@ -142,10 +142,11 @@ class _Worker:
             )
             error = None
         except UnetResnetError as exc:
-            error = str(exc)
+            error, quality = str(exc), None
         return {
             "input": path,
             "error": error,
+            "quality": quality,
             "seconds": time.perf_counter() - start,
             "worker": os.getpid(),
         }
@@ -258,6 +259,8 @@ def predict_with_ray(
         if result["error"] is None:
             record.add(path, model)
             report.written.append(paths.mask)
+            if result.get("quality") is not None:
+                report.quality[str(path)] = result["quality"]
             per_worker.setdefault(result["worker"], []).append(result["seconds"])
         else:
             report.failed.append((str(path), result["error"]))
@@ -282,8 +285,7 @@ def predict_with_ray(
         },
         "model": model,
     }
-    with atomic_path(plan.out / REPORT_FILE) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(plan.out, report.quality, summary)
     return report
 
 

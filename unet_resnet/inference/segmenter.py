@@ -30,6 +30,13 @@ from unet_resnet.inference.runtime import RuntimeModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
 from unet_resnet.task import check_thresholds, get_task
+from unet_resnet.uncertainty import (
+    UNCERTAINTIES,
+    disagreement,
+    entropy,
+    entropy_map,
+    entropy_scale,
+)
 
 __all__ = ["Segmenter", "tiles_that_fit"]
 # numpy dtypes torch cannot hold (or compute with), and the lossless type they are read as.
@@ -79,6 +86,11 @@ class Segmenter:
         fastpath: a fast-path choice made by another process (:attr:`fastpath` of its
             segmenter, or that as a dict), applied as it is instead of timing candidates:
             how every worker of a Ray run predicts exactly as the run decided once.
+        temperature: divide the logits by this before the softmax (calibration).
+        uncertainty: the per-pixel uncertainty :meth:`image_prediction` returns
+            (:data:`~unet_resnet.uncertainty.UNCERTAINTIES`): ``"entropy"`` (default),
+            ``"tta"`` (the disagreement of the TTA views; turns ``tta`` on) or
+            ``"ensemble"`` (of the members; needs an ensemble).
     """
 
     def __init__(
@@ -109,8 +121,21 @@ class Segmenter:
         thresholds: Sequence[float] | None = None,
         fastpath: FastPathChoice | dict | None = None,
         temperature: float | None = None,
+        uncertainty: str | None = None,
     ) -> None:
         self.task = get_task(task)
+        self.uncertainty = uncertainty or "entropy"
+        if self.uncertainty not in UNCERTAINTIES:
+            raise ConfigError(
+                f"Unknown uncertainty {uncertainty!r}. Choose one of: {', '.join(UNCERTAINTIES)}."
+            )
+        if self.uncertainty == "ensemble" and not hasattr(model, "members"):
+            raise ConfigError(
+                "--uncertainty ensemble measures how much an ensemble's members disagree: give "
+                "several --checkpoint (for example the folds of a cross-validation), or use "
+                "--uncertainty entropy or tta."
+            )
+        tta = tta or self.uncertainty == "tta"
         self.temperature = 1.0 if temperature is None else float(temperature)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"Invalid temperature {temperature!r}: a positive number.")
@@ -279,20 +304,26 @@ class Segmenter:
         return cls.from_checkpoint(path, backend="onnxruntime", **kwargs)
 
     # Arrays in, arrays out ------------------------------------------------------------------
-    def probabilities(self, batch: torch.Tensor, *, tta: bool | None = None) -> torch.Tensor:
+    def probabilities(
+        self, batch: torch.Tensor, *, tta: bool | None = None, disagreement: bool = False
+    ) -> torch.Tensor:
         """Probabilities (fp32; softmax, or a sigmoid per class for multilabel) for a
         normalised ``N x C x H x W`` batch.
 
         The model's own forward pass on already-normalised input (no tiling), with test-time
-        augmentation when ``tta`` (default: the segmenter's setting).
+        augmentation when ``tta`` (default: the segmenter's setting). ``disagreement``: one
+        more channel, last, with the disagreement of the TTA views or of the ensemble's
+        members (the segmenter's ``uncertainty``), so that tiles blend it like the rest.
         """
         tta = self.tta if tta is None else tta
+        members = disagreement and self.uncertainty == "ensemble"
+        spread = disagreement and not members
         views: list[tuple] = [((), 0)]
         if tta:
             views += [((-1,), 0), ((-2,), 0)]
             if self.tta_rotations:
                 views += [((), 1), ((), 2), ((), 3)]
-        probs = self._views(self._forward_model, batch, views, self.dtype)
+        probs = self._views(self._forward_model, batch, views, self.dtype, members, spread)
         if bool(torch.isfinite(probs).all()):
             return probs
         # NaN probabilities would silently become class 0: say why, or redo the batch.
@@ -308,7 +339,7 @@ class Segmenter:
                 "predicted again in fp32 (pass precision='fp32' to always do so).",
                 stacklevel=2,
             )
-            probs = self._views(self._fp32(), batch, views, torch.float32)
+            probs = self._views(self._fp32(), batch, views, torch.float32, members, spread)
             if bool(torch.isfinite(probs).all()):
                 return probs
         raise InputShapeError(
@@ -317,9 +348,19 @@ class Segmenter:
             "not diverge."
         )
 
-    def _views(self, model, batch: torch.Tensor, views: list[tuple], dtype) -> torch.Tensor:
+    def _views(
+        self,
+        model,
+        batch: torch.Tensor,
+        views: list[tuple],
+        dtype,
+        members: bool = False,
+        spread: bool = False,
+    ) -> torch.Tensor:
         """Average of ``model``'s probabilities over the (flip, quarter-turn) ``views``: on GPUs
-        views of one shape go through as one batch, elsewhere one after another (memory)."""
+        views of one shape go through as one batch, elsewhere one after another (memory).
+        ``members``: the ensemble's members' disagreement as one more channel (averaged over
+        the views); ``spread``: the views' disagreement as one more channel."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         batch = batch.to(self.device, dtype, memory_format=fmt, non_blocking=True)
 
@@ -336,8 +377,9 @@ class Segmenter:
             groups = [g for odd in (0, 1) if (g := [v for v in views if v[1] % 2 == odd])]
         else:
             groups = [views]
-        total = None
+        total = extra = None
         n = batch.shape[0]
+        overlapping = self.task.overlapping
         with torch.inference_mode():
             for group in groups:
                 x = (
@@ -345,14 +387,30 @@ class Segmenter:
                     if len(group) == 1
                     else torch.cat([view(batch, f, k) for f, k in group])
                 ).contiguous(memory_format=fmt)  # a no-op where it already is
-                logits = model(x)
+                if members:  # each member's probabilities: their mean, and how they differ
+                    each = self.task.activate(model(x, members=True).flatten(0, 1))
+                    each = each.unflatten(0, (-1, x.shape[0]))
+                    member_spread = disagreement(each, overlapping=overlapping)[:, None]
+                    logits = self.task.from_probabilities(each.mean(0))
+                else:
+                    logits = model(x)
                 if self.temperature != 1.0:  # calibrated: the arg-max is unchanged
                     logits = logits.float() / self.temperature
                 p = self.task.activate(logits).float()
+                if members:
+                    p = torch.cat([p, member_spread], 1)
                 for i, (flip, k) in enumerate(group):
                     part = view(p[i * n : (i + 1) * n], flip, k, inverse=True)
                     total = part if total is None else total + part
-        return total / len(views)
+                    if spread:  # the views' own entropies, summed (see below)
+                        h = entropy(part, overlapping)
+                        extra = h if extra is None else extra + h
+        mean = total / len(views)
+        if spread:  # mutual information: H(mean of views) - mean of H(view), normalised
+            mi = entropy(mean, overlapping) - extra / len(views)
+            mi = (mi / entropy_scale(mean.shape[1], overlapping)).clamp_(0, 1)
+            mean = torch.cat([mean, mi[:, None]], 1)
+        return mean
 
     def _fp32(self) -> nn.Module:
         """An fp32 copy of the model (built on first use), for batches that overflowed."""
@@ -430,11 +488,37 @@ class Segmenter:
 
         ``tta`` and ``tile_size`` override the segmenter's settings for this call only.
         """
+        return self._image(image, tta=tta, tile_size=tile_size)
+
+    def image_prediction(
+        self, image: np.ndarray, *, tta: bool | None = None, tile_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities ``K x H x W`` as :meth:`image_probabilities` gives them, and the
+        segmenter's ``uncertainty`` map ``H x W`` in [0, 1] (:mod:`unet_resnet.uncertainty`):
+        predictive entropy, or the disagreement of the TTA views or of the ensemble's
+        members, blended across tiles like the probabilities."""
+        if self.uncertainty == "entropy":
+            probs = self.image_probabilities(image, tta=tta, tile_size=tile_size)
+            return probs, entropy_map(probs, overlapping=self.task.overlapping)
+        if self.uncertainty == "tta" and tta is False:
+            raise ConfigError("--uncertainty tta needs the TTA views: leave TTA on.")
+        both = self._image(image, tta=tta, tile_size=tile_size, disagreement=True)
+        return both[:-1], both[-1]
+
+    def _image(
+        self,
+        image: np.ndarray,
+        *,
+        tta: bool | None = None,
+        tile_size: int | None = None,
+        disagreement: bool = False,
+    ) -> torch.Tensor:
         x, scale, shift = self._prepare(image)
         tile = tile_size or self.tile_size
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
-            return self.probabilities(torch.addcmul(shift, batch.float(), scale), tta=tta)
+            batch = torch.addcmul(shift, batch.float(), scale)
+            return self.probabilities(batch, tta=tta, disagreement=disagreement)
 
         # Many tiles: each batch's activations reuse the last one's memory instead of fresh
         # pages (a 2048x2048 image in 512 tiles 1.4 -> 1.0 s); one tile: nothing to reuse.
@@ -514,9 +598,11 @@ class Segmenter:
         *,
         overlay: str | os.PathLike | None = None,
         probabilities: str | os.PathLike | None = None,
+        uncertainty: str | os.PathLike | None = None,
         chunk_size: int = 4096,
     ) -> Path:
-        """Predict one file and write the mask (see :func:`inference.files.predict_file`)."""
+        """Predict one file and write the mask (see :func:`inference.files.predict_file`);
+        ``uncertainty``: also the segmenter's uncertainty map there."""
         from unet_resnet.inference.files import predict_file
 
         # a scene's chunks reuse each other's memory (a CPU trick: glibc's heap)
@@ -527,6 +613,7 @@ class Segmenter:
                 path_out,
                 overlay=overlay,
                 probabilities=probabilities,
+                uncertainty=uncertainty,
                 chunk_size=chunk_size,
             )
 

@@ -16,6 +16,7 @@ import torch
 from unet_resnet.data.classes import ClassInfo
 from unet_resnet.inference.labels import labels_from_probs
 from unet_resnet.io import atomic_path
+from unet_resnet.uncertainty import QualityMeter, entropy_map
 from unet_resnet.visualize import overlay_with_legend
 
 __all__ = [
@@ -26,7 +27,10 @@ __all__ = [
     "decide",
     "mask_file_predictor",
     "overlapping",
+    "predict_chunk",
+    "quality_meter",
     "save_overlay",
+    "uncertainty_bytes",
 ]
 
 
@@ -42,8 +46,9 @@ class ImagePredictor(Protocol):
 
     def predict(self, image: np.ndarray) -> np.ndarray: ...
 
-    # Optional: ``decide(probs)`` (probabilities -> what ``predict`` returns) and ``task``;
-    # without them the predictor is multiclass (arg-max).
+    # Optional: ``decide(probs)`` (probabilities -> what ``predict`` returns), ``task``
+    # (without them the predictor is multiclass: arg-max) and ``image_prediction(image)``
+    # (probabilities and an uncertainty map; without it, the entropy of the probabilities).
 
 
 @dataclass(frozen=True)
@@ -55,30 +60,32 @@ class OutputPaths:
     probabilities: Path | None = None
     vectors: Path | None = None
     gis: Path | None = None
+    uncertainty: Path | None = None
 
     def paths(self) -> list[Path]:
-        return [
-            p for p in (self.mask, self.overlay, self.probabilities, self.vectors, self.gis) if p
-        ]
+        every = (self.mask, self.overlay, self.probabilities, self.vectors, self.gis)
+        return [p for p in (*every, self.uncertainty) if p]
 
 
 @dataclass(frozen=True)
 class OutputRequest:
     """Which outputs a run asked for (the same for every input; each format writes those it
     can): the mask always, an overlay, probabilities, vectors (``vector_format``: the GIS
-    file beside the GeoJSON), and whether masks are multilabel planes."""
+    file beside the GeoJSON), whether masks are multilabel planes, and an uncertainty map."""
 
     overlay: bool = False
     probabilities: bool = False
     vectorize: bool = False
     vector_format: str = "gpkg"
     multilabel: bool = False
+    uncertainty: bool = False
 
 
 #: ``outputs(out, stem, request) -> OutputPaths``: the output names of one input, given the
 #: folder and a free stem. ``predict(segmenter, path, outputs, **options)`` writes them
-#: (each atomically); options are ``slice_axis`` and ``chunk_size``, each format taking what
-#: applies to it.
+#: (each atomically) and returns the input's quality estimate
+#: (:meth:`~unet_resnet.uncertainty.QualityMeter.summary`); options are ``slice_axis`` and
+#: ``chunk_size``, each format taking what applies to it.
 Namer = Callable[[Path, str, OutputRequest], OutputPaths]
 Predictor = Callable[..., Any]
 
@@ -102,19 +109,48 @@ class FileFormat:
 
 def mask_file_predictor(predict_file: Callable[..., Path]) -> Predictor:
     """A format's ``predict`` from a function ``(segmenter, path_in, mask, *, overlay,
-    probabilities, chunk_size)`` that writes the mask, overlay and probabilities."""
+    probabilities, uncertainty, chunk_size, meter)`` that writes the mask, overlay,
+    probabilities and uncertainty map and fills the quality ``meter``."""
 
     def predict(segmenter, path: Path, outputs: OutputPaths, *, chunk_size: int = 4096, **_):
-        return predict_file(
+        meter = quality_meter(segmenter)
+        predict_file(
             segmenter,
             path,
             outputs.mask,
             overlay=outputs.overlay,
             probabilities=outputs.probabilities,
+            uncertainty=outputs.uncertainty,
             chunk_size=chunk_size,
+            meter=meter,
         )
+        return meter.summary(segmenter.classes.names)
 
     return predict
+
+
+def predict_chunk(segmenter: ImagePredictor, image: np.ndarray):
+    """Probabilities ``C x H x W`` and an uncertainty map ``H x W`` for one image or chunk:
+    the segmenter's own (``image_prediction``), or the normalised entropy."""
+    method = getattr(segmenter, "image_prediction", None)
+    if method is not None:
+        return method(image)
+    probs = segmenter.image_probabilities(image)
+    return probs, entropy_map(probs, overlapping=overlapping(segmenter))
+
+
+def quality_meter(segmenter: ImagePredictor) -> QualityMeter:
+    """A per-input quality estimate for the segmenter's classes (class 0 is the background
+    of one-class-per-pixel models)."""
+    many = overlapping(segmenter)
+    return QualityMeter(
+        segmenter.classes.num_classes, overlapping=many, background=None if many else 0
+    )
+
+
+def uncertainty_bytes(uncertainty: torch.Tensor) -> np.ndarray:
+    """An uncertainty map in [0, 1] as 8-bit values (x 255, rounded)."""
+    return uncertainty.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def decide(segmenter: ImagePredictor, probs: torch.Tensor) -> np.ndarray:

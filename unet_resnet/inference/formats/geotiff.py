@@ -20,10 +20,12 @@ from unet_resnet.inference.formats.base import (
     decide,
     mask_file_predictor,
     overlapping,
+    predict_chunk,
     save_overlay,
 )
 from unet_resnet.inference.vectorize import VECTOR_FORMATS
 from unet_resnet.io import atomic_path, is_geotiff
+from unet_resnet.uncertainty import QualityMeter
 
 __all__ = ["GEOTIFF", "MAX_OVERLAY_PIXELS", "predict_raster_file"]
 
@@ -38,7 +40,9 @@ def predict_raster_file(
     *,
     probabilities: str | os.PathLike | None = None,
     overlay: str | os.PathLike | None = None,
+    uncertainty: str | os.PathLike | None = None,
     chunk_size: int = 4096,
+    meter: QualityMeter | None = None,
 ) -> Path:
     """Stream a GeoTIFF through the model chunk by chunk and write a georeferenced mask.
 
@@ -48,7 +52,10 @@ def predict_raster_file(
     on the scene. Pixels where every band equals the input's nodata value get nodata (255) in
     the output; the output keeps the input's CRS and geotransform. Probabilities, if asked for,
     are written as a uint8 GeoTIFF (probability x 255), one band per class. Multilabel models
-    write one 0/1 band per class (band descriptions = class names).
+    write one 0/1 band per class (band descriptions = class names). ``uncertainty``: the
+    segmenter's uncertainty map as a float32 GeoTIFF (0-1; NaN where the input is nodata),
+    written window by window like the mask; ``meter`` is given each chunk (the scene's
+    quality estimate; nodata pixels left out).
     """
     try:
         import rasterio
@@ -68,6 +75,7 @@ def predict_raster_file(
         rasterio.open(path_in) as src,
         atomic_path(path_out) as tmp_out,
         atomic_path(probabilities) if probabilities else contextlib.nullcontext() as tmp_prob,
+        atomic_path(uncertainty) if uncertainty else contextlib.nullcontext() as tmp_unsure,
     ):
         if src.count != segmenter.in_channels:
             raise InputShapeError(
@@ -95,12 +103,20 @@ def predict_raster_file(
             "BIGTIFF": "IF_SAFER",
         }
         prob_profile = {**profile, "count": len(classes), "nodata": None}
+        unsure_profile = {**profile, "count": 1, "dtype": "float32", "nodata": float("nan")}
         with (
             rasterio.open(tmp_out, "w", **profile) as dst,
             rasterio.open(tmp_prob, "w", **prob_profile)
             if tmp_prob
             else contextlib.nullcontext() as pdst,
+            rasterio.open(tmp_unsure, "w", **unsure_profile)
+            if tmp_unsure
+            else contextlib.nullcontext() as udst,
         ):
+            if udst is not None:
+                udst.descriptions = (
+                    f"uncertainty ({getattr(segmenter, 'uncertainty', 'entropy')})",
+                )
             if bands > 1:
                 dst.descriptions = tuple(classes.names)
             for chunk in chunk_windows(src.height, src.width, chunk_size, margin):
@@ -108,14 +124,23 @@ def predict_raster_file(
                 t0, l0, rh, rw = chunk.read
                 dy, dx = chunk.offset
                 data = src.read(window=Window(l0, t0, rw, rh))
-                probs = segmenter.image_probabilities(np.moveaxis(data, 0, -1))
-                probs = probs[:, dy : dy + h, dx : dx + w]
+                probs, unsure = predict_chunk(segmenter, np.moveaxis(data, 0, -1))
+                probs, unsure = probs[:, dy : dy + h, dx : dx + w], unsure[dy : dy + h, dx : dx + w]
                 labels = decide(segmenter, probs)
+                empty = None
                 if src.nodata is not None:
                     core = data[:, dy : dy + h, dx : dx + w]
-                    labels[..., np.all(core == src.nodata, axis=0)] = nodata_out
+                    empty = np.all(core == src.nodata, axis=0)
+                    labels[..., empty] = nodata_out
+                if meter is not None:
+                    meter.update(probs, labels, unsure)  # nodata's label is no class: left out
                 window = Window(left, top, w, h)
                 dst.write(labels.reshape(bands, h, w), window=window)
+                if udst is not None:
+                    values = unsure.float().cpu().numpy()
+                    if empty is not None:
+                        values[empty] = np.nan
+                    udst.write(values[None], window=window)
                 if pdst is not None:
                     scaled = probs.mul(255).round_().to(torch.uint8).cpu().numpy()
                     pdst.write(scaled, window=window)
@@ -134,6 +159,7 @@ def _outputs(out: Path, stem: str, request: OutputRequest) -> OutputPaths:
         mask=out / f"{stem}.tif",
         overlay=out / f"{stem}_overlay.png" if request.overlay else None,
         probabilities=out / f"{stem}_proba.tif" if request.probabilities else None,
+        uncertainty=out / f"{stem}_uncertainty.tif" if request.uncertainty else None,
         vectors=out / f"{stem}.geojson" if vectors else None,
         gis=out / f"{stem}{VECTOR_FORMATS[request.vector_format][0]}" if vectors else None,
     )

@@ -14,7 +14,11 @@ from unet_resnet.inference.formats.base import (
     ImagePredictor,
     OutputPaths,
     OutputRequest,
+    decide,
     overlapping,
+    predict_chunk,
+    quality_meter,
+    uncertainty_bytes,
 )
 from unet_resnet.io import atomic_path
 from unet_resnet.volumes import case_name, is_volume
@@ -28,11 +32,16 @@ def predict_nifti(
     path_out: str | os.PathLike,
     *,
     axis: int | None = None,
+    uncertainty: str | os.PathLike | None = None,
+    meter=None,
 ) -> Path:
     """Predict a volume (NIfTI file or DICOM series folder) slice by slice along ``axis`` of
     its canonical orientation, as training sliced it (with the checkpoint's slice axis,
     intensity rule and 2.5D context, ``segmenter.volume``; ``axis`` overrides the axis), and
-    write a NIfTI label volume in the input's own orientation with its affine."""
+    write a NIfTI label volume in the input's own orientation with its affine.
+    ``uncertainty``: also the segmenter's uncertainty map as a NIfTI volume beside it (8-bit
+    storage with a scale of 1/255, so readers get 0-1 values); ``meter`` is given each slice
+    (the case's quality estimate)."""
     from unet_resnet.volumes import (
         IntensityRule,
         context_stack,
@@ -60,26 +69,48 @@ def predict_nifti(
     grid = data.shape[:3]
     data, _ = resample_in_plane(data, volume.spacing, options.get("target_spacing"), axis)
     labels = np.zeros(data.shape[:3], dtype=np.uint8)
+    spread = np.zeros(data.shape[:3], dtype=np.uint8) if uncertainty is not None else None
     for k in range(data.shape[axis]):
-        labels_k = segmenter.predict(context_stack(data, k, axis, context))
+        probs, unsure = predict_chunk(segmenter, context_stack(data, k, axis, context))
+        labels_k = decide(segmenter, probs)
+        if meter is not None:
+            meter.update(probs, labels_k, unsure)
         index = [slice(None)] * 3
         index[axis] = k
         labels[tuple(index)] = labels_k
+        if spread is not None:
+            spread[tuple(index)] = uncertainty_bytes(unsure)
     labels, _ = resample_in_plane(labels, volume.spacing, None, axis, labels=True, shape=grid)
-    out = nib.Nifti1Image(np.ascontiguousarray(volume.back(labels)), volume.affine)
-    out.header.set_zooms(volume.header_zooms)
-    out.header.set_xyzt_units("mm")
-    with atomic_path(path_out) as tmp:
-        nib.save(out, str(tmp))
+    _save(nib, volume, labels, path_out)
+    if spread is not None:
+        spread, _ = resample_in_plane(spread, volume.spacing, None, axis, labels=True, shape=grid)
+        _save(nib, volume, spread, Path(uncertainty), slope=1 / 255)
     return path_out
 
 
+def _save(nib, volume, values: np.ndarray, path: Path, slope: float | None = None) -> None:
+    out = nib.Nifti1Image(np.ascontiguousarray(volume.back(values)), volume.affine)
+    out.header.set_zooms(volume.header_zooms)
+    out.header.set_xyzt_units("mm")
+    if slope is not None:
+        out.header.set_data_dtype(np.uint8)
+        out.header.set_slope_inter(slope, 0.0)
+    with atomic_path(path) as tmp:
+        nib.save(out, str(tmp))
+
+
 def _outputs(out: Path, stem: str, request: OutputRequest) -> OutputPaths:
-    return OutputPaths(out / f"{stem}.nii.gz")  # labels only: no overlay, probabilities
+    # labels (and uncertainty) only: no overlay, probabilities
+    unsure = out / f"{stem}_uncertainty.nii.gz" if request.uncertainty else None
+    return OutputPaths(out / f"{stem}.nii.gz", uncertainty=unsure)
 
 
 def _predict(segmenter, path: Path, outputs: OutputPaths, *, slice_axis=None, **_):
-    return predict_nifti(segmenter, path, outputs.mask, axis=slice_axis)
+    meter = quality_meter(segmenter)
+    predict_nifti(
+        segmenter, path, outputs.mask, axis=slice_axis, uncertainty=outputs.uncertainty, meter=meter
+    )
+    return meter.summary(segmenter.classes.names)
 
 
 VOLUME = FileFormat(
