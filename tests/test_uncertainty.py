@@ -203,7 +203,8 @@ def test_predict_writes_maps_a_report_and_a_review_queue(checkpoint, tmp_path, c
     scores = [report["quality"][name]["quality"] for name in report["review_order"]]
     assert scores == sorted(scores)
     assert report["review_order"][0] == str(inputs / "img1.png")  # the noise image
-    rows = list(csv.DictReader(open(out / REVIEW_FILE)))
+    with open(out / REVIEW_FILE) as f:
+        rows = list(csv.DictReader(f))
     assert [r["input"] for r in rows] == report["review_order"][:2]
     assert rows[0]["rank"] == "1" and float(rows[0]["quality"]) == scores[0] and rows[0]["driver"]
     # A second run into the folder adds its inputs: the earlier estimates stay.
@@ -252,7 +253,7 @@ def test_geotiff_uncertainty_is_a_float_geotiff_with_the_scenes_georeference(
         values = u.read(1)
     assert np.isnan(values[:10, :10]).all()
     rest = values[10:, 10:]
-    assert np.isfinite(rest).all() and 0 <= rest.min() and rest.max() <= 1 and rest.max() > 0
+    assert np.isfinite(rest).all() and rest.min() >= 0 and rest.max() <= 1 and rest.max() > 0
 
 
 def test_volume_uncertainty_is_a_nifti_with_the_inputs_affine(tmp_path):
@@ -272,7 +273,7 @@ def test_volume_uncertainty_is_a_nifti_with_the_inputs_affine(tmp_path):
     unsure = nib.load(tmp_path / "out" / "case_uncertainty.nii.gz")
     np.testing.assert_allclose(unsure.affine, affine)
     values = unsure.get_fdata()
-    assert values.shape == volume.shape and 0 <= values.min() and values.max() <= 1
+    assert values.shape == volume.shape and values.min() >= 0 and values.max() <= 1
     # the values are the slices' entropy maps (8-bit steps)
     from unet_resnet.volumes import context_stack, read_volume
 
