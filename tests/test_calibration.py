@@ -129,3 +129,35 @@ def test_bad_temperatures_are_config_errors():
     for value in (0.0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="temperature"):
             Segmenter(model, temperature=value)
+
+
+def test_train_fits_the_temperature_on_val_and_stores_it_in_best(demo_data, tmp_path):
+    import json
+
+    from tests.conftest import tiny_config
+    from unet_resnet.checkpoint import read_meta
+    from unet_resnet.inference import Segmenter
+    from unet_resnet.inference.evaluate import calibrate
+    from unet_resnet.training import train
+
+    config = tiny_config(demo_data, tmp_path / "run", image_size=64, epochs=2, calibrate=True)
+    result = train(config)
+    temperature = read_meta(result.best_checkpoint).temperature
+    assert temperature is not None and temperature > 0 and temperature != 1.0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["calibration"]
+    assert summary["temperature"] == pytest.approx(temperature)
+    assert summary["ece_after"] <= summary["ece_before"] + 1e-9
+    report = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert report["split"] == "val" and report["temperature"] == pytest.approx(temperature)
+    assert (tmp_path / "run" / "reliability.png").is_file()
+    # the same fit as `calibrate` on the stored model's val split
+    from unet_resnet.data import SegmentationFolder
+
+    segmenter = Segmenter.from_checkpoint(result.best_checkpoint, precision="fp32")
+    assert segmenter.temperature == pytest.approx(temperature)
+    again = calibrate(segmenter, SegmentationFolder(demo_data, "val"))
+    assert again["temperature"] == pytest.approx(temperature, rel=1e-3)
+    # --no-calibrate leaves the checkpoint as it was
+    plain = train(tiny_config(demo_data, tmp_path / "plain", image_size=64, calibrate=False))
+    assert read_meta(plain.best_checkpoint).temperature is None
+    assert not (tmp_path / "plain" / "calibration.json").exists()

@@ -53,6 +53,7 @@ FOLDER = {
     "warmup_epochs": 0.5,
     "loss": "focal",
     "class_weights": "balanced",
+    "calibrate": False,
     "accumulate_grad_batches": 2,
     "gradient_clip": 0.5,
     "early_stopping_patience": 3,

@@ -289,12 +289,9 @@ def _calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     keeps_freed_memory=True,
 )
 def calibrate_command(args: argparse.Namespace) -> int:
-    import json
-
-    from unet_resnet.calibration import CalibrationStats, plot_reliability
     from unet_resnet.checkpoint import load_checkpoint, save_checkpoint
     from unet_resnet.errors import OutputExistsError
-    from unet_resnet.io import atomic_path
+    from unet_resnet.inference.evaluate import calibrate, write_calibration
 
     if args.temperature is not None:
         raise ConfigError("calibrate fits the temperature; leave out --temperature.")
@@ -323,27 +320,12 @@ def calibrate_command(args: argparse.Namespace) -> int:
             "model is multilabel."
         )
     dataset = _labelled_split(args, segmenter)
-    classes = segmenter.classes
-    stats = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
-    for index in range(len(dataset)):
-        image, mask = dataset.load(index)
-        if mask is not None:
-            stats.update(segmenter.image_probabilities(image), mask)
-    if stats.pixels == 0:
-        raise ConfigError(f"No labelled pixels in the {args.split} split of {args.data}.")
-    temperature = stats.fit_temperature()
-    before, after = stats.at_temperature(1.0), stats.at_temperature(temperature)
-    report = {
-        "temperature": temperature,
-        "split": args.split,
-        "pixels": stats.pixels,
-        "sampled_pixels": before.pixels,
-        "before": before.summary(),
-        "after": after.summary(),
-    }
+    report = calibrate(segmenter, dataset, split=args.split)
+    temperature = report["temperature"]
+    before, after = report["_stats"]
     print(
         f"temperature {temperature:.4g} (fitted by NLL on {before.pixels} sampled pixels of "
-        f"{stats.pixels})\n"
+        f"{report['pixels']})\n"
         f"  ECE {before.ece():.4f} -> {after.ece():.4f}   ACE {before.ace():.4f} -> "
         f"{after.ace():.4f}   MCE {before.mce():.4f} -> {after.mce():.4f}"
     )
@@ -354,11 +336,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     meta.temperature = temperature
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model, meta)
-    side = out.with_suffix(".calibration.json")
-    with atomic_path(side) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    plot = out.with_suffix(".reliability.png")
-    plot_reliability(before, after, plot, title=f"temperature {temperature:.3g}")
+    side, plot = out.with_suffix(".calibration.json"), out.with_suffix(".reliability.png")
+    write_calibration(report, side, plot)
     print(f"wrote {out} (temperature {temperature:.4g}), {side.name} and {plot.name}")
     return 0
 

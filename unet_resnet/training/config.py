@@ -204,6 +204,12 @@ class TrainConfig:
         '0.5), or "tune" to choose each on the validation split; saved in the checkpoint',
         group="optim",
     )
+    calibrate: bool = opt(
+        True,
+        "at the end, fit a temperature on the validation split (calibrated probabilities; "
+        "labels unchanged) and store it in best.pt; multiclass models",
+        group="trainer",
+    )
     accumulate_grad_batches: int = opt(
         1, "sum gradients over this many batches per optimiser step", group="trainer"
     )

@@ -465,6 +465,45 @@ def fit(
     return seconds
 
 
+def calibrate_best(
+    config: TrainConfig, data: SegmentationDataModule, best: Path, run_dir: Path
+) -> dict[str, Any] | None:
+    """With ``config.calibrate``: the temperature of ``best.pt`` fitted on the validation
+    split (full images through the Segmenter in fp32, as ``unet-resnet calibrate`` does),
+    written into ``best.pt``'s metadata, with ``calibration.json`` and
+    ``reliability.png`` in the run folder. Returns what ``summary.json`` records: the
+    temperature and ECE before and after, or why there is none (no validation split, a
+    multilabel model, an interrupted run)."""
+    if not config.calibrate:
+        return None
+    if config.task != "multiclass":
+        return {"skipped": "a temperature calibrates multiclass (softmax) models"}
+    dataset = data.val_set
+    if dataset is None or not len(dataset) or not hasattr(dataset, "load"):
+        return {"skipped": "no validation split"}
+    if not best.is_file():
+        return {"skipped": "no best.pt"}
+    from unet_resnet.checkpoint import load_checkpoint, save_checkpoint
+    from unet_resnet.inference import Segmenter
+    from unet_resnet.inference.evaluate import calibrate, write_calibration
+
+    # fp32 and unpacked: nothing to time, and the probabilities the temperature is fitted to
+    segmenter = Segmenter.from_checkpoint(
+        best, precision="fp32", pack_weights=False, tile_size=1024, temperature=1.0
+    )
+    report = calibrate(segmenter, dataset, split="val")
+    model, meta = load_checkpoint(best)
+    meta.temperature = report["temperature"]
+    save_checkpoint(best, model, meta)
+    write_calibration(report, run_dir / "calibration.json", run_dir / "reliability.png")
+    return {
+        "temperature": report["temperature"],
+        "ece_before": report["before"]["ece"],
+        "ece_after": report["after"]["ece"],
+        "pixels": report["pixels"],
+    }
+
+
 def summarise(
     trainer: L.Trainer,
     module: SegmentationModule,
@@ -488,7 +527,9 @@ def summarise(
         interrupted=trainer.interrupted,
         val_scores=module.last_val_scores,
     )
+    calibration = None
     if trainer.is_global_zero:
+        calibration = calibrate_best(config, data, result.best_checkpoint, run_dir)
         summary = {
             "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "train_images": len(data.train_set),
@@ -517,6 +558,7 @@ def summarise(
             if result.val_scores is None
             else {k: v for k, v in result.val_scores.items() if k != "confusion_matrix"},
             "last_val_confusion_matrix": (result.val_scores or {}).get("confusion_matrix"),
+            "calibration": calibration,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
