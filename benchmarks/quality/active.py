@@ -1,0 +1,245 @@
+"""Active learning, simulated: does labelling what the review queue ranks first beat random?
+
+``python -m benchmarks.quality.active [--datasets nuclei brain textures] [--rounds 4]``. On
+each real-image set of ``benchmarks/quality`` the training split is the pool of images a
+person could label. Both arms start from the same few labelled images (chosen at random);
+each round trains a model on the labelled images (``unet-resnet train`` defaults, a fixed
+number of samples seen per round whatever the count, so rounds differ only in what was
+labelled) and scores it on the validation split. Then:
+
+- **review**: the model predicts every unlabelled image and the ``N`` it trusts least (the
+  lowest quality estimate, the order of ``predict_report.json``'s ``review_order``) are
+  labelled next;
+- **random**: ``N`` unlabelled images chosen at random.
+
+Learning curves (validation mIoU against labelled images) for both arms go to a PNG; the
+headline is how many labelled images the review arm needs to reach the random arm's final
+score (``saving``: 1 - that / the random arm's final count; "not reached" is said as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.common import machine_info
+from benchmarks.quality.datasets import DATASETS, prepare
+from benchmarks.quality.run import SETTINGS
+
+#: dataset -> (labelled at the start, added per round)
+SCHEDULE = {"nuclei": (2, 2), "brain": (8, 8), "textures": (4, 4)}
+
+
+def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    images = sorted((root / split / "images").iterdir())
+    masks = {p.stem: p for p in (root / split / "masks").iterdir()}
+    return [(image, masks[image.stem]) for image in images]
+
+
+def _subset(root: Path, chosen: list[tuple[Path, Path]], folder: Path) -> Path:
+    """A dataset folder whose training split is ``chosen`` (links) and whose validation
+    split and classes are ``root``'s."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    for kind in ("images", "masks"):
+        (folder / "train" / kind).mkdir(parents=True)
+    for image, mask in chosen:
+        os.symlink(image, folder / "train" / "images" / image.name)
+        os.symlink(mask, folder / "train" / "masks" / mask.name)
+    os.symlink(root / "val", folder / "val")
+    for extra in root.glob("*.json"):
+        shutil.copy(extra, folder / extra.name)
+    return folder
+
+
+def _train(data: Path, out: Path, name: str, labelled: int, samples: int, encoder: str, seed):
+    from unet_resnet.training import TrainConfig, train
+
+    crop, batch = SETTINGS[name]
+    return train(
+        TrainConfig(
+            data=str(data),
+            out=str(out),
+            encoder=encoder,
+            encoder_weights=None,
+            epochs=max(1, math.ceil(samples / labelled)),
+            image_size=crop,
+            batch_size=min(batch, labelled),
+            progress=False,
+            seed=seed,
+            calibrate=True,
+            overwrite=True,
+        )
+    )
+
+
+def _score(checkpoint: Path, root: Path) -> float:
+    from unet_resnet import Segmenter
+    from unet_resnet.data import SegmentationFolder
+    from unet_resnet.inference.evaluate import evaluate
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    return evaluate(segmenter, SegmentationFolder(root, "val"), progress=False)["miou"]
+
+
+def _least_trusted(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
+    """The ``count`` images of ``pool`` with the lowest quality estimate (predict's)."""
+    from unet_resnet import Segmenter
+    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.io import read_image
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    scores = []
+    for image, _ in pool:
+        probs, unsure = segmenter.image_prediction(read_image(image))
+        meter = quality_meter(segmenter)
+        meter.update(probs, segmenter.decide(probs), unsure)
+        scores.append(meter.summary()["quality"])
+    order = np.argsort(scores, kind="stable")[:count]
+    return [pool[i] for i in order]
+
+
+def run_dataset(
+    name: str, root: Path, work: Path, *, rounds: int, samples: int, encoder: str, seed: int
+) -> dict[str, Any]:
+    start_count, step = SCHEDULE[name]
+    pool = _pairs(root, "train")
+    rng = np.random.default_rng(seed)
+    first = [pool[i] for i in rng.choice(len(pool), start_count, replace=False)]
+    curves: dict[str, list[tuple[int, float]]] = {}
+    started = time.perf_counter()
+    shared = None
+    for arm in ("review", "random"):
+        labelled = list(first)
+        arm_rng = np.random.default_rng(seed + 1)
+        curve = []
+        for round_ in range(rounds):
+            if round_ == 0 and shared is not None:  # the same first model for both arms
+                checkpoint, miou = shared
+            else:
+                data = _subset(root, labelled, work / f"{name}-{arm}-data")
+                run = work / f"{name}-{arm}-{round_}"
+                result = _train(data, run, name, len(labelled), samples, encoder, seed)
+                checkpoint = result.best_checkpoint
+                miou = _score(checkpoint, root)
+                if round_ == 0:
+                    shared = (checkpoint, miou)
+            curve.append((len(labelled), miou))
+            print(f"{name} {arm}: {len(labelled)} labelled, val mIoU {100 * miou:.2f}", flush=True)
+            if round_ == rounds - 1:
+                break
+            rest = [p for p in pool if p not in labelled]
+            if not rest:
+                break
+            if arm == "review":
+                labelled += _least_trusted(checkpoint, rest, min(step, len(rest)))
+            else:
+                picks = arm_rng.choice(len(rest), min(step, len(rest)), replace=False)
+                labelled += [rest[i] for i in picks]
+        curves[arm] = curve
+    target = curves["random"][-1][1]
+    reached = next((n for n, miou in curves["review"] if miou >= target), None)
+    final = curves["random"][-1][0]
+    return {
+        "dataset": name,
+        "pool": len(pool),
+        "start": start_count,
+        "step": step,
+        "samples_per_round": samples,
+        "encoder": encoder,
+        "seed": seed,
+        "curves": {arm: [[n, m] for n, m in c] for arm, c in curves.items()},
+        "random_final_miou": target,
+        "review_labels_to_reach_it": reached,
+        "random_labels": final,
+        "saving": None if reached is None else 1 - reached / final,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        for arm, style in (("review", "o-"), ("random", "s--")):
+            curve = np.asarray(row["curves"][arm])
+            label = "review queue first" if arm == "review" else "random"
+            ax.plot(curve[:, 0], 100 * curve[:, 1], style, label=label)
+        ax.set_title(row["dataset"])
+        ax.set_xlabel("labelled images")
+        ax.set_ylabel("val mIoU (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality.active", description=__doc__
+    )
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=320, help="samples seen per round")
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "unet-resnet" / "wheels"))
+    parser.add_argument("--json", dest="json_out", default="benchmarks/results/active.json")
+    parser.add_argument("--plot", default="docs/images/active-learning.png")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-active-"))
+    info = machine_info()
+    print(f"CPU: {info['cpu']['model']}; flags: {' '.join(info['cpu']['flags'])}", flush=True)
+    rows = []
+    try:
+        for name in args.datasets:
+            root = prepare(name, work / "data" / name, Path(args.cache))
+            rows.append(
+                run_dataset(
+                    name,
+                    root,
+                    work,
+                    rounds=args.rounds,
+                    samples=args.samples,
+                    encoder=args.encoder,
+                    seed=args.seed,
+                )
+            )
+            row = rows[-1]
+            print(
+                f"{name}: random reaches {100 * row['random_final_miou']:.2f} with "
+                f"{row['random_labels']} labels; review with {row['review_labels_to_reach_it']}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    plot(rows, Path(args.plot))
+    path = Path(args.json_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    print(f"\nresults written to {path}; curves in {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Probabilities you can trust, measured on the real-image sets of ``benchmarks/quality``.
+
+``python -m benchmarks.quality.trust [--datasets nuclei brain textures] [--epochs 5]``. Per
+dataset: one ``unet-resnet train`` run with the defaults (the guide's ResNet-50 U-Net, random
+init; ``calibrate`` off, so this benchmark fits the temperature itself), then on the
+validation images:
+
+- **Calibration, cross-fitted**: the validation images in two halves (even and odd index);
+  a temperature fitted on each half (by NLL, as ``calibrate`` does) is applied to the other
+  half, so no image is scored at a temperature fitted on it. ECE/ACE/MCE over all validation
+  pixels at temperature 1 (before) and at the cross-fitted temperatures (after); mIoU at both
+  (temperature scaling keeps the arg-max: equal).
+- **The quality estimate**: each validation image's estimate (the expected mIoU that
+  ``predict`` writes in ``predict_report.json``) against its true mIoU: Spearman's rank
+  correlation (what ``evaluate`` reports as ``quality``), with the calibrated model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.common import machine_info
+from benchmarks.quality.datasets import DATASETS, prepare
+from benchmarks.quality.run import SETTINGS
+
+
+def cross_fitted(segmenter, dataset) -> dict[str, Any]:
+    """ECE/ACE/MCE before and after temperatures fitted on the other half of ``dataset``."""
+    from unet_resnet.calibration import CalibrationStats, rescale
+
+    classes = segmenter.classes
+    images = []
+    for index in range(len(dataset)):
+        image, mask = dataset.load(index)
+        if mask is not None:
+            images.append((segmenter.image_probabilities(image), mask))
+
+    def stats() -> CalibrationStats:
+        return CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
+
+    halves = [images[0::2], images[1::2]]
+    temperatures = []
+    for half in halves:
+        fit = stats()
+        for probs, mask in half:
+            fit.update(probs, mask)
+        temperatures.append(fit.fit_temperature())
+    before, after = stats(), stats()
+    for k, half in enumerate(halves):
+        other = temperatures[1 - k]  # fitted on the other half
+        for probs, mask in half:
+            before.update(probs, mask)
+            after.update(rescale(probs, other), mask)
+    return {
+        "temperatures": temperatures,
+        "before": before.summary(),
+        "after": after.summary(),
+    }
+
+
+def crop_quality(segmenter, dataset, size: int = 64) -> dict[str, Any]:
+    """The quality check on ``size``-pixel crops of the validation images (a grid, each crop
+    predicted on its own): more, smaller images where a split has few (nuclei: 4)."""
+    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.uncertainty import image_iou, spearman
+
+    classes = segmenter.classes
+    estimated, observed = [], []
+    for index in range(len(dataset)):
+        image, mask = dataset.load(index)
+        for top in range(0, image.shape[0] - size + 1, size):
+            for left in range(0, image.shape[1] - size + 1, size):
+                window = (slice(top, top + size), slice(left, left + size))
+                probs, unsure = segmenter.image_prediction(image[window])
+                labels = segmenter.decide(probs)
+                meter = quality_meter(segmenter)
+                meter.update(probs, labels, unsure)
+                truth = image_iou(
+                    labels, mask[window], classes.num_classes, ignore_index=classes.ignore_index
+                )
+                if truth == truth:
+                    estimated.append(meter.summary()["quality"])
+                    observed.append(truth)
+    return {"crop": size, "crops": len(observed), "spearman": spearman(estimated, observed)}
+
+
+def run_dataset(name: str, root: Path, epochs: int, work: Path, encoder: str) -> dict[str, Any]:
+    from unet_resnet import Segmenter
+    from unet_resnet.data import SegmentationFolder
+    from unet_resnet.inference.evaluate import calibrate, evaluate
+    from unet_resnet.training import TrainConfig, train
+
+    crop, batch = SETTINGS[name]
+    start = time.perf_counter()
+    result = train(
+        TrainConfig(
+            data=str(root),
+            out=str(work / name),
+            encoder=encoder,
+            encoder_weights=None,
+            epochs=epochs,
+            image_size=crop,
+            batch_size=batch,
+            progress=False,
+            calibrate=False,
+        )
+    )
+    train_seconds = time.perf_counter() - start
+    val = SegmentationFolder(root, "val")
+    raw = Segmenter.from_checkpoint(result.best_checkpoint, precision="fp32")
+    calibration = cross_fitted(raw, val)
+    whole = calibrate(raw, val)["temperature"]  # what `train` stores (all of val)
+    calibrated = Segmenter.from_checkpoint(
+        result.best_checkpoint, precision="fp32", temperature=whole
+    )
+    scores_raw = evaluate(raw, val, progress=False)
+    scores = evaluate(calibrated, val, progress=False)
+    crops = crop_quality(calibrated, val)
+    before, after = calibration["before"]["ece"], calibration["after"]["ece"]
+    return {
+        "dataset": name,
+        "epochs": epochs,
+        "encoder": encoder,
+        "val_images": len(val),
+        "train_seconds": round(train_seconds, 1),
+        "miou_t1": scores_raw["miou"],
+        "miou_calibrated": scores["miou"],
+        "temperature": whole,
+        "cross_fitted_temperatures": calibration["temperatures"],
+        "ece_before": before,
+        "ece_after": after,
+        "ece_ratio": after / before if before else None,
+        "ece_target_met": bool(after <= before / 2 or after <= 0.01),
+        "ace_before": calibration["before"]["ace"],
+        "ace_after": calibration["after"]["ace"],
+        "mce_before": calibration["before"]["mce"],
+        "mce_after": calibration["after"]["mce"],
+        "quality_spearman": scores["quality"]["spearman"],
+        "quality_spearman_t1": scores_raw["quality"]["spearman"],
+        "quality_spearman_crops": crops["spearman"],
+        "quality_crops": crops["crops"],
+        "quality_estimated": scores["quality"]["estimated"],
+        "quality_observed": scores["quality"]["observed"],
+    }
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'dataset':<10} {'T':>6} {'ECE before':>10} {'after':>8} {'ratio':>6} "
+        f"{'mIoU T=1':>9} {'mIoU T':>8} {'Spearman':>9} {'(64px crops)':>12}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['dataset']:<10} {r['temperature']:6.3f} {r['ece_before']:10.4f} "
+            f"{r['ece_after']:8.4f} {r['ece_ratio']:6.2f} {100 * r['miou_t1']:9.2f} "
+            f"{100 * r['miou_calibrated']:8.2f} {r['quality_spearman']:9.3f} "
+            f"{r['quality_spearman_crops']:6.3f} ({r['quality_crops']})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.trust", description=__doc__)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--encoder", default="resnet50")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "unet-resnet" / "wheels"))
+    parser.add_argument("--json", dest="json_out", default="benchmarks/results/trust.json")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-trust-"))
+    info = machine_info()
+    print(f"CPU: {info['cpu']['model']}; flags: {' '.join(info['cpu']['flags'])}", flush=True)
+    rows = []
+    try:
+        for name in args.datasets:
+            root = prepare(name, work / "data" / name, Path(args.cache))
+            rows.append(run_dataset(name, root, args.epochs, work, args.encoder))
+            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(format_rows(rows))
+    path = Path(args.json_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
