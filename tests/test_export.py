@@ -195,6 +195,33 @@ def test_onnx_carries_what_qgis_deepness_reads(checkpoint, tmp_path):
     assert (ours == expected).mean() > 0.999
 
 
+def test_a_calibrated_onnx_graph_gives_calibrated_probabilities(checkpoint, tmp_path):
+    """The temperature is inside the probabilities graph (what Deepness shows is
+    calibrated), and our ONNX backend neither applies it twice nor loses --temperature."""
+    from unet_resnet import Segmenter
+    from unet_resnet.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    meta.temperature = 0.5
+    calibrated = tmp_path / "calibrated.pt"
+    save_checkpoint(calibrated, model, meta)
+    path = tmp_path / "calibrated.onnx"
+    export_model(calibrated, path, format="onnx")
+    torch_side = Segmenter.from_checkpoint(calibrated, precision="fp32")
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    x = (np.float32(image / 255.0) - np.asarray(meta.mean)) / np.asarray(meta.std)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.transpose(x, (2, 0, 1))[None].astype(np.float32)
+    (graph,) = session.run(None, {session.get_inputs()[0].name: x})
+    expected = torch_side.predict_proba(image)
+    np.testing.assert_allclose(graph[0], expected, atol=2e-4)
+    ours = Segmenter.from_checkpoint(path)
+    np.testing.assert_allclose(ours.predict_proba(image), expected, atol=2e-4)
+    other = Segmenter.from_checkpoint(path, temperature=2.0).predict_proba(image)
+    raw = Segmenter.from_checkpoint(calibrated, precision="fp32", temperature=2.0)
+    np.testing.assert_allclose(other, raw.predict_proba(image), atol=2e-4)
+
+
 def test_export_options_are_checked(tmp_path):
     ckpt, _ = _checkpoint(tmp_path, "resnet18")
     with pytest.raises(ExportError, match="--resolution"):

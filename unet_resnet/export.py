@@ -77,14 +77,20 @@ def deepness_metadata(
 
 
 class _Activated(torch.nn.Module):
-    """The model followed by its task's activation (probabilities out)."""
+    """The model followed by its task's activation (probabilities out), the logits divided
+    by the checkpoint's ``temperature`` first (calibrated probabilities for tools that read
+    the graph's output as it is, such as QGIS Deepness)."""
 
-    def __init__(self, model: torch.nn.Module, task: str | None):
+    def __init__(self, model: torch.nn.Module, task: str | None, temperature: float | None):
         super().__init__()
         self.model, self.activate = model, get_task(task).activate
+        self.temperature = float(temperature) if temperature else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.model(x))
+        logits = self.model(x)
+        if self.temperature is not None:
+            logits = logits / self.temperature
+        return self.activate(logits)
 
 
 @dataclass
@@ -154,7 +160,9 @@ def export_model(
     activated = format == "onnx" and output == "probabilities"
     metadata = export_metadata(meta, format, output="probabilities" if activated else "logits")
     if activated:
-        model = _Activated(model, meta.task).eval()
+        model = _Activated(model, meta.task, meta.temperature).eval()
+        if meta.temperature:  # the graph's probabilities are at this temperature already
+            metadata["output_temperature"] = meta.temperature
     if resolution_cm is None:
         resolution_cm = meta.resolution_cm
     try:

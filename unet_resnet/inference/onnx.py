@@ -68,15 +68,21 @@ class OnnxModel(RuntimeModel):
             str(path), options, providers=providers or providers_for(self.device)
         )
         self.input_name = self.session.get_inputs()[0].name
-        # Files that return probabilities hand the Segmenter logits again (it activates).
+        # Files that return probabilities hand the Segmenter logits again (it activates, at
+        # the checkpoint's temperature or --temperature): probabilities a calibrated graph
+        # made at its temperature T are log p = z / T + c, so times T they are the logits.
         self.to_logits = (
             get_task(metadata.get("task")).from_probabilities
             if metadata.get("output_kind") == "probabilities"
             else None
         )
+        self.graph_temperature = float(metadata.get("output_temperature") or 1.0)
 
     def run(self, array: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: array})[0]
         if self.to_logits is not None:
-            out = self.to_logits(torch.from_numpy(out)).numpy()
+            logits = self.to_logits(torch.from_numpy(out))
+            if self.graph_temperature != 1.0:
+                logits = logits * self.graph_temperature
+            out = logits.numpy()
         return out
