@@ -161,3 +161,20 @@ def test_train_fits_the_temperature_on_val_and_stores_it_in_best(demo_data, tmp_
     plain = train(tiny_config(demo_data, tmp_path / "plain", image_size=64, calibrate=False))
     assert read_meta(plain.best_checkpoint).temperature is None
     assert not (tmp_path / "plain" / "calibration.json").exists()
+
+
+def test_per_class_temperatures_are_recovered_for_multilabel_probabilities():
+    from unet_resnet.calibration import MultilabelCalibrationStats
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 200, 200, generator=gen) * 3
+    truth_t = torch.tensor([2.0, 0.5])[:, None, None]  # overconfident, underconfident
+    planes = (torch.rand(2, 200, 200, generator=gen) < torch.sigmoid(logits / truth_t)).long()
+    planes[0, :5] = 255  # ignored pixels of class 0 only
+    stats = MultilabelCalibrationStats(2)
+    stats.update(torch.sigmoid(logits), planes.numpy())
+    fitted = stats.fit_temperature()
+    assert fitted[0] == pytest.approx(2.0, rel=0.1) and fitted[1] == pytest.approx(0.5, rel=0.1)
+    after = stats.at_temperature(fitted)
+    assert after.ece() < stats.at_temperature(1.0).ece() / 2
+    assert stats.pixels == 200 * 200  # the most pixels a class counted

@@ -21,17 +21,35 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CalibrationStats", "fit_temperature", "plot_reliability", "rescale"]
+__all__ = [
+    "CalibrationStats",
+    "MultilabelCalibrationStats",
+    "calibration_stats",
+    "fit_binary_temperature",
+    "fit_temperature",
+    "plot_reliability",
+    "rescale",
+]
 
 _TINY = 1e-12
 
 
-def rescale(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Class probabilities (``C x ...``, summing to one over C) at another temperature:
-    ``softmax(log p / T)``."""
-    if temperature == 1.0:
+def rescale(
+    probs: torch.Tensor, temperature: float | list[float], *, overlapping: bool = False
+) -> torch.Tensor:
+    """Class probabilities (``C x ...``) at another temperature: ``softmax(log p / T)``
+    (summing to one over C), or for multilabel (``overlapping``) each class's
+    ``sigmoid(logit p / T_c)`` with one temperature per class (or one for all)."""
+    if not overlapping:
+        if temperature == 1.0:
+            return probs
+        return torch.softmax(probs.clamp_min(_TINY).log() / float(temperature), dim=0)
+    t = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1)
+    if bool((t == 1.0).all()):
         return probs
-    return torch.softmax(probs.clamp_min(_TINY).log() / temperature, dim=0)
+    t = t.reshape(-1, *([1] * (probs.ndim - 1))).to(probs.device)
+    logits = torch.logit(probs.double().clamp(1e-7, 1 - 1e-7))
+    return torch.sigmoid(logits / t).to(probs.dtype)
 
 
 @dataclass
@@ -193,6 +211,28 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
         scaled = torch.log_softmax(log_p / math.exp(log_t), dim=0)
         return float(-scaled.gather(0, labels[None]).mean())
 
+    return _golden(nll)
+
+
+def fit_binary_temperature(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature in [0.05, 20] minimising the binary NLL of ``sigmoid(logit p / T)``
+    against 0/1 ``targets`` (one class of a multilabel model); 1.0 for no pixels or a class
+    that is all one value (nothing to fit)."""
+    if targets.numel() == 0 or bool((targets == targets.reshape(-1)[0]).all()):
+        return 1.0
+    logits = torch.logit(probs.double().clamp(1e-7, 1 - 1e-7))
+    y = targets.double()
+
+    def nll(log_t: float) -> float:
+        return float(
+            torch.nn.functional.binary_cross_entropy_with_logits(logits / math.exp(log_t), y)
+        )
+
+    return _golden(nll)
+
+
+def _golden(nll) -> float:
+    """The minimum of ``nll(log T)`` over T in [0.05, 20], by golden-section search."""
     low, high = math.log(0.05), math.log(20.0)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = high - ratio * (high - low), low + ratio * (high - low)
@@ -207,6 +247,135 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
             b = low + ratio * (high - low)
             fb = nll(b)
     return float(math.exp((low + high) / 2))
+
+
+@dataclass
+class MultilabelCalibrationStats:
+    """Calibration of multilabel probabilities (a sigmoid per class), streamed: for each class
+    its probability against whether the pixel has it, in equal-width bins (ECE and MCE per
+    class; ``ece`` is their pixel-weighted mean), and a bounded sample of pixels for ACE and
+    for fitting one temperature per class. Targets are ``C x H x W`` 0/1 planes; other values
+    (ignored pixels) are left out, class by class."""
+
+    num_classes: int
+    bins: int = 15
+    sample_per_image: int = 20_000
+    max_samples: int = 1_000_000
+    seed: int = 0
+    overlapping = True
+
+    def __post_init__(self) -> None:
+        shape = (self.num_classes, self.bins)
+        self._count, self._prob, self._hits = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self._samples: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._kept = 0
+        self._rng = np.random.default_rng(self.seed)
+
+    def update(self, probs: torch.Tensor | np.ndarray, planes: np.ndarray) -> None:
+        c, bins = self.num_classes, self.bins
+        p = torch.as_tensor(probs).float().reshape(c, -1).cpu()
+        y = torch.as_tensor(np.asarray(planes)).reshape(c, -1).long()
+        valid = (y == 0) | (y == 1)
+        for k in range(c):
+            keep = valid[k].nonzero()[:, 0]
+            if keep.numel() == 0:
+                continue
+            pk, yk = p[k, keep], y[k, keep]
+            index = (pk * bins).long().clamp_(max=bins - 1).numpy()
+            self._count[k] += np.bincount(index, minlength=bins)
+            self._prob[k] += np.bincount(index, pk.double().numpy(), bins)
+            self._hits[k] += np.bincount(index, yk.double().numpy(), bins)
+        room = min(self.sample_per_image, self.max_samples - self._kept)
+        everywhere = valid.all(0).nonzero()[:, 0]
+        if room > 0 and everywhere.numel():
+            take = self._rng.choice(
+                everywhere.numel(), size=min(room, everywhere.numel()), replace=False
+            )
+            take = everywhere[torch.from_numpy(np.sort(take))]
+            self._samples.append((p[:, take].clone(), y[:, take].clone()))
+            self._kept += take.numel()
+
+    @property
+    def pixels(self) -> int:
+        return int(self._count.sum(1).max()) if self.num_classes else 0
+
+    def classwise_ece(self) -> list[float]:
+        n = self._count.sum(1)
+        gaps = np.abs(self._prob - self._hits).sum(1)
+        return [float(g / m) if m else float("nan") for g, m in zip(gaps, n, strict=True)]
+
+    def ece(self) -> float:
+        n = self._count.sum()
+        return float(np.abs(self._prob - self._hits).sum() / n) if n else float("nan")
+
+    def mce(self) -> float:
+        full = self._count > 0
+        if not full.any():
+            return float("nan")
+        return float((np.abs(self._prob - self._hits)[full] / self._count[full]).max())
+
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._samples:
+            empty = torch.zeros(self.num_classes, 0)
+            return empty, empty.long()
+        return torch.cat([p for p, _ in self._samples], 1), torch.cat(
+            [y for _, y in self._samples], 1
+        )
+
+    def ace(self) -> float:
+        """Equal-mass bins per class over the pixel sample, averaged over the classes."""
+        p, y = self._sample()
+        if y.shape[1] == 0:
+            return float("nan")
+        values = []
+        for k in range(self.num_classes):
+            order = torch.argsort(p[k])
+            parts = zip(
+                torch.tensor_split(p[k][order].double(), self.bins),
+                torch.tensor_split(y[k][order].double(), self.bins),
+                strict=True,
+            )
+            gaps = [abs(float(a.mean() - b.mean())) * a.numel() for a, b in parts if a.numel()]
+            values.append(sum(gaps) / y.shape[1])
+        return float(np.mean(values))
+
+    def fit_temperature(self) -> list[float]:
+        """One temperature per class (binary NLL of the sample)."""
+        p, y = self._sample()
+        return [fit_binary_temperature(p[k], y[k]) for k in range(self.num_classes)]
+
+    def at_temperature(self, temperature: float | list[float]) -> MultilabelCalibrationStats:
+        other = MultilabelCalibrationStats(
+            self.num_classes, self.bins, max_samples=self.max_samples
+        )
+        p, y = self._sample()
+        if y.shape[1]:
+            other.update(rescale(p, temperature, overlapping=True), y.numpy())
+        return other
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ece": self.ece(),
+            "ace": self.ace(),
+            "mce": self.mce(),
+            "classwise_ece": self.classwise_ece(),
+            "bins": self.bins,
+            "pixels": self.pixels,
+        }
+
+    def reliability(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per bin, pooled over the classes: mean probability, frequency, count."""
+        count = self._count.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._prob.sum(0) / count, self._hits.sum(0) / count, count
+
+
+def calibration_stats(num_classes: int, *, overlapping: bool = False, ignore_index=None):
+    """The calibration statistics of a task: :class:`CalibrationStats` for one class per pixel,
+    :class:`MultilabelCalibrationStats` for multilabel planes."""
+    if overlapping:
+        return MultilabelCalibrationStats(num_classes)
+    return CalibrationStats(num_classes, ignore_index=ignore_index)
 
 
 def plot_reliability(

@@ -84,12 +84,17 @@ class _Activated(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, task: str | None, temperature: float | None):
         super().__init__()
         self.model, self.activate = model, get_task(task).activate
-        self.temperature = float(temperature) if temperature else None
+        # one value, or one per class (multilabel models), as a constant of the graph
+        self.temperature = (
+            torch.tensor(temperature, dtype=torch.float32).reshape(1, -1, 1, 1)
+            if temperature
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         if self.temperature is not None:
-            logits = logits / self.temperature
+            logits = logits / self.temperature.to(logits.device)
         return self.activate(logits)
 
 

@@ -204,3 +204,45 @@ def test_shared_model_keeps_task_and_thresholds(trained, tmp_path):
     np.testing.assert_array_equal(shared.predict(image), local.predict(image))
     card = (tmp_path / "shared" / "README.md").read_text()
     assert "Multilabel: classes may overlap" in card and str(local.thresholds) in card
+
+
+def test_per_class_temperatures_calibrate_without_changing_decisions(trained, tmp_path):
+    import json
+
+    import onnxruntime as ort
+
+    from unet_resnet.calibration import rescale
+    from unet_resnet.checkpoint import read_meta
+    from unet_resnet.export import export_model
+
+    data, result = trained
+    best, out = result.best_checkpoint, tmp_path / "calibrated.pt"
+    argv = ["calibrate", "--checkpoint", str(best), "--data", str(data), "--precision", "fp32"]
+    assert main(argv) == 2  # one per class: only into a checkpoint
+    assert main([*argv, "--out", str(out)]) == 0
+    temperature = read_meta(out).temperature
+    assert isinstance(temperature, list) and len(temperature) == 2
+    assert all(t > 0 for t in temperature) and temperature != [1.0, 1.0]
+    report = json.loads(out.with_suffix(".calibration.json").read_text())
+    assert report["after"]["ece"] <= report["before"]["ece"] + 1e-9
+    raw = Segmenter.from_checkpoint(best, precision="fp32")
+    cal = Segmenter.from_checkpoint(out, precision="fp32")
+    image = np.random.default_rng(3).integers(0, 255, (40, 44, 3), dtype=np.uint8)
+    # decisions at the tuned thresholds are the same; probabilities are rescaled per class
+    np.testing.assert_array_equal(cal.predict(image), raw.predict(image))
+    expected = rescale(torch.from_numpy(raw.predict_proba(image)), temperature, overlapping=True)
+    np.testing.assert_allclose(cal.predict_proba(image), expected.numpy(), atol=1e-5)
+    # evaluate reports the multilabel calibration at the checkpoint's temperatures
+    scores = tmp_path / "scores.json"
+    evaluate = ["evaluate", "--checkpoint", str(out), "--data", str(data), "--precision", "fp32"]
+    assert main([*evaluate, "--json", str(scores), "--out", str(tmp_path / "ev")]) == 0
+    calibration = json.loads(scores.read_text())["calibration"]
+    assert calibration["temperature"] == pytest.approx(temperature)
+    assert len(calibration["classwise_ece"]) == 2
+    # an ONNX export carries them inside its probabilities graph, applied once
+    onnx_path = tmp_path / "calibrated.onnx"
+    export_model(out, onnx_path, format="onnx")
+    from_onnx = Segmenter.from_checkpoint(onnx_path)
+    np.testing.assert_allclose(from_onnx.predict_proba(image), expected.numpy(), atol=2e-4)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].shape[1] == 2

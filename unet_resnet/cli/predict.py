@@ -314,23 +314,27 @@ def calibrate_command(args: argparse.Namespace) -> int:
             raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it.")
     args.temperature = 1.0  # fit from the raw probabilities
     segmenter = build_segmenter(args)
-    if segmenter.task.overlapping:
-        raise ConfigError(
-            "calibrate fits one temperature for one-class-per-pixel (softmax) models; this "
-            "model is multilabel."
-        )
     dataset = _labelled_split(args, segmenter)
     report = calibrate(segmenter, dataset, split=args.split)
     temperature = report["temperature"]
     before, after = report["_stats"]
+    if isinstance(temperature, list):  # multilabel: one per class
+        if out is None:
+            raise ConfigError(
+                "A multilabel model gets one temperature per class: pass --out to write them "
+                "into a calibrated checkpoint (--temperature takes one for all classes)."
+            )
+        shown = "[" + ", ".join(f"{t:.4g}" for t in temperature) + "]"
+    else:
+        shown = f"{temperature:.4g}"
     print(
-        f"temperature {temperature:.4g} (fitted by NLL on {before.pixels} sampled pixels of "
+        f"temperature {shown} (fitted by NLL on {before.pixels} sampled pixels of "
         f"{report['pixels']})\n"
         f"  ECE {before.ece():.4f} -> {after.ece():.4f}   ACE {before.ace():.4f} -> "
         f"{after.ace():.4f}   MCE {before.mce():.4f} -> {after.mce():.4f}"
     )
     if out is None:
-        print(f"pass --temperature {temperature:.4g} to predict, evaluate or serve")
+        print(f"pass --temperature {shown} to predict, evaluate or serve")
         return 0
     model, meta = load_checkpoint(sources[0])
     meta.temperature = temperature
@@ -338,7 +342,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     save_checkpoint(out, model, meta)
     side, plot = out.with_suffix(".calibration.json"), out.with_suffix(".reliability.png")
     write_calibration(report, side, plot)
-    print(f"wrote {out} (temperature {temperature:.4g}), {side.name} and {plot.name}")
+    print(f"wrote {out} (temperature {shown}), {side.name} and {plot.name}")
     return 0
 
 

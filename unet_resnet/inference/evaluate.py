@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unet_resnet.calibration import CalibrationStats, plot_reliability, rescale
+from unet_resnet.calibration import calibration_stats, plot_reliability, rescale
 from unet_resnet.data.classes import DataError
 from unet_resnet.data.datasets import PairedSegmentationDataset
 from unet_resnet.inference.segmenter import Segmenter
@@ -72,12 +72,17 @@ def evaluate(
         class_names=classes.names,
         thresholds=segmenter.thresholds,
     )
-    calibrated = not segmenter.task.overlapping
-    stats = raw = None
-    if calibrated:
-        stats = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
-        if segmenter.temperature != 1.0:
-            raw = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
+    overlapping = segmenter.task.overlapping
+
+    def new_stats():
+        return calibration_stats(
+            classes.num_classes, overlapping=overlapping, ignore_index=classes.ignore_index
+        )
+
+    stats, raw = new_stats(), None
+    if segmenter.temperature != 1.0:
+        raw = new_stats()
+    inverse = _inverse(segmenter.temperature)
     volumes: dict[int, tuple[list, list]] = {}
     estimated: list[float] = []
     observed: list[float] = []
@@ -112,10 +117,9 @@ def evaluate(
         if not math.isnan(true_iou):
             estimated.append(meter.summary()["quality"])
             observed.append(true_iou)
-        if stats is not None:
-            stats.update(probs, mask)
-            if raw is not None:
-                raw.update(rescale(probs, 1 / segmenter.temperature), mask)
+        stats.update(probs, mask)
+        if raw is not None:
+            raw.update(rescale(probs, inverse, overlapping=overlapping), mask)
         del probs, unsure
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
@@ -131,7 +135,7 @@ def evaluate(
         "estimated": [round(v, 6) for v in estimated],
         "observed": [round(v, 6) for v in observed],
     }
-    if stats is not None:
+    if stats.pixels:
         uncalibrated = raw or stats
         scores["calibration"] = {
             "temperature": segmenter.temperature,
@@ -143,7 +147,7 @@ def evaluate(
                 raw or stats,
                 stats if raw is not None else None,
                 reliability,
-                title=f"temperature {segmenter.temperature:.3g}",
+                title=f"temperature {_shown(segmenter.temperature)}",
             )
     if volumetric:
         _add_cases(scores, volumes, dataset, tolerance)
@@ -156,27 +160,26 @@ def evaluate(
 
 
 def calibrate(segmenter: Segmenter, dataset, *, split: str = "val") -> dict[str, Any]:
-    """Fit the temperature of a one-class-per-pixel segmenter on a labelled ``dataset`` (its
-    probabilities at temperature 1, whatever the segmenter's own): the temperature
-    minimising the NLL of a bounded pixel sample
-    (:meth:`~unet_resnet.calibration.CalibrationStats.fit_temperature`), and ECE/ACE/MCE
-    before and after. Returns the report (``temperature``, ``split``, ``pixels``,
+    """Fit the temperature of a segmenter on a labelled ``dataset`` (its probabilities at
+    temperature 1, whatever the segmenter's own): the temperature minimising the NLL of a
+    bounded pixel sample (:meth:`~unet_resnet.calibration.CalibrationStats.fit_temperature`;
+    multilabel models: one per class, binary NLL), and ECE/ACE/MCE before and after.
+    Returns the report (``temperature``, ``split``, ``pixels``,
     ``sampled_pixels``, ``before``, ``after``) with the two statistics under ``"_stats"``
     (for a reliability diagram)."""
     from unet_resnet.errors import ConfigError
 
-    if segmenter.task.overlapping:
-        raise ConfigError(
-            "A temperature calibrates one-class-per-pixel (softmax) models; this model is "
-            "multilabel."
-        )
     classes = segmenter.classes
-    stats = CalibrationStats(classes.num_classes, ignore_index=classes.ignore_index)
+    overlapping = segmenter.task.overlapping
+    stats = calibration_stats(
+        classes.num_classes, overlapping=overlapping, ignore_index=classes.ignore_index
+    )
+    inverse = _inverse(segmenter.temperature)
     for index in range(len(dataset)):
         image, mask = dataset.load(index)
         if mask is not None:
             probs = segmenter.image_probabilities(image)
-            stats.update(rescale(probs, 1 / segmenter.temperature), mask)
+            stats.update(rescale(probs, inverse, overlapping=overlapping), mask)
     if stats.pixels == 0:
         raise ConfigError(f"No labelled pixels in the {split} split to calibrate on.")
     temperature = stats.fit_temperature()
@@ -198,7 +201,20 @@ def write_calibration(report: dict[str, Any], json_path, plot_path) -> None:
     public = {k: v for k, v in report.items() if k != "_stats"}
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(_clean(public), indent=2) + "\n")
-    plot_reliability(before, after, plot_path, title=f"temperature {report['temperature']:.3g}")
+    plot_reliability(before, after, plot_path, title=f"temperature {_shown(report['temperature'])}")
+
+
+def _inverse(temperature):
+    """What undoes a temperature (per class for multilabel models)."""
+    if isinstance(temperature, list):
+        return [1 / t for t in temperature]
+    return 1 / temperature
+
+
+def _shown(temperature) -> str:
+    if isinstance(temperature, list):
+        return ", ".join(f"{t:.3g}" for t in temperature)
+    return f"{temperature:.3g}"
 
 
 def _add_cases(scores: dict[str, Any], volumes, dataset, tolerance: float) -> None:
@@ -260,7 +276,7 @@ def format_scores(scores: dict[str, Any]) -> str:
             1,
             f"calibration: ECE {num(calibration['ece'])} (temperature 1: "
             f"{num(calibration['ece_uncalibrated'])})   ACE {num(calibration['ace'])}   "
-            f"MCE {num(calibration['mce'])}   temperature {calibration['temperature']:.3g}",
+            f"MCE {num(calibration['mce'])}   temperature {_shown(calibration['temperature'])}",
         )
     quality = scores.get("quality")
     if quality and quality.get("images"):

@@ -76,13 +76,16 @@ class OnnxModel(RuntimeModel):
             if metadata.get("output_kind") == "probabilities"
             else None
         )
-        self.graph_temperature = float(metadata.get("output_temperature") or 1.0)
+        graph = metadata.get("output_temperature")  # one value, or one per class
+        self.graph_temperature = (
+            torch.tensor(graph, dtype=torch.float32).reshape(1, -1, 1, 1) if graph else None
+        )
 
     def run(self, array: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: array})[0]
         if self.to_logits is not None:
             logits = self.to_logits(torch.from_numpy(out))
-            if self.graph_temperature != 1.0:
+            if self.graph_temperature is not None:
                 logits = logits * self.graph_temperature
             out = logits.numpy()
         return out

@@ -136,14 +136,7 @@ class Segmenter:
                 "--uncertainty entropy or tta."
             )
         tta = tta or self.uncertainty == "tta"
-        self.temperature = 1.0 if temperature is None else float(temperature)
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"Invalid temperature {temperature!r}: a positive number.")
-        if self.temperature != 1.0 and self.task.overlapping:
-            raise ConfigError(
-                "A temperature calibrates one-class-per-pixel (softmax) models; this model is "
-                "multilabel."
-            )
+        self.temperature = _temperature(temperature, self.task.overlapping)
         if precision not in PRECISIONS:
             raise ConfigError(
                 f"Unknown precision {precision!r}. Choose one of: {', '.join(PRECISIONS)}."
@@ -165,6 +158,22 @@ class Segmenter:
                 "class per pixel."
             )
         self.thresholds = check_thresholds(thresholds, self.classes.num_classes)
+        if isinstance(self.temperature, list) and len(self.temperature) != len(self.classes):
+            raise ConfigError(
+                f"{len(self.temperature)} temperatures for {len(self.classes)} classes: give "
+                "one per class, or one for all."
+            )
+        # Logits are divided by the temperature (a tensor per class for multilabel models,
+        # made once); thresholds stay on the scale they were chosen on (the uncalibrated
+        # probabilities), so decisions are the same at any temperature.
+        self._divisor = (
+            torch.tensor(self.temperature).reshape(1, -1, 1, 1)
+            if isinstance(self.temperature, list)
+            else self.temperature
+        )
+        self._decision_thresholds = _calibrated_thresholds(
+            self.thresholds, self.temperature, self.classes.num_classes, self.task.overlapping
+        )
         if mean is None and self.in_channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)[:, None, None]
@@ -394,8 +403,11 @@ class Segmenter:
                     logits = self.task.from_probabilities(each.mean(0))
                 else:
                     logits = model(x)
-                if self.temperature != 1.0:  # calibrated: the arg-max is unchanged
-                    logits = logits.float() / self.temperature
+                if self.temperature != 1.0:  # calibrated: the decision is unchanged
+                    divisor = self._divisor
+                    if isinstance(divisor, torch.Tensor):
+                        divisor = divisor.to(logits.device)
+                    logits = logits.float() / divisor
                 p = self.task.activate(logits).float()
                 if members:
                     p = torch.cat([p, member_spread], 1)
@@ -589,7 +601,7 @@ class Segmenter:
 
     def decide(self, probs: torch.Tensor) -> np.ndarray:
         """Probabilities ``C x H x W`` -> what :meth:`predict` returns."""
-        return self.task.decide(probs, self.thresholds).cpu().numpy()
+        return self.task.decide(probs, self._decision_thresholds).cpu().numpy()
 
     def predict_file(
         self,
@@ -624,6 +636,35 @@ class Segmenter:
             f"device={self.device}, precision={self.precision}, tile_size={self.tile_size}, "
             f"tta={self.tta})"
         )
+
+
+def _temperature(value, overlapping: bool) -> float | list[float]:
+    """A checked temperature: one positive number, or for multilabel models one per class."""
+    if value is None:
+        return 1.0
+    many = isinstance(value, list | tuple)
+    values = [float(v) for v in value] if many else [float(value)]
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"Invalid temperature {value!r}: a positive number.")
+    if many and not overlapping:
+        raise ConfigError(
+            "One temperature calibrates a softmax model; per-class temperatures are for "
+            "multilabel models."
+        )
+    return values if many else values[0]
+
+
+def _calibrated_thresholds(thresholds, temperature, num_classes: int, overlapping: bool):
+    """Multilabel thresholds on the calibrated scale: ``sigmoid(logit(t) / T)``, so that a
+    calibrated probability passes exactly where the uncalibrated one passed ``t``."""
+    if not overlapping or temperature == 1.0:
+        return thresholds
+    limits = thresholds or [0.5] * num_classes
+    temps = temperature if isinstance(temperature, list) else [temperature] * num_classes
+    return [
+        1 / (1 + math.exp(-math.log(t / (1 - t)) / temp))
+        for t, temp in zip(limits, temps, strict=True)
+    ]
 
 
 def tiles_that_fit(

@@ -207,7 +207,7 @@ class TrainConfig:
     calibrate: bool = opt(
         True,
         "at the end, fit a temperature on the validation split (calibrated probabilities; "
-        "labels unchanged) and store it in best.pt; multiclass models",
+        "labels unchanged) and store it in best.pt; one per class for multilabel models",
         group="trainer",
     )
     accumulate_grad_batches: int = opt(

@@ -472,12 +472,10 @@ def calibrate_best(
     split (full images through the Segmenter in fp32, as ``unet-resnet calibrate`` does),
     written into ``best.pt``'s metadata, with ``calibration.json`` and
     ``reliability.png`` in the run folder. Returns what ``summary.json`` records: the
-    temperature and ECE before and after, or why there is none (no validation split, a
-    multilabel model, an interrupted run)."""
+    temperature and ECE before and after, or why there is none (no validation split).
+    Multilabel models get one temperature per class."""
     if not config.calibrate:
         return None
-    if config.task != "multiclass":
-        return {"skipped": "a temperature calibrates multiclass (softmax) models"}
     dataset = data.val_set
     if dataset is None or not len(dataset) or not hasattr(dataset, "load"):
         return {"skipped": "no validation split"}
