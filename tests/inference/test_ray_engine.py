@@ -79,6 +79,12 @@ def test_ray_outputs_equal_the_local_engines(inputs, tmp_path, checkpoint, capsy
         np.testing.assert_array_equal(a.read(), b.read())
     report = json.loads((ray_out / REPORT_FILE).read_text())
     assert report["done"] == 5 and report["workers"] == 2 and not report["failed"]
+    # each input's quality estimate and the review order are the local engine's
+    local = json.loads((tmp_path / "local" / REPORT_FILE).read_text())
+    assert set(report["quality"]) == set(local["quality"]) and len(local["quality"]) == 5
+    for name, entry in local["quality"].items():
+        assert report["quality"][name]["quality"] == pytest.approx(entry["quality"], abs=1e-6)
+    assert report["review_order"] == local["review_order"]
     assert sum(w["inputs"] for w in report["per_worker"].values()) == 5
 
 
