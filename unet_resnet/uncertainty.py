@@ -53,13 +53,21 @@ _TINY = 1e-12
 
 def entropy(probs: torch.Tensor, overlapping: bool = False) -> torch.Tensor:
     """Entropy over the class dimension (dim -3) in nats; multilabel: each class's binary
-    entropy, the largest of them. ``... x C x H x W`` -> ``... x H x W``."""
-    p = probs.float()
-    if overlapping:
-        q = 1 - p
-        h = -(p * p.clamp_min(_TINY).log() + q * q.clamp_min(_TINY).log())
-        return h.amax(dim=-3)
-    return -(p * p.clamp_min(_TINY).log()).sum(dim=-3)
+    entropy, the largest of them. ``... x C x H x W`` -> ``... x H x W``. Class by class, so
+    what it holds besides its input and output is one plane, not C of them."""
+    out = None
+    for k in range(probs.shape[-3]):
+        p = probs.select(-3, k).float()
+        if overlapping:
+            q = 1 - p
+            h = (p * p.clamp_min(_TINY).log()).add_(q * q.clamp_min(_TINY).log()).neg_()
+            out = h if out is None else torch.maximum(out, h, out=out)
+        else:
+            h = p * p.clamp_min(_TINY).log()
+            out = h.neg_() if out is None else out.sub_(h)
+    if out is None:
+        raise ValueError("entropy of no classes")
+    return out
 
 
 def entropy_scale(num_classes: int, overlapping: bool = False) -> float:
