@@ -50,3 +50,61 @@ def test_one_case_runs_both_recipes_and_scores_them(tmp_path):
         assert 0 <= row[key] <= 1
     assert row["ours_augment"] == "light" and row["plain_seconds"] > 0
     assert "textures" in format_rows([row])
+
+
+def test_trust_cross_fits_the_temperature_and_checks_the_quality_estimate(tmp_path):
+    from benchmarks.quality.trust import format_rows as trust_rows
+    from benchmarks.quality.trust import run_dataset
+
+    cache = tmp_path / "cache"
+    _fake_skimage_wheel(cache)
+    root = datasets.prepare("textures", tmp_path / "t", cache, n_train=4, n_val=4)
+    row = run_dataset("textures", root, 1, tmp_path / "work", "resnet18")
+    # labels never change with the temperature; each half is scored at the other's
+    assert row["miou_t1"] == row["miou_calibrated"]
+    assert len(row["cross_fitted_temperatures"]) == 2 and row["temperature"] > 0
+    assert row["ece_before"] >= 0 and row["ece_after"] >= 0
+    assert len(row["quality_estimated"]) == len(row["quality_observed"]) == 4
+    assert row["quality_crops"] == 4 * 4  # 64-pixel crops of 128-pixel images
+    assert "textures" in trust_rows([row])
+
+
+def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monkeypatch):
+    from benchmarks.quality import active
+
+    cache = tmp_path / "cache"
+    _fake_skimage_wheel(cache)
+    root = datasets.prepare("textures", tmp_path / "t", cache, n_train=6, n_val=2)
+    chosen = []
+    original = active._least_trusted
+
+    def spy(checkpoint, pool, count):
+        picked = original(checkpoint, pool, count)
+        chosen.append((checkpoint, pool, picked))
+        return picked
+
+    monkeypatch.setattr(active, "_least_trusted", spy)
+    row = active.run_dataset(
+        "textures", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18", seed=0,
+        schedule=(2, 2),
+    )  # fmt: skip
+    for arm in ("review", "random"):
+        assert [n for n, _ in row["curves"][arm]] == [2, 4]
+    assert row["curves"]["review"][0] == row["curves"]["random"][0]  # one shared first model
+    assert row["saving"] is None or row["saving"] <= 1
+    # the review arm took the two unlabelled images its model trusted least
+    from unet_resnet import Segmenter
+    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.io import read_image
+
+    ((checkpoint, pool, picked),) = chosen
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    scores = {}
+    for image, _ in pool:
+        probs, unsure = segmenter.image_prediction(read_image(image))
+        meter = quality_meter(segmenter)
+        meter.update(probs, segmenter.decide(probs), unsure)
+        scores[image] = meter.summary()["quality"]
+    assert [image for image, _ in picked] == sorted(scores, key=scores.get)[:2]
+    active.plot([row], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000

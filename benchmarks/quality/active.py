@@ -20,12 +20,10 @@ score (``saving``: 1 - that / the random arm's final count; "not reached" is sai
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,9 +34,12 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import machine_info
-from benchmarks.quality.datasets import DATASETS, prepare
-from benchmarks.quality.run import SETTINGS
+from benchmarks.quality.harness import (
+    common_arguments,
+    over_datasets,
+    train_defaults,
+    write_results,
+)
 
 #: dataset -> (labelled at the start, added per round)
 SCHEDULE = {"nuclei": (2, 2), "brain": (8, 8), "textures": (4, 4)}
@@ -50,16 +51,26 @@ def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return [(image, masks[image.stem]) for image in images]
 
 
+#: a round's training split holds at least this many entries: few labelled images are
+#: repeated (links under other names), as sampling with replacement would, so that a round
+#: is a few epochs rather than hundreds of one-step ones (each with its own validation)
+MIN_EPOCH = 32
+
+
 def _subset(root: Path, chosen: list[tuple[Path, Path]], folder: Path) -> Path:
-    """A dataset folder whose training split is ``chosen`` (links) and whose validation
-    split and classes are ``root``'s."""
+    """A dataset folder whose training split is ``chosen`` (links, each repeated
+    ``ceil(MIN_EPOCH / len(chosen))`` times) and whose validation split and classes are
+    ``root``'s."""
     if folder.exists():
         shutil.rmtree(folder)
     for kind in ("images", "masks"):
         (folder / "train" / kind).mkdir(parents=True)
+    copies = math.ceil(MIN_EPOCH / len(chosen))
     for image, mask in chosen:
-        os.symlink(image, folder / "train" / "images" / image.name)
-        os.symlink(mask, folder / "train" / "masks" / mask.name)
+        for k in range(copies):
+            name = f"r{k}_{image.stem}"
+            os.symlink(image, folder / "train" / "images" / (name + image.suffix))
+            os.symlink(mask, folder / "train" / "masks" / (name + mask.suffix))
     os.symlink(root / "val", folder / "val")
     for extra in root.glob("*.json"):
         shutil.copy(extra, folder / extra.name)
@@ -67,23 +78,16 @@ def _subset(root: Path, chosen: list[tuple[Path, Path]], folder: Path) -> Path:
 
 
 def _train(data: Path, out: Path, name: str, labelled: int, samples: int, encoder: str, seed):
-    from unet_resnet.training import TrainConfig, train
 
-    crop, batch = SETTINGS[name]
-    return train(
-        TrainConfig(
-            data=str(data),
-            out=str(out),
-            encoder=encoder,
-            encoder_weights=None,
-            epochs=max(1, math.ceil(samples / labelled)),
-            image_size=crop,
-            batch_size=min(batch, labelled),
-            progress=False,
-            seed=seed,
-            calibrate=True,
-            overwrite=True,
-        )
+    entries = labelled * math.ceil(MIN_EPOCH / labelled)  # as _subset repeats them
+    return train_defaults(
+        name,
+        data,
+        out,
+        epochs=max(1, round(samples / entries)),
+        encoder=encoder,
+        seed=seed,
+        overwrite=True,
     )
 
 
@@ -114,9 +118,19 @@ def _least_trusted(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
 
 
 def run_dataset(
-    name: str, root: Path, work: Path, *, rounds: int, samples: int, encoder: str, seed: int
+    name: str,
+    root: Path,
+    work: Path,
+    *,
+    rounds: int,
+    samples: int,
+    encoder: str,
+    seed: int,
+    schedule: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    start_count, step = SCHEDULE[name]
+    """Both arms on one dataset; ``schedule`` (labelled at the start, added per round)
+    defaults to the dataset's :data:`SCHEDULE`."""
+    start_count, step = schedule or SCHEDULE[name]
     pool = _pairs(root, "train")
     rng = np.random.default_rng(seed)
     first = [pool[i] for i in rng.choice(len(pool), start_count, replace=False)]
@@ -198,45 +212,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality.active", description=__doc__
     )
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    common_arguments(parser, "benchmarks/results/active.json")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=320, help="samples seen per round")
+    parser.add_argument("--samples", type=int, default=256, help="samples seen per round")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "unet-resnet" / "wheels"))
-    parser.add_argument("--json", dest="json_out", default="benchmarks/results/active.json")
     parser.add_argument("--plot", default="docs/images/active-learning.png")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-active-"))
-    info = machine_info()
-    print(f"CPU: {info['cpu']['model']}; flags: {' '.join(info['cpu']['flags'])}", flush=True)
-    rows = []
-    try:
-        for name in args.datasets:
-            root = prepare(name, work / "data" / name, Path(args.cache))
-            rows.append(
-                run_dataset(
-                    name,
-                    root,
-                    work,
-                    rounds=args.rounds,
-                    samples=args.samples,
-                    encoder=args.encoder,
-                    seed=args.seed,
-                )
-            )
-            row = rows[-1]
-            print(
-                f"{name}: random reaches {100 * row['random_final_miou']:.2f} with "
-                f"{row['random_labels']} labels; review with {row['review_labels_to_reach_it']}",
-                flush=True,
-            )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    def one(name: str, root: Path, work: Path) -> dict[str, Any]:
+        row = run_dataset(
+            name,
+            root,
+            work,
+            rounds=args.rounds,
+            samples=args.samples,
+            encoder=args.encoder,
+            seed=args.seed,
+        )
+        print(
+            f"{name}: random reaches {100 * row['random_final_miou']:.2f} with "
+            f"{row['random_labels']} labels; review with {row['review_labels_to_reach_it']}",
+            flush=True,
+        )
+        return row
+
+    info, rows = over_datasets(args, "bench-active-", one)
     plot(rows, Path(args.plot))
-    path = Path(args.json_out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    path = write_results(args.json_out, info, rows)
     print(f"\nresults written to {path}; curves in {args.plot}")
     return 0
 

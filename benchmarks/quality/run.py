@@ -26,10 +26,8 @@ if __package__ in (None, ""):
 
 from benchmarks.common import machine_info
 from benchmarks.quality.datasets import DATASETS, prepare
+from benchmarks.quality.harness import SETTINGS, train_defaults
 from benchmarks.quality.plain_loop import train_plain
-
-#: dataset -> (crop, batch)
-SETTINGS = {"nuclei": (128, 4), "brain": (128, 8), "textures": (128, 8)}
 
 
 def _score(segmenter, root: Path) -> float:
@@ -65,7 +63,6 @@ def run_case(
     (a candidate default tried against the plain loop)."""
     from unet_resnet import Segmenter
     from unet_resnet.data import resolve_classes
-    from unet_resnet.training import TrainConfig, train
 
     crop, batch = SETTINGS[name]
     classes = resolve_classes(root, None)
@@ -81,19 +78,8 @@ def run_case(
     plain = _score(Segmenter(model, classes=classes, mean=mean, std=std), root)
     out = work / f"{name}_{epochs}_{seed}"
     start = time.perf_counter()
-    result = train(
-        TrainConfig(
-            data=str(root),
-            out=str(out),
-            encoder=encoder,
-            encoder_weights=None,
-            epochs=epochs,
-            image_size=crop,
-            batch_size=batch,
-            progress=False,
-            seed=seed,
-            **(overrides or {}),
-        )
+    result = train_defaults(
+        name, root, out, epochs=epochs, encoder=encoder, seed=seed, **(overrides or {})
     )
     ours_seconds = time.perf_counter() - start
     best = _score(Segmenter.from_checkpoint(result.best_checkpoint), root)

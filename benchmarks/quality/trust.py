@@ -18,10 +18,7 @@ validation images:
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,9 +27,12 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.common import machine_info
-from benchmarks.quality.datasets import DATASETS, prepare
-from benchmarks.quality.run import SETTINGS
+from benchmarks.quality.harness import (
+    common_arguments,
+    over_datasets,
+    train_defaults,
+    write_results,
+)
 
 
 def cross_fitted(segmenter, dataset) -> dict[str, Any]:
@@ -99,22 +99,10 @@ def run_dataset(name: str, root: Path, epochs: int, work: Path, encoder: str) ->
     from unet_resnet import Segmenter
     from unet_resnet.data import SegmentationFolder
     from unet_resnet.inference.evaluate import calibrate, evaluate
-    from unet_resnet.training import TrainConfig, train
 
-    crop, batch = SETTINGS[name]
     start = time.perf_counter()
-    result = train(
-        TrainConfig(
-            data=str(root),
-            out=str(work / name),
-            encoder=encoder,
-            encoder_weights=None,
-            epochs=epochs,
-            image_size=crop,
-            batch_size=batch,
-            progress=False,
-            calibrate=False,
-        )
+    result = train_defaults(
+        name, root, work / name, epochs=epochs, encoder=encoder, calibrate=False
     )
     train_seconds = time.perf_counter() - start
     val = SegmentationFolder(root, "val")
@@ -172,28 +160,20 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.trust", description=__doc__)
-    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    common_arguments(parser, "benchmarks/results/trust.json")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--encoder", default="resnet50")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "unet-resnet" / "wheels"))
-    parser.add_argument("--json", dest="json_out", default="benchmarks/results/trust.json")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-trust-"))
-    info = machine_info()
-    print(f"CPU: {info['cpu']['model']}; flags: {' '.join(info['cpu']['flags'])}", flush=True)
-    rows = []
-    try:
-        for name in args.datasets:
-            root = prepare(name, work / "data" / name, Path(args.cache))
-            rows.append(run_dataset(name, root, args.epochs, work, args.encoder))
-            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    def one(name: str, root: Path, work: Path) -> dict[str, Any]:
+        row = run_dataset(name, root, args.epochs, work, args.encoder)
+        print(format_rows([row]).splitlines()[-1], flush=True)
+        return row
+
+    info, rows = over_datasets(args, "bench-trust-", one)
     print()
     print(format_rows(rows))
-    path = Path(args.json_out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    path = write_results(args.json_out, info, rows)
     print(f"\nresults written to {path}")
     return 0
 
