@@ -139,6 +139,13 @@ def test_brush_predictions_decode_to_our_mask_with_label_studios_sdk(
     for prediction, name in zip(results, ["sub/scene0.png", "sub/scene1.png"], strict=True):
         labels = segmenter.predict(arrays[name])
         assert prediction["model_version"] == "v-test" and 0 < prediction["score"] <= 1
+        # the task's score is the mask's quality estimate, as predict_report.json has it
+        from unet_resnet.uncertainty import QualityMeter, entropy_map
+
+        probs = segmenter.image_probabilities(arrays[name])
+        meter = QualityMeter(len(segmenter.classes))
+        meter.update(probs, labels, entropy_map(probs))
+        assert prediction["score"] == pytest.approx(meter.summary()["quality"], abs=1e-4)
         found = {res["value"]["brushlabels"][0] for res in prediction["result"]}
         names = {segmenter.classes.names[i] for i in np.unique(labels) if i}
         assert found == {"Square" if n == "square" else n for n in names} and found

@@ -31,6 +31,7 @@ import numpy as np
 
 from unet_resnet.errors import ImageReadError, UnetResnetError
 from unet_resnet.integrations.shapes import region_polygons
+from unet_resnet.uncertainty import QualityMeter, entropy_map
 
 __all__ = [
     "CONTROL_TYPES",
@@ -186,16 +187,23 @@ def task_prediction(
     min_pixels: int = 4,
 ) -> dict[str, Any]:
     """One task's prediction: for each class present, a brush mask (RLE) for each
-    BrushLabels control and a polygon per region for each PolygonLabels control; ``score`` is
-    the mean winning probability over the image, each result's its mean over the region."""
+    BrushLabels control and a polygon per region for each PolygonLabels control. ``score`` is
+    the mask's quality estimate (its expected mIoU, what ``predict``'s review queue sorts by:
+    sorting Label Studio's tasks by prediction score puts the masks to check first on top),
+    each result's the expected IoU of its class."""
+    import torch
+
     height, width = labels.shape
-    confidence = probs.max(axis=0)
+    tensor = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
+    meter = QualityMeter(tensor.shape[0])
+    meter.update(tensor, labels, entropy_map(tensor))
+    quality, ious = meter.summary()["quality"], meter.expected_iou()
     results: list[dict[str, Any]] = []
     for index, value in mapping.items():
         region = labels == index
         if region.sum() < min_pixels:
             continue
-        score = float(confidence[region].mean())
+        score = float(ious[index]) if np.isfinite(ious[index]) else 0.0
         for control in config.controls:
             if value not in control.labels:
                 continue
@@ -234,7 +242,7 @@ def task_prediction(
                 )
     return {
         "result": results,
-        "score": float(confidence.mean()),
+        "score": float(quality),
         "model_version": model_version,
     }
 
