@@ -49,6 +49,26 @@ def test_peak_memory_is_the_image_a_label_plane_and_a_chunk(tmp_path):
     assert Image.open(tmp_path / "overlay.png").size[0] == w
 
 
+def test_the_uncertainty_map_adds_one_byte_per_pixel(tmp_path):
+    """Same bound as the labels' with the 8-bit uncertainty plane: no float map of the image."""
+    h, w = 3000, 4000
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    tracemalloc.start()
+    predict_image_file(
+        CheapSegmenter(), tmp_path / "big.png", tmp_path / "out.png",
+        uncertainty=tmp_path / "u.png", chunk_size=1024,
+    )  # fmt: skip
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    pixels = h * w
+    chunk = 4 * 4 * (1024 + 2 * 512) ** 2
+    # decoded image (3 B/px) + label plane (1) + uncertainty plane (1) + one chunk
+    assert peak < 6 * pixels + 3 * chunk, f"{peak / pixels:.1f} bytes per pixel"
+    unsure = np.asarray(Image.open(tmp_path / "u.png"))
+    assert unsure.shape == (h, w) and unsure.dtype == np.uint8 and unsure.max() > 0
+
+
 def test_chunking_does_not_change_the_prediction(checkpoint, tmp_path):
     # A scene like the training data (a demo sample, 256 px, cropped to 200x260's frame), so the
     # model is confident: on noise its classes nearly tie and tile positions flip them at will.
