@@ -434,6 +434,10 @@ def test_validation_interval_rule():
     big_val_images = dict(small, val_pixels=1024 * 2048)
     assert validation_interval(n_val=25, **big_val_images) > 1
     assert validation_interval(n_val=0, **small) == 1
+    # validation dearer than 10 epochs of training, over 8 epochs: the last one only (this
+    # searched for a divisor of 8 above 8 for ever and hung the run before its first step)
+    few = dict(n_train=32, train_pixels=128**2, n_val=32, val_pixels=200**2, epochs=8)
+    assert validation_interval(**few) == 8
 
 
 def test_checkpoint_cadence_keeps_best_and_last_consistent(data, tmp_path):

@@ -98,7 +98,8 @@ def validation_interval(
     if n_val == 0 or epochs <= 1:
         return 1
     ratio = (n_val * val_pixels / 3) / max(1, n_train * train_pixels)
-    every = max(1, math.ceil(ratio / VALIDATION_SHARE))
+    # at most every epochs (the last one), so the search for a divisor ends
+    every = min(epochs, max(1, math.ceil(ratio / VALIDATION_SHARE)))
     while epochs % every:
         every += 1
     return every
