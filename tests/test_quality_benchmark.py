@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from benchmarks.quality import datasets
@@ -69,6 +70,7 @@ def test_trust_cross_fits_the_temperature_and_checks_the_quality_estimate(tmp_pa
     assert "textures" in trust_rows([row])
 
 
+@pytest.mark.slow  # three training runs: make test-slow
 def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monkeypatch):
     from benchmarks.quality import active
 

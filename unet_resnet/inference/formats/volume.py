@@ -70,9 +70,14 @@ def predict_nifti(
     data, _ = resample_in_plane(data, volume.spacing, options.get("target_spacing"), axis)
     labels = np.zeros(data.shape[:3], dtype=np.uint8)
     spread = np.zeros(data.shape[:3], dtype=np.uint8) if uncertainty is not None else None
+    measured = meter is not None or spread is not None
     for k in range(data.shape[axis]):
-        probs, unsure = predict_chunk(segmenter, context_stack(data, k, axis, context))
-        labels_k = decide(segmenter, probs)
+        stack = context_stack(data, k, axis, context)
+        if measured:
+            probs, unsure = predict_chunk(segmenter, stack)
+            labels_k = decide(segmenter, probs)
+        else:  # a predictor that gives labels only
+            labels_k = segmenter.predict(stack)
         if meter is not None:
             meter.update(probs, labels_k, unsure)
         index = [slice(None)] * 3
@@ -106,11 +111,15 @@ def _outputs(out: Path, stem: str, request: OutputRequest) -> OutputPaths:
 
 
 def _predict(segmenter, path: Path, outputs: OutputPaths, *, slice_axis=None, **_):
-    meter = quality_meter(segmenter)
+    # the quality estimate needs probabilities; a predictor of labels only gets none
+    probabilities = hasattr(segmenter, "image_probabilities") or hasattr(
+        segmenter, "image_prediction"
+    )
+    meter = quality_meter(segmenter) if probabilities else None
     predict_nifti(
         segmenter, path, outputs.mask, axis=slice_axis, uncertainty=outputs.uncertainty, meter=meter
     )
-    return meter.summary(segmenter.classes.names)
+    return None if meter is None else meter.summary(segmenter.classes.names)
 
 
 VOLUME = FileFormat(
