@@ -69,6 +69,7 @@ def run(
             reps=2 if quick else 5,
             compile=compile,
             onnx=not quick,
+            **({"models": ("guide",)} if quick else {}),  # quick: the guide's model only
         )
     if "isa" in sections:
         from benchmarks.isa import bench_isa

@@ -119,6 +119,7 @@ def test_the_guard_stops_past_the_budget_and_writes_nothing(checkpoint, demo_dat
     assert list(tmp_path.iterdir()) == []  # no folder, no partial
 
 
+@pytest.mark.slow  # NNCF's accuracy-control search: make test-slow
 def test_accuracy_control_that_recovers_the_budget_is_reported(checkpoint, demo_data, tmp_path):
     result = _export_elsewhere("guard-recover", checkpoint, demo_data, tmp_path / "int8", 2)
     report = result["report"]

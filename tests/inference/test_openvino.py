@@ -20,11 +20,20 @@ pytest.importorskip("nncf")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_openvino_cases_in_a_process_of_their_own(tmp_path):
+def _cases(tmp_path, marks: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marks,
          "tests/inference/openvino_cases.py", "--basetemp", str(tmp_path / "cases")],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
+
+
+def test_openvino_cases_in_a_process_of_their_own(tmp_path):
+    _cases(tmp_path, "not slow")
+
+
+@pytest.mark.slow
+def test_slow_openvino_cases_in_a_process_of_their_own(tmp_path):
+    _cases(tmp_path, "slow")
