@@ -40,7 +40,12 @@ def _checkpoint(tmp_path, encoder: str, name: str = "model.pt", in_channels: int
 
 
 @pytest.mark.parametrize(
-    ("encoder", "output"), [("resnet50", "probabilities"), ("resnet18", "logits")]
+    ("encoder", "output"),
+    [
+        pytest.param("resnet50", "probabilities", marks=pytest.mark.slow),  # the guide's model
+        ("resnet18", "probabilities"),
+        ("resnet18", "logits"),
+    ],
 )
 def test_onnx_round_trip_at_odd_sizes(tmp_path, encoder, output):
     ckpt, model = _checkpoint(tmp_path, encoder)

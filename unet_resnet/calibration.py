@@ -52,8 +52,22 @@ def rescale(
     return torch.sigmoid(logits / t).to(probs.dtype)
 
 
+class _Summary:
+    """The scores every calibration statistic reports, as one dict."""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ece": self.ece(),
+            "ace": self.ace(),
+            "mce": self.mce(),
+            "classwise_ece": self.classwise_ece(),
+            "bins": self.bins,
+            "pixels": self.pixels,
+        }
+
+
 @dataclass
-class CalibrationStats:
+class CalibrationStats(_Summary):
     """Calibration of one-class-per-pixel probabilities over a dataset, streamed."""
 
     num_classes: int
@@ -184,16 +198,6 @@ class CalibrationStats:
             other.update(rescale(p.T, temperature), y.numpy())
         return other
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ece": self.ece(),
-            "ace": self.ace(),
-            "mce": self.mce(),
-            "classwise_ece": self.classwise_ece(),
-            "bins": self.bins,
-            "pixels": self.pixels,
-        }
-
     def reliability(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per equal-width bin: mean confidence, accuracy, pixel count (empty bins NaN)."""
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -250,7 +254,7 @@ def _golden(nll) -> float:
 
 
 @dataclass
-class MultilabelCalibrationStats:
+class MultilabelCalibrationStats(_Summary):
     """Calibration of multilabel probabilities (a sigmoid per class), streamed: for each class
     its probability against whether the pixel has it, in equal-width bins (ECE and MCE per
     class; ``ece`` is their pixel-weighted mean), and a bounded sample of pixels for ACE and
@@ -352,16 +356,6 @@ class MultilabelCalibrationStats:
         if y.shape[1]:
             other.update(rescale(p, temperature, overlapping=True), y.numpy())
         return other
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ece": self.ece(),
-            "ace": self.ace(),
-            "mce": self.mce(),
-            "classwise_ece": self.classwise_ece(),
-            "bins": self.bins,
-            "pixels": self.pixels,
-        }
 
     def reliability(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per bin, pooled over the classes: mean probability, frequency, count."""

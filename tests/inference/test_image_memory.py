@@ -27,17 +27,22 @@ class CheapSegmenter:
         return torch.from_numpy(probs)
 
 
-def test_peak_memory_is_the_image_a_label_plane_and_a_chunk(tmp_path):
-    h, w = 3000, 4000
+def _peak(tmp_path, h: int, w: int, **outputs) -> int:
+    """Traced peak memory of predicting an ``h x w`` noise image in 1024-pixel chunks."""
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "big.png")
     tracemalloc.start()
     predict_image_file(
-        CheapSegmenter(), tmp_path / "big.png", tmp_path / "out.png",
-        overlay=tmp_path / "overlay.png", chunk_size=1024,
-    )  # fmt: skip
+        CheapSegmenter(), tmp_path / "big.png", tmp_path / "out.png", chunk_size=1024, **outputs
+    )
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    return peak
+
+
+def test_peak_memory_is_the_image_a_label_plane_and_a_chunk(tmp_path):
+    h, w = 3000, 4000
+    peak = _peak(tmp_path, h, w, overlay=tmp_path / "overlay.png")
     pixels = h * w
     # Stated bound: decoded image (3 B/px) + label plane (1) + overlay and its canvas (3 + 3)
     # + one chunk's probabilities; the old path held 4 classes x 4 B/px of probabilities and
@@ -52,15 +57,7 @@ def test_peak_memory_is_the_image_a_label_plane_and_a_chunk(tmp_path):
 def test_the_uncertainty_map_adds_one_byte_per_pixel(tmp_path):
     """Same bound as the labels' with the 8-bit uncertainty plane: no float map of the image."""
     h, w = 3000, 4000
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "big.png")
-    tracemalloc.start()
-    predict_image_file(
-        CheapSegmenter(), tmp_path / "big.png", tmp_path / "out.png",
-        uncertainty=tmp_path / "u.png", chunk_size=1024,
-    )  # fmt: skip
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    peak = _peak(tmp_path, h, w, uncertainty=tmp_path / "u.png")
     pixels = h * w
     chunk = 4 * 4 * (1024 + 2 * 512) ** 2
     # decoded image (3 B/px) + label plane (1) + uncertainty plane (1) + one chunk

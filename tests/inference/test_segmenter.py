@@ -183,6 +183,7 @@ def test_conv_readers_sees_through_identities_not_in_place_results():
     assert sorted(pairs) == [("a", "relu"), ("b", "bn"), ("c", "act")]
 
 
+@pytest.mark.slow  # the guide's ResNet-50 model; tests/models/test_original_compat.py is fast
 def test_original_state_dict_works_as_checkpoint(tmp_path):
     from tests.reference_original import UNetWithResnet50Encoder as Original
 

@@ -101,7 +101,7 @@ def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_reaches_the_same_result(data, tmp_path, workers):
     """Ctrl-C during epoch 2, resume: the same weights as one uninterrupted run, also with
     DataLoader worker processes (their seeds come from the restored RNG state)."""

@@ -86,7 +86,9 @@ class Segmenter:
         fastpath: a fast-path choice made by another process (:attr:`fastpath` of its
             segmenter, or that as a dict), applied as it is instead of timing candidates:
             how every worker of a Ray run predicts exactly as the run decided once.
-        temperature: divide the logits by this before the softmax (calibration).
+        temperature: divide the logits by this before the softmax (calibration); multilabel
+            models: one for all classes or one per class, their thresholds kept on the
+            uncalibrated scale (decisions do not change).
         uncertainty: the per-pixel uncertainty :meth:`image_prediction` returns
             (:data:`~unet_resnet.uncertainty.UNCERTAINTIES`): ``"entropy"`` (default),
             ``"tta"`` (the disagreement of the TTA views; turns ``tta`` on) or
