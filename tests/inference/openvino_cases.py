@@ -109,6 +109,7 @@ def test_int8_is_scored_against_float_and_the_report_travels_with_it(int8_ir, de
         Segmenter.from_checkpoint(folder, precision="bf16")
 
 
+@pytest.mark.slow  # an NNCF int8 export: make test-slow
 def test_the_guard_stops_past_the_budget_and_writes_nothing(checkpoint, demo_data, tmp_path):
     out = tmp_path / "int8"
     result = _export_elsewhere("guard-stop", checkpoint, demo_data, out, 2)

@@ -103,6 +103,7 @@ def test_a_killed_worker_loses_nothing(inputs, tmp_path, checkpoint, monkeypatch
     assert report["done"] == 5 and not report["failed"]
 
 
+@pytest.mark.slow  # three Ray runs: make test-slow
 def test_rerun_skips_finished_inputs_of_the_same_model_only(inputs, tmp_path, checkpoint, capsys):
     out = tmp_path / "out"
     assert _predict(inputs, out, checkpoint, "--engine", "ray") == 0

@@ -90,6 +90,7 @@ def label_studio(demo_data):
         yield url, masks
 
 
+@pytest.mark.slow  # a training run in a subprocess: make test-slow
 def test_webhook_fine_tunes_in_the_background(label_studio, checkpoint, tmp_path):
     url, masks = label_studio
     settings = LabelStudioSettings(

@@ -109,6 +109,7 @@ def test_frozen_encoder_fresh_augmentation_and_disjoint_shards(data, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("epoch,train_loss")
 
 
+@pytest.mark.slow  # two processes: make test-slow
 def test_a_nan_on_one_rank_stops_every_rank_with_the_message(data, tmp_path):
     """The loss turned NaN on rank 1 only: both ranks stop together with the message, not
     rank 1 raising while rank 0 waits in a collective until the timeout."""
