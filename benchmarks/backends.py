@@ -121,16 +121,17 @@ def _openvino_int8_random(tmp: Path, model, calibration: list[np.ndarray]):
     from unet_resnet.checkpoint import CheckpointMeta, export_metadata
     from unet_resnet.data import ClassInfo
     from unet_resnet.inference import Segmenter
-    from unet_resnet.inference.openvino import OpenVinoModel, convert
+    from unet_resnet.inference.openvino import OpenVinoModel, convert, kept_signal_stack
     from unet_resnet.quantize import _first_and_last_convolutions
 
     folded, _ = fold_checked(model, torch.randn(1, 3, 64, 64))
     ir = convert(folded, 3)
     nncf.set_log_level(40)
-    quantized = nncf.quantize(
-        ir, nncf.Dataset(calibration), subset_size=len(calibration),
-        ignored_scope=nncf.IgnoredScope(names=_first_and_last_convolutions(ir)),
-    )  # fmt: skip
+    with kept_signal_stack():  # NNCF's own OpenVINO Cores (see unet_resnet.inference.openvino)
+        quantized = nncf.quantize(
+            ir, nncf.Dataset(calibration), subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=_first_and_last_convolutions(ir)),
+        )  # fmt: skip
     meta = export_metadata(CheckpointMeta(model.config, ClassInfo.generic(2)), "openvino")
     return Segmenter(OpenVinoModel(quantized, meta, precision="int8"), device="cpu")
 

@@ -70,7 +70,9 @@ def openvino_matmul_tflops(precision: str, n: int, reps: int = 5) -> float | Non
     rng = np.random.default_rng(0)
     a = ops.parameter([n, n], np.float32)
     product = ops.matmul(a, ops.constant(rng.standard_normal((n, n), np.float32)), False, False)
-    compiled = ov.Core().compile_model(
+    from unet_resnet.inference.openvino import shared_core
+
+    compiled = shared_core().compile_model(
         ov.Model([product], [a]), "CPU", {"INFERENCE_PRECISION_HINT": precision}
     )
     x = rng.standard_normal((n, n), np.float32)

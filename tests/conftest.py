@@ -83,10 +83,13 @@ def checkpoint(demo_data, tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_fastpath_cache(tmp_path_factory):
-    """Fast-path measurements go to a per-session folder, never the user's cache."""
+    """Fast-path measurements go to a per-session folder, never the user's cache; ``auto``
+    times no other backend against torch (converting every test's model to OpenVINO and ONNX
+    would cost minutes): tests/inference/test_backends.py and the OpenVINO cases time them."""
     folder = tmp_path_factory.mktemp("unet_resnet_cache")
     patch = pytest.MonkeyPatch()
     patch.setenv("UNET_RESNET_CACHE", str(folder))
+    patch.setenv("UNET_RESNET_AUTO_BACKENDS", "torch")
     yield folder
     patch.undo()
 
@@ -131,6 +134,8 @@ _OWN_PROCESS_ENV = "UNET_RESNET_TEST_OWN_PROCESS"
 #: DDP and seeding variables: WORLD_SIZE, LOCAL_RANK, MASTER_PORT, PL_GLOBAL_SEED, ...) must not
 #: leak into a test run in a process of its own.
 _START_ENV = dict(os.environ)
+#: what the session sets for every test (its cache, the backends ``auto`` times) and carries
+_CARRIED_ENV = ("UNET_RESNET_CACHE", "UNET_RESNET_AUTO_BACKENDS")
 
 
 def elsewhere(request) -> bool:
@@ -151,7 +156,7 @@ def elsewhere(request) -> bool:
         cwd=root, capture_output=True, text=True, timeout=1200,
         env={
             **_START_ENV,
-            **{k: v for k, v in os.environ.items() if k == "UNET_RESNET_CACHE"},
+            **{k: v for k, v in os.environ.items() if k in _CARRIED_ENV},
             _OWN_PROCESS_ENV: request.node.nodeid,
         },
     )  # fmt: skip

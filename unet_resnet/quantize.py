@@ -33,6 +33,7 @@ from unet_resnet.inference.openvino import (
     REPORT_FILE,
     OpenVinoModel,
     convert,
+    kept_signal_stack,
     load_openvino,
 )
 from unet_resnet.io import to_float_image
@@ -299,7 +300,8 @@ def _quantize(
         "subset_size": len(calib_inputs),
         "ignored_scope": nncf.IgnoredScope(names=float_layers),
     }
-    quantized = nncf.quantize(float_model, nncf.Dataset(calib_inputs), **quiet)
+    with kept_signal_stack():  # NNCF makes OpenVINO Cores of its own (see inference.openvino)
+        quantized = nncf.quantize(float_model, nncf.Dataset(calib_inputs), **quiet)
 
     reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
 
@@ -381,16 +383,17 @@ def _with_accuracy_control(
         return float(np.nanmean(_iou(confusion)))
 
     try:
-        return nncf.quantize_with_accuracy_control(
-            float_model,
-            calibration_dataset=nncf.Dataset(calib_inputs),
-            validation_dataset=nncf.Dataset(items),
-            validation_fn=miou,
-            max_drop=max_drop / 100,
-            drop_type=nncf.DropType.ABSOLUTE,
-            subset_size=len(calib_inputs),
-            ignored_scope=nncf.IgnoredScope(names=float_layers),
-        )
+        with kept_signal_stack():
+            return nncf.quantize_with_accuracy_control(
+                float_model,
+                calibration_dataset=nncf.Dataset(calib_inputs),
+                validation_dataset=nncf.Dataset(items),
+                validation_fn=miou,
+                max_drop=max_drop / 100,
+                drop_type=nncf.DropType.ABSOLUTE,
+                subset_size=len(calib_inputs),
+                ignored_scope=nncf.IgnoredScope(names=float_layers),
+            )
     except UnetResnetError:
         raise
     except Exception as exc:  # NNCF's own failures (e.g. no layer left to revert)

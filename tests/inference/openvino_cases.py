@@ -55,7 +55,7 @@ def int8_ir(checkpoint, demo_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("ov") / "int8"
     result = _export_elsewhere("int8", checkpoint, demo_data, out)
-    return Path(result["folder"]), result["report"]
+    return Path(result["folder"]), result["report"], result["signal_stack_kept"]
 
 
 def test_a_float_ir_folder_loads_like_a_checkpoint_and_agrees_with_torch(
@@ -75,7 +75,8 @@ def test_a_float_ir_folder_loads_like_a_checkpoint_and_agrees_with_torch(
 
 
 def test_int8_is_scored_against_float_and_the_report_travels_with_it(int8_ir, demo_data):
-    folder, report = int8_ir
+    folder, report, kept = int8_ir
+    assert kept  # NNCF's OpenVINO Cores left the thread's signal stack as it was
     saved = json.loads((folder / "report.json").read_text())
     assert saved == report
     assert report["calibration"]["images"] == 8 and report["validation"]["images"] == 4
@@ -151,8 +152,9 @@ def test_backends_are_chosen_by_what_they_load_and_refuse_what_they_cannot(
     assert choose_backend(float_ir).name == "openvino"
     assert choose_backend(checkpoint).name == "torch"
     assert choose_backend(checkpoint, "openvino").name == "openvino"  # converts
+    assert choose_backend(checkpoint, "onnxruntime").name == "onnxruntime"  # converts too
     with pytest.raises(ConfigError, match="--backend onnxruntime cannot load"):
-        choose_backend(checkpoint, "onnxruntime")
+        choose_backend(float_ir, "onnxruntime")
     with pytest.raises(ConfigError, match="--backend torch cannot load"):
         choose_backend(float_ir, "torch")
     with pytest.raises(ConfigError, match="Unknown backend 'tensorrt'"):
@@ -172,3 +174,66 @@ def test_an_ir_folder_on_a_gpu_machine_runs_on_the_cpu(float_ir, monkeypatch, de
     assert segmenter.predict(_images(demo_data, 1)[0]).shape == (64, 64)
     with pytest.raises(ConfigError, match="runs on the CPU, not --device cuda"):
         Segmenter.from_checkpoint(float_ir, device="cuda")
+
+
+def test_auto_times_openvino_against_torch_and_keeps_the_faster(
+    checkpoint, demo_data, monkeypatch, tmp_path
+):
+    """For real: on this CPU ``auto`` times OpenVINO (converted in memory) against the torch
+    fast path, keeps the faster (past the margin), caches the choice, and predicts what torch
+    predicts."""
+    from unet_resnet.inference.backends import AUTO_MARGIN
+
+    monkeypatch.setenv("UNET_RESNET_CACHE", str(tmp_path))
+    monkeypatch.setenv("UNET_RESNET_AUTO_BACKENDS", "openvino")
+    seg = Segmenter.from_checkpoint(checkpoint)
+    timings = seg.backend.timings
+    assert seg.backend.source == "measured" and set(timings) == {"torch", "openvino"}
+    faster = timings["openvino"] < (1 - AUTO_MARGIN) * timings["torch"]
+    assert seg.backend.name == ("openvino" if faster else "torch")
+    assert getattr(seg.model, "backend", "torch") == seg.backend.name
+    again = Segmenter.from_checkpoint(checkpoint)
+    assert again.backend.source == "cache" and again.backend.name == seg.backend.name
+    reference = Segmenter.from_checkpoint(checkpoint, backend="torch", precision="fp32")
+    for image in _images(demo_data):
+        agree = (seg.predict(image) == reference.predict(image)).mean()
+        assert agree > 0.99
+
+
+def _mapped(address: int) -> bool:
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        low, high = (int(part, 16) for part in line.split()[0].split("-"))
+        if low <= address < high:
+            return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux only")
+def test_models_freed_in_any_order_leave_a_signal_stack_that_signals_can_use(float_ir, checkpoint):
+    """OpenVINO's CPU plugin swaps the thread's signal stack per Core and, unloaded out of
+    order, left it pointing at unmapped memory: the next handled signal (Ctrl-C, SIGCHLD)
+    killed the process with SIGSEGV. Models share one Core now; signals still work after
+    models come and go in any order."""
+    import gc
+    import os
+    import signal
+
+    from unet_resnet.inference.openvino import signal_stack
+
+    before = signal_stack()
+    models = [Segmenter.from_checkpoint(float_ir, precision="fp32") for _ in range(2)]
+    models.append(Segmenter.from_checkpoint(checkpoint, backend="openvino"))
+    del models[0]  # the first made goes first: out of order
+    gc.collect()
+    models.clear()
+    gc.collect()
+    address, size = signal_stack()
+    assert (address, size) == before
+    assert address == 0 or _mapped(address)
+    handled = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # on that signal stack; a dangling one: SIGSEGV
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert handled == [True]

@@ -32,7 +32,7 @@ def _fake_timer(monkeypatch, seconds: dict[str, float]) -> list[str]:
         timed.append(name)
         return seconds[name]
 
-    monkeypatch.setattr(fastpath, "_seconds", fake)
+    monkeypatch.setattr(fastpath, "seconds_per_call", fake)
     return timed
 
 

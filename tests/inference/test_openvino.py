@@ -1,10 +1,14 @@
 """OpenVINO's tests (tests/inference/openvino_cases.py) in a pytest process of their own.
 
-Run late in the suite's one long process, after the data tests, OpenVINO crashed the
-interpreter (SIGSEGV in CPython's frame setup, no Python traceback) in a test that did no
-OpenVINO work itself, right after one that compiled models; alone, or first, every case
-passes, and the CLI runs each command in a fresh process. Until the cause is found, the
-cases run where nothing else has run before them."""
+Run late in the suite's one long process, OpenVINO used to kill the interpreter (SIGSEGV, no
+Python traceback) while a later test waited for a child process. The cause: OpenVINO's CPU
+plugin gave the main thread a signal stack per Core and, with Cores unloaded out of order, left
+it pointing at unmapped memory, so the child's SIGCHLD (PyTorch's handler, installed by the
+DataLoader tests) could not be delivered. Models now share one Core and NNCF runs with the
+thread's signal stack put back (unet_resnet/inference/openvino.py); the cases check that. They
+still run in a process of their own: NNCF's quantization holds GBs that the rest of the suite
+does not need to share a heap with.
+"""
 
 from __future__ import annotations
 

@@ -43,9 +43,13 @@ __all__ = [
     "DTYPES",
     "FastPathChoice",
     "PackMode",
+    "architecture_signature",
+    "cache_read",
+    "cache_write",
     "fold_batchnorm",
     "fold_checked",
     "prepare_model",
+    "seconds_per_call",
 ]
 
 logger = logging.getLogger("unet_resnet.fastpath")
@@ -209,7 +213,8 @@ def _build(
     )
 
 
-def _seconds(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
+def seconds_per_call(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
+    """Median seconds of ``reps`` calls of ``model(x)`` after one warm-up call."""
     with torch.inference_mode():
         model(x)  # warm-up: oneDNN primitive creation, weight reorders
         times = []
@@ -220,17 +225,21 @@ def _seconds(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
     return statistics.median(times)
 
 
-def _architecture_key(model: nn.Module, candidates: Sequence[tuple[str, bool]], device) -> str:
-    """Cache key: the model's layer types and parameter shapes (not its values), the
-    candidates, the device, the CPU signature and what packing covers."""
-    from unet_resnet.accel import onednn
-
+def architecture_signature(model: nn.Module) -> list:
+    """The model's layer types and parameter shapes (not its values): what its speed depends on."""
     layers = [(name, type(m).__name__) for name, m in model.named_modules()]
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return [layers, shapes]
+
+
+def _architecture_key(model: nn.Module, candidates: Sequence[tuple[str, bool]], device) -> str:
+    """Cache key: the model's architecture, the candidates, the device, the CPU signature and
+    what packing covers."""
+    from unet_resnet.accel import onednn
+
     blob = json.dumps(
         [
-            layers,
-            shapes,
+            *architecture_signature(model),
             list(candidates),
             str(device),
             cpu_signature(),
@@ -242,15 +251,18 @@ def _architecture_key(model: nn.Module, candidates: Sequence[tuple[str, bool]], 
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _cache_read(key: str) -> dict | None:
+def cache_read(key: str, file: str = CACHE_FILE) -> dict | None:
+    """The entry cached under ``key`` in ``file`` of :func:`~unet_resnet.hardware.cache_dir`,
+    or None (no cache yet, or a damaged one: the caller measures again)."""
     try:
-        return json.loads((cache_dir() / CACHE_FILE).read_text()).get(key)
+        return json.loads((cache_dir() / file).read_text()).get(key)
     except (OSError, ValueError, AttributeError):
-        return None  # no cache yet, or a damaged one: measure again
+        return None
 
 
-def _cache_write(key: str, entry: dict) -> None:
-    path = cache_dir() / CACHE_FILE
+def cache_write(key: str, entry: dict, file: str = CACHE_FILE) -> None:
+    """Cache ``entry`` under ``key`` in ``file`` (atomically; a read-only home only warns)."""
+    path = cache_dir() / file
     try:
         data = json.loads(path.read_text()) if path.is_file() else {}
         if not isinstance(data, dict):
@@ -262,7 +274,7 @@ def _cache_write(key: str, entry: dict) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(data, indent=1) + "\n")
     except OSError as exc:  # a read-only home is no reason to fail a prediction
-        logger.warning("could not cache the fast-path choice in %s: %s", path, exc)
+        logger.warning("could not cache a measured choice in %s: %s", path, exc)
 
 
 def _candidates(
@@ -360,7 +372,7 @@ def prepare_model(
         return chosen, choice
 
     key = _architecture_key(base, candidates, device)
-    cached = _cache_read(key)
+    cached = cache_read(key)
     if cached is not None and (cached.get("precision"), cached.get("packed")) in candidates:
         plain = list(cached.get("plain_layers", []))
         chosen, packed = build(cached["precision"], cached["packed"], plain=plain)
@@ -383,7 +395,7 @@ def prepare_model(
         built, packed = build(prec, pack, timing_input=example)
         if pack and not packed:
             continue  # packing was refused (checked against plain): not a candidate
-        seconds = _seconds(built, example.to(DTYPES[prec]))
+        seconds = seconds_per_call(built, example.to(DTYPES[prec]))
         timings[f"{prec}{'+packed' if packed else ''}"] = seconds
         if best is None or seconds < best[0]:
             best = (seconds, built, prec, packed)
@@ -396,6 +408,6 @@ def prepare_model(
     from unet_resnet.accel.onednn import plain_layers
 
     choice = FastPathChoice(prec, packed, "measured", timings, reason, plain_layers(chosen))
-    _cache_write(key, asdict(choice))
+    cache_write(key, asdict(choice))
     logger.info("%s", choice.explain())
     return chosen, choice

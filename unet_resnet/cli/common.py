@@ -87,9 +87,10 @@ def segmenter_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default="auto",
         choices=("auto", *backend_names()),
-        help="inference backend; auto = the one that loads --checkpoint as it is (torch for "
-        "checkpoints, onnxruntime for .onnx, openvino for IR folders); openvino also "
-        "converts a checkpoint",
+        help="inference backend; auto = the one that loads --checkpoint as it is "
+        "(onnxruntime for .onnx, openvino for IR folders), and for a checkpoint on a CPU the "
+        "fastest of torch and the installed backends that convert it (timed once per model "
+        "architecture and CPU, cached; $UNET_RESNET_AUTO_BACKENDS limits which)",
     )
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--tile-size", type=int, default=1024, help="tile larger images")

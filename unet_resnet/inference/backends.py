@@ -9,17 +9,24 @@ offers and how it builds a model the :class:`~unet_resnet.inference.Segmenter` r
   accuracy report), or a checkpoint converted in memory (fp32, bf16); CPU.
 
 ``backend="auto"`` takes the one that loads the source as it is (an IR folder: openvino; an
-``.onnx``: onnxruntime; anything else: torch). A future backend (TensorRT) is one
-:func:`register_backend` call.
+``.onnx``: onnxruntime). A checkpoint on a CPU is the choice left open: the first build times
+the torch fast path against every installed backend that converts checkpoints (OpenVINO), on
+the same input in the same process, and keeps the fastest (:func:`decide_backend`); the choice
+is cached per model architecture and CPU like the fast path's, so later builds are instant.
+A future backend (TensorRT) is one :func:`register_backend` call.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -27,11 +34,14 @@ from unet_resnet.checkpoint import CheckpointMeta, load_checkpoint, read_export_
 from unet_resnet.errors import ConfigError
 
 __all__ = [
+    "AUTO_BACKENDS_ENV",
     "BACKENDS",
     "Backend",
+    "BackendChoice",
     "backend_names",
     "check_precision",
     "choose_backend",
+    "decide_backend",
     "register_backend",
 ]
 
@@ -49,11 +59,27 @@ class Backend:
     #: the precisions it offers (``auto`` always)
     precisions: tuple[str, ...]
     build: Builder
-    #: also loads sources of the torch backend (checkpoints), converting them
+    #: also loads sources of the torch backend (checkpoints), converting them; such a
+    #: backend is a candidate when ``auto`` times the backends on a CPU
     converts_checkpoints: bool = False
+    #: the module it needs (None: always there); ``auto`` times only installed backends
+    module: str | None = None
+
+    def installed(self) -> bool:
+        return self.module is None or importlib.util.find_spec(self.module) is not None
 
 
 BACKENDS: dict[str, Backend] = {}
+
+logger = logging.getLogger("unet_resnet.backends")
+
+#: Which backends ``auto`` may time against the torch path (comma-separated names; default:
+#: every installed one that converts checkpoints). ``torch`` alone turns the timing off.
+AUTO_BACKENDS_ENV = "UNET_RESNET_AUTO_BACKENDS"
+AUTO_CACHE_FILE = "backends.json"
+#: Another backend replaces the torch path only when at least this much faster: within it the
+#: two are level on a busy machine, and the torch path is the one with every feature.
+AUTO_MARGIN = 0.05
 
 
 def register_backend(backend: Backend) -> Backend:
@@ -91,6 +117,132 @@ def check_precision(backend: Backend, precision: str) -> None:
         )
 
 
+@dataclass
+class BackendChoice:
+    """Which backend runs a checkpoint (``name``, in ``precision``), whether that was
+    ``"measured"`` now, read from the ``"cache"`` or ``"fixed"`` (asked for, or nothing to
+    choose), the seconds per call of each candidate on the timing input, and why."""
+
+    name: str
+    precision: str = "auto"
+    source: Literal["measured", "cache", "fixed"] = "fixed"
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def explain(self) -> str:
+        lines = [f"backend: {self.name} ({self.source})"]
+        if self.reason:
+            lines.append(f"  why: {self.reason}")
+        for name, seconds in sorted(self.timings.items(), key=lambda kv: kv[1]):
+            lines.append(f"  {name:<12} {1000 * seconds:8.1f} ms per image")
+        return "\n".join(lines)
+
+
+def _auto_candidates() -> list[Backend]:
+    allowed = os.environ.get(AUTO_BACKENDS_ENV)
+    names = None if not allowed else {n.strip() for n in allowed.split(",") if n.strip()}
+    return [
+        b
+        for b in BACKENDS.values()
+        if b.converts_checkpoints and b.installed() and (names is None or b.name in names)
+    ]
+
+
+def decide_backend(
+    source: str, device: str = "auto", precision: str = "auto"
+) -> tuple[BackendChoice, tuple[Any, CheckpointMeta] | None]:
+    """Which backend runs the checkpoint ``source`` fastest on this CPU, and the model that
+    was built for it while timing (None when nothing was timed: build it).
+
+    Only a CPU with the precision left to the backends (``auto``, ``fp32``, ``bf16``) has a
+    choice; the candidates are the torch fast path (as the Segmenter builds it) and each
+    installed backend that converts checkpoints, each timed on the same input (batch 1, the
+    fast path's timing size) through the call the Segmenter makes. The torch path is kept
+    unless another is at least :data:`AUTO_MARGIN` faster. The choice is cached per model
+    architecture, CPU, thread count and library versions."""
+    from unet_resnet.hardware import resolve_device
+
+    torch_choice = BackendChoice("torch", precision)
+    if resolve_device(device).type != "cpu":
+        torch_choice.reason = "not a CPU: the torch backend runs GPUs"
+        return torch_choice, None
+    if precision not in ("auto", "fp32", "bf16"):
+        torch_choice.reason = f"precision {precision} runs on the torch backend"
+        return torch_choice, None
+    others = [b for b in _auto_candidates() if precision == "auto" or precision in b.precisions]
+    if not others:
+        torch_choice.reason = "no other backend to time (installed, or allowed by " + (
+            f"${AUTO_BACKENDS_ENV})"
+        )
+        return torch_choice, None
+    import torch
+
+    from unet_resnet.accel.fastpath import (
+        CALIBRATION_SIZE,
+        DTYPES,
+        architecture_signature,
+        cache_read,
+        cache_write,
+        prepare_model,
+        seconds_per_call,
+    )
+    from unet_resnet.hardware import cpu_signature
+
+    model, meta = load_checkpoint(source)
+    versions = {b.name: _version(b.module) for b in others}
+    blob = json.dumps(
+        [architecture_signature(model), precision, cpu_signature(), versions, CALIBRATION_SIZE],
+        default=str,
+    )
+    key = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    cached = cache_read(key, AUTO_CACHE_FILE)
+    if cached is not None and cached.get("name") in {"torch", *(b.name for b in others)}:
+        cached = {**cached, "source": "cache"}
+        cached["reason"] = f"measured earlier on this CPU for this model ({cached['reason']})"
+        choice = BackendChoice(**cached)
+        return choice, ((model, meta) if choice.name == "torch" else None)
+
+    c = meta.model_config["in_channels"]
+    size = CALIBRATION_SIZE
+    x = torch.randn(1, c, size, size, generator=torch.Generator().manual_seed(0))
+    built, fast = prepare_model(model, device=torch.device("cpu"), precision=precision,
+                                in_channels=c)  # fmt: skip
+    timings = {
+        "torch": seconds_per_call(
+            built, x.to(DTYPES[fast.precision]).contiguous(memory_format=torch.channels_last)
+        )
+    }
+    del built
+    best: tuple[str, float, Any] = ("torch", timings["torch"], (model, meta))
+    for backend in others:
+        runtime, runtime_meta = backend.build(source, "cpu", precision)
+        timings[backend.name] = seconds_per_call(runtime, x)
+        if timings[backend.name] < (1 - AUTO_MARGIN) * min(best[1], timings["torch"]):
+            best = (backend.name, timings[backend.name], (runtime, runtime_meta))
+    name, _, built_model = best
+    reason = (
+        f"fastest of {len(timings)} backends timed on a {size}x{size} input on this CPU "
+        f"({cpu_signature()['model']}; another backend replaces torch only when "
+        f"{100 * AUTO_MARGIN:.0f}% faster)"
+    )
+    runtime_precision = getattr(built_model[0], "precision", fast.precision)
+    choice = BackendChoice(name, runtime_precision, "measured", timings, reason)
+    cache_write(key, asdict(choice), AUTO_CACHE_FILE)
+    logger.info("%s", choice.explain())
+    return choice, built_model
+
+
+def _version(module: str | None) -> str | None:
+    if module is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
 # The backends ---------------------------------------------------------------------------------
 def _is_onnx(source: str) -> bool:
     return source.lower().endswith(".onnx") and Path(source).is_file()
@@ -107,10 +259,29 @@ def _torch(source: str, device: str, precision: str) -> tuple[Any, CheckpointMet
 
 
 def _onnxruntime(source: str, device: str, precision: str) -> tuple[Any, CheckpointMeta]:
-    from unet_resnet.inference.onnx import OnnxModel
+    from unet_resnet.inference.onnx import OnnxModel, convert
 
-    metadata = read_export_metadata(source)
-    return OnnxModel(source, metadata, device=device), CheckpointMeta.from_dict(metadata)
+    if _is_onnx(source):
+        metadata = read_export_metadata(source)
+        return OnnxModel(source, metadata, device=device), CheckpointMeta.from_dict(metadata)
+    from unet_resnet.checkpoint import export_metadata
+
+    folded, meta = _folded_checkpoint(source)
+    graph = convert(folded, meta.model_config["in_channels"])
+    metadata = export_metadata(meta, "onnx", output="logits")
+    return OnnxModel(graph, metadata, device=device), meta
+
+
+def _folded_checkpoint(source: str):
+    """A checkpoint's model, BatchNorm folded (checked), for another runtime to convert."""
+    import torch
+
+    from unet_resnet.accel.fastpath import fold_checked
+
+    model, meta = load_checkpoint(source)
+    c = meta.model_config["in_channels"]
+    folded, _ = fold_checked(model.eval(), torch.randn(1, c, 64, 64))
+    return folded, meta
 
 
 def _openvino(source: str, device: str, precision: str) -> tuple[Any, CheckpointMeta]:
@@ -125,14 +296,10 @@ def _openvino(source: str, device: str, precision: str) -> tuple[Any, Checkpoint
     if _is_ir(source):
         model, metadata = load_openvino_folder(source, precision)
         return model, CheckpointMeta.from_dict(metadata)
-    from unet_resnet.accel.fastpath import fold_checked
     from unet_resnet.checkpoint import export_metadata
 
-    torch_model, meta = load_checkpoint(source)
+    folded, meta = _folded_checkpoint(source)
     c = meta.model_config["in_channels"]
-    import torch
-
-    folded, _ = fold_checked(torch_model.eval(), torch.randn(1, c, 64, 64))
     if precision == "auto":
         precision = "bf16" if cpu_has_fast_bf16() else "fp32"
     model = OpenVinoModel(
@@ -150,15 +317,19 @@ register_backend(
         ("fp32", "bf16", "int8"),
         _openvino,
         converts_checkpoints=True,
+        module="openvino",
     )
 )
 register_backend(
     Backend(
         "onnxruntime",
-        "an ONNX file: .onnx files written by `export --format onnx`",
+        "an ONNX file: .onnx files written by `export --format onnx`, and checkpoints "
+        "(converted in memory)",
         _is_onnx,
         ("fp32",),
         _onnxruntime,
+        converts_checkpoints=True,
+        module="onnxruntime",
     )
 )
 register_backend(

@@ -10,7 +10,7 @@ import torch
 from unet_resnet.inference.runtime import RuntimeModel
 from unet_resnet.task import get_task
 
-__all__ = ["OnnxModel", "onnx_device", "providers_for"]
+__all__ = ["OnnxModel", "convert", "onnx_device", "providers_for"]
 
 
 def providers_for(device: str | torch.device) -> list[str]:
@@ -46,14 +46,33 @@ def onnx_device(device: str | torch.device) -> torch.device:
     return resolve_device(device)
 
 
+def convert(model: torch.nn.Module, in_channels: int) -> bytes:
+    """An eval-mode PyTorch model as an ONNX graph in memory (logits; dynamic batch, height
+    and width), as ``export --format onnx --output logits`` writes it minus the metadata."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    example = torch.randn(1, in_channels, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes
+        torch.onnx.export(
+            model, (example,), buffer, input_names=["image"], output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
 class OnnxModel(RuntimeModel):
-    """An exported ONNX file run by ONNX Runtime, callable like the PyTorch model (fp32)."""
+    """An exported ONNX file (or a graph in memory, :func:`convert`) run by ONNX Runtime,
+    callable like the PyTorch model (fp32)."""
 
     backend = "onnxruntime"
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | bytes,
         metadata: dict,
         providers: list[str] | None = None,
         *,
@@ -65,7 +84,9 @@ class OnnxModel(RuntimeModel):
         self.device = onnx_device(device)
         options = ort.SessionOptions()
         self.session = ort.InferenceSession(
-            str(path), options, providers=providers or providers_for(self.device)
+            path if isinstance(path, bytes) else str(path),
+            options,
+            providers=providers or providers_for(self.device),
         )
         self.input_name = self.session.get_inputs()[0].name
         # Files that return probabilities hand the Segmenter logits again (it activates, at

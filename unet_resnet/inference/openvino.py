@@ -8,9 +8,14 @@ int8, ``report.json`` (how the quantized model scored against the float one).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import os
+import platform
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,11 @@ __all__ = [
     "convert",
     "inference_hint",
     "is_openvino_folder",
+    "kept_signal_stack",
     "load_openvino",
     "load_openvino_folder",
     "read_ir_metadata",
+    "shared_core",
 ]
 
 IR_FILE = "model.xml"
@@ -49,6 +56,72 @@ def load_openvino():
             "The OpenVINO backend needs openvino: pip install 'unet-resnet[openvino]'."
         ) from None
     return openvino
+
+
+# Signal stacks -------------------------------------------------------------------------------
+# OpenVINO's CPU plugin, when it loads, gives the calling thread a signal stack of its own
+# (sigaltstack: AMX state needs more room than CPython's) and, when it unloads, puts the
+# previous one back only if its own is still the current one, then unmaps its own. Plugins are
+# per Core: two Cores unloaded in the order they loaded leave the thread's signal stack
+# pointing at the first one's unmapped memory, and the next signal handled on that thread
+# (Ctrl-C, a SIGTERM handler, PyTorch's SIGCHLD handler for DataLoader workers: CPython installs
+# every handler with SA_ONSTACK) kills the process with SIGSEGV, or writes its frame over
+# whatever reused that memory. Hence one Core per process, never unloaded (shared_core), and
+# the thread's own signal stack put back around libraries that make Cores of their own (NNCF).
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
+
+
+@functools.cache
+def _libc():
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sigaltstack.argtypes = [ctypes.POINTER(_StackT), ctypes.POINTER(_StackT)]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def signal_stack() -> tuple[int, int] | None:
+    """The calling thread's signal stack as (address, size), or None where it cannot be read."""
+    libc = _libc()
+    current = _StackT()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(current)) != 0:
+        return None
+    return int(current.ss_sp or 0), int(current.ss_size)
+
+
+@contextlib.contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """Within the block OpenVINO Cores may come and go; on leaving, the calling thread's signal
+    stack is the one it had on entering (Linux; elsewhere nothing to do)."""
+    libc = _libc()
+    saved = _StackT()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        current = _StackT()
+        libc.sigaltstack(None, ctypes.byref(current))
+        if current.ss_sp != saved.ss_sp and not saved.ss_flags & 1:  # 1: SS_ONSTACK
+            libc.sigaltstack(ctypes.byref(saved), None)
+
+
+@functools.cache
+def shared_core():
+    """The process's one OpenVINO Core (thread-safe; see the note above on why only one)."""
+    with kept_signal_stack():
+        return load_openvino().Core()
 
 
 def is_openvino_folder(path: str | os.PathLike) -> bool:
@@ -104,8 +177,7 @@ class OpenVinoModel(RuntimeModel):
         self, model, metadata: dict, *, precision: str = "fp32", threads: int | None = None
     ) -> None:
         super().__init__(metadata)
-        ov = load_openvino()
-        core = ov.Core()
+        core = shared_core()
         if isinstance(model, str | os.PathLike):
             model = core.read_model(str(model))
         self.precision = precision
@@ -114,8 +186,9 @@ class OpenVinoModel(RuntimeModel):
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         }
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        with kept_signal_stack():
+            self.compiled = core.compile_model(model, "CPU", config)
+            self.request = self.compiled.create_infer_request()
 
     def run(self, array: np.ndarray) -> np.ndarray:
         return self.request.infer({0: array})[0]

@@ -155,10 +155,10 @@ class _Worker:
 def decided_once(
     checkpoints: Sequence[str], options: dict[str, Any], gpus_per_worker: float = 0
 ) -> dict[str, Any]:
-    """The Segmenter options with the run's fast-path choice made here, once: CPU workers
-    then apply it instead of each timing the candidates with its own thread count (and
-    perhaps choosing differently: their masks would differ from the local engine's). GPU
-    workers, and models another runtime runs, have nothing timed to decide."""
+    """The Segmenter options with the run's backend and fast-path choice made here, once:
+    CPU workers then apply them instead of each timing the candidates with its own thread
+    count (and perhaps choosing differently: their masks would differ from the local
+    engine's). GPU workers have nothing timed to decide."""
     from dataclasses import asdict
 
     from unet_resnet.inference import Segmenter
@@ -168,9 +168,14 @@ def decided_once(
     source = checkpoints if len(checkpoints) > 1 else checkpoints[0]
     local = {k: v for k, v in options.items() if k not in ("device", "progress")}
     segmenter = Segmenter.from_checkpoint(source, device="cpu", **local)
-    if segmenter.fastpath.source == "fixed" and not segmenter.fastpath.timings:
-        return options  # nothing was timed: every worker decides the same
-    return {**options, "fastpath": asdict(segmenter.fastpath)}
+    decided = dict(options)
+    if segmenter.backend.source != "fixed":  # backends were timed: every worker runs this one
+        decided["backend"] = segmenter.backend.name
+    if segmenter.backend.name == "torch" and (
+        segmenter.fastpath.source != "fixed" or segmenter.fastpath.timings
+    ):
+        decided["fastpath"] = asdict(segmenter.fastpath)
+    return decided
 
 
 def predict_with_ray(

@@ -26,6 +26,7 @@ from unet_resnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from unet_resnet.errors import ConfigError, InputShapeError
 from unet_resnet.grid import overlap_pixels
 from unet_resnet.hardware import PRECISIONS, Precision, device_class, resolve_device
+from unet_resnet.inference.backends import BackendChoice
 from unet_resnet.inference.runtime import RuntimeModel
 from unet_resnet.inference.tiling import Blend, sliding_window_inference
 from unet_resnet.io import dtype_range
@@ -210,6 +211,8 @@ class Segmenter:
             )
         self.precision = self.fastpath.precision
         self.packed = self.fastpath.packed
+        #: the backend running the model and how it was chosen (``from_checkpoint`` sets it)
+        self.backend = BackendChoice(model.backend if runtime else "torch", self.precision)
         self.dtype = torch.float32 if runtime else DTYPES[self.precision]
         if explain:
             print(self.fastpath.explain())
@@ -254,7 +257,12 @@ class Segmenter:
         ``backend`` (:data:`~unet_resnet.inference.backends.BACKENDS`): ``auto`` runs each
         source on the backend that loads it as it is (PyTorch for checkpoints); ``openvino``
         also converts a checkpoint in memory."""
-        from unet_resnet.inference.backends import check_precision, choose_backend
+        from unet_resnet.inference.backends import (
+            BACKENDS,
+            check_precision,
+            choose_backend,
+            decide_backend,
+        )
 
         paths = [path] if isinstance(path, str | os.PathLike) else [str(p) for p in path]
         chosen = choose_backend(paths[0], backend)
@@ -264,7 +272,13 @@ class Segmenter:
                 f"Ensembles run on the torch backend (checkpoints), not {chosen.name}: "
                 "ensemble the checkpoints the exports were made from."
             )
-        loaded = [chosen.build(str(p), device, precision) for p in paths]
+        choice, built = BackendChoice(chosen.name, precision), None
+        if backend == "auto" and chosen.name == "torch" and len(paths) == 1:
+            # a checkpoint on a CPU: the backends are timed (once per architecture and CPU)
+            choice, built = decide_backend(str(paths[0]), device, precision)
+            chosen = BACKENDS[choice.name]
+        loaded = [built] if built is not None else []
+        loaded += [chosen.build(str(p), device, precision) for p in paths[len(loaded) :]]
         model, meta = loaded[0]
         runtime = isinstance(model, RuntimeModel)
         if len(loaded) > 1:
@@ -278,7 +292,7 @@ class Segmenter:
             check_members([str(p) for p in paths], metas)
             members = members_with_their_normalisation([member for member, _ in loaded], metas)
             model = Ensemble(members, task=meta.task)
-        return cls(
+        segmenter = cls(
             model,
             classes=meta.classes,
             mean=meta.mean,
@@ -295,6 +309,10 @@ class Segmenter:
             or (meta.temperature if len(loaded) == 1 else None),
             **kwargs,
         )
+        segmenter.backend = choice
+        if kwargs.get("explain") and choice.source != "fixed":
+            print(choice.explain())
+        return segmenter
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, **kwargs) -> Segmenter:
