@@ -8,7 +8,9 @@ on the weights); the accuracy rows use the real calibration (``export --format o
 --precision int8``: NNCF on the training images, first convolution and head in float) and
 ONNX Runtime's static QDQ quantization on the same images.
 
-``vs default`` is the default path's p50 over the row's: above 1 the row is faster.
+``default`` is our torch path (``--backend torch``), ``auto`` what ``--backend auto`` chose
+after timing the backends itself (``auto_choice``); ``vs default`` is the default path's p50
+over the row's: above 1 the row is faster.
 """
 
 from __future__ import annotations
@@ -47,8 +49,15 @@ def _variants(checkpoint: Path, tmp: Path, calibration: list[np.ndarray]) -> dic
     from unet_resnet.hardware import cpu_has_fast_bf16
     from unet_resnet.inference import Segmenter
 
-    seg: dict[str, Any] = {"default": Segmenter.from_checkpoint(checkpoint, device="cpu")}
-    seg["torch_fp32"] = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    # "default": our torch path as `--backend torch` builds it (bf16 + packing where that is
+    # fastest); "auto": what `--backend auto` builds, having timed the backends itself
+    seg: dict[str, Any] = {
+        "default": Segmenter.from_checkpoint(checkpoint, device="cpu", backend="torch"),
+        "auto": Segmenter.from_checkpoint(checkpoint, device="cpu"),
+    }
+    seg["torch_fp32"] = Segmenter.from_checkpoint(
+        checkpoint, device="cpu", precision="fp32", backend="torch"
+    )
     try:
         import openvino  # noqa: F401
 
@@ -107,7 +116,12 @@ def bench_backends(
             for row in group:
                 row["vs_default"] = default / row["latency_p50_s"]
             rows.extend(group)
-    out: dict[str, Any] = {"speed": rows}
+    choice = variants["auto"].backend
+    out: dict[str, Any] = {
+        "speed": rows,
+        "auto_choice": {"backend": choice.name, "precision": choice.precision,
+                        "source": choice.source, "timings": choice.timings},
+    }  # fmt: skip
     if checkpoint and data:
         out["accuracy"] = backend_accuracy(checkpoint, data)
     return out
@@ -143,7 +157,9 @@ def backend_accuracy(checkpoint: str, data: str, split: str = "val") -> list[dic
     from unet_resnet.inference import Segmenter
     from unet_resnet.quantize import _normalised, _spread, compare, export_openvino
 
-    reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    reference = Segmenter.from_checkpoint(
+        checkpoint, device="cpu", precision="fp32", backend="torch"
+    )
     options = SplitOptions().for_checkpoint(
         reference.classes, reference.volume, reference.task.name, reference.split
     )

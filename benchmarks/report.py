@@ -188,6 +188,13 @@ def format_backends(backends: dict[str, Any]) -> list[str]:
             f"{r['variant']:<22}{r['size']:>5}{r['latency_p50_s']:>8.3f}{r['gflops']:>9.0f}"
             f"{r['vs_default']:>11.2f}"
         )
+    choice = backends.get("auto_choice")
+    if choice:
+        timed = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(choice["timings"].items()))
+        lines.append(
+            f"--backend auto chose {choice['backend']} ({choice['source']}"
+            f"{'; timed at 512 px: ' + timed if timed else ''})"
+        )
     for r in backends.get("accuracy", []):
         if "miou" in r:
             lines.append(

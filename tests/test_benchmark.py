@@ -268,7 +268,10 @@ def test_quick_backends_benchmark(tmp_path, capsys, checkpoint, demo_data):
     assert "Backends" in capsys.readouterr().out
     results = json.loads(out.read_text())["backends"]
     speed = {r["variant"] for r in results["speed"]}
-    assert {"default", "openvino_fp32", "openvino_int8", "onnxruntime_int8"} <= speed
+    assert {"default", "auto", "openvino_fp32", "openvino_int8", "onnxruntime_int8"} <= speed
+    # the session lets `auto` time no other backend (conftest): it is the torch path, untimed
+    assert results["auto_choice"]["backend"] == "torch"
+    assert results["auto_choice"]["source"] == "fixed"
     scored = [r for r in results["accuracy"] if "miou" in r]
     assert {r["variant"] for r in scored} >= {"torch_fp32", "openvino_int8"}
     fp32 = next(r for r in scored if r["variant"] == "torch_fp32")

@@ -90,10 +90,11 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
         "textures", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18", seed=0,
         schedule=(2, 2),
     )  # fmt: skip
-    for arm in ("review", "random"):
+    for arm in ("review", "diverse", "random"):
         assert [n for n, _ in row["curves"][arm]] == [2, 4]
-    assert row["curves"]["review"][0] == row["curves"]["random"][0]  # one shared first model
+        assert row["curves"][arm][0] == row["curves"]["random"][0]  # one shared first model
     assert row["saving"] is None or row["saving"] <= 1
+    assert set(row["savings"]) == {"review", "diverse"}
     # the review arm took the two unlabelled images its model trusted least
     from unet_resnet import Segmenter
     from unet_resnet.inference.formats.base import quality_meter
@@ -110,3 +111,16 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
     assert [image for image, _ in picked] == sorted(scores, key=scores.get)[:2]
     active.plot([row], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_the_diverse_rule_weighs_doubt_by_distance_to_what_is_covered():
+    """Weighted k-center: doubt alone would take the two near-duplicates (0 and 1); distance
+    to what is labelled or already picked sends the second pick elsewhere."""
+    from benchmarks.quality.active import weighted_k_center
+
+    candidates = np.array([[1.0, 0.0], [0.95, 0.05], [0.0, 1.0], [0.05, 0.0]])
+    covered = np.array([[0.0, 0.0]])
+    doubt = np.array([0.9, 0.9, 0.6, 1.0])
+    # 0: 0.9 x 1.0 beats 2: 0.6 x 1.0 and 3: 1.0 x 0.05; then 1 is 0.05 from 0: 2 comes next
+    assert weighted_k_center(candidates, covered, doubt, 2) == [0, 2]
+    assert weighted_k_center(candidates, covered, doubt, 9) == [0, 2, 1, 3]  # at most all

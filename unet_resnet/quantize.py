@@ -303,7 +303,9 @@ def _quantize(
     with kept_signal_stack():  # NNCF makes OpenVINO Cores of its own (see inference.openvino)
         quantized = nncf.quantize(float_model, nncf.Dataset(calib_inputs), **quiet)
 
-    reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    reference = Segmenter.from_checkpoint(
+        checkpoint, device="cpu", precision="fp32", backend="torch"
+    )
 
     def scored(ir):
         candidate = Segmenter(

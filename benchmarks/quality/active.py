@@ -10,10 +10,13 @@ labelled) and scores it on the validation split. Then:
 - **review**: the model predicts every unlabelled image and the ``N`` it trusts least (the
   lowest quality estimate, the order of ``predict_report.json``'s ``review_order``) are
   labelled next;
+- **diverse**: the same doubt (1 - the quality estimate) spread over what the labels do not
+  cover yet: greedily the image whose distance (in the model's own deepest features) to
+  everything labelled or picked, times its doubt, is largest (a weighted k-center rule);
 - **random**: ``N`` unlabelled images chosen at random.
 
 Learning curves (validation mIoU against labelled images) for both arms go to a PNG; the
-headline is how many labelled images the review arm needs to reach the random arm's final
+headline is how many labelled images each other arm needs to reach the random arm's final
 score (``saving``: 1 - that / the random arm's final count; "not reached" is said as such).
 """
 
@@ -96,7 +99,7 @@ def _score(checkpoint: Path, root: Path) -> float:
     from unet_resnet.data import SegmentationFolder
     from unet_resnet.inference.evaluate import evaluate
 
-    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
     return evaluate(segmenter, SegmentationFolder(root, "val"), progress=False)["miou"]
 
 
@@ -106,7 +109,7 @@ def _least_trusted(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
     from unet_resnet.inference.formats.base import quality_meter
     from unet_resnet.io import read_image
 
-    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
     scores = []
     for image, _ in pool:
         probs, unsure = segmenter.image_prediction(read_image(image))
@@ -115,6 +118,68 @@ def _least_trusted(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
         scores.append(meter.summary()["quality"])
     order = np.argsort(scores, kind="stable")[:count]
     return [pool[i] for i in order]
+
+
+def _features(segmenter, image) -> np.ndarray:
+    """The image's descriptor: the model's deepest features (the bridge's output), averaged
+    over the image and scaled to unit length."""
+    import torch
+
+    captured = []
+    bridge = segmenter.model.bridge
+    hook = bridge.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        segmenter.image_probabilities(image)
+    finally:
+        hook.remove()
+    pooled = torch.cat([c.float().mean(dim=(2, 3)) for c in captured]).mean(0).numpy()
+    return pooled / (np.linalg.norm(pooled) + 1e-12)
+
+
+def _doubtful_and_diverse(checkpoint: Path, labelled, pool, count: int):
+    """``count`` images of ``pool``, greedily: each time the one whose distance to everything
+    labelled or picked (in the model's own feature space) times its doubt (1 - the quality
+    estimate) is largest. The review queue's doubt, spread over what the labels do not cover
+    yet (a weighted k-center rule), rather than the ``count`` least trusted, which bunch up
+    on the same kind of atypical image."""
+    from unet_resnet import Segmenter
+    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.io import read_image
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
+    doubt, features = [], []
+    for image_path, _ in pool:
+        image = read_image(image_path)
+        probs, unsure = segmenter.image_prediction(image)
+        meter = quality_meter(segmenter)
+        meter.update(probs, segmenter.decide(probs), unsure)
+        doubt.append(1.0 - meter.summary()["quality"])
+        features.append(_features(segmenter, image))
+    covered = np.stack([_features(segmenter, read_image(p)) for p, _ in labelled])
+    picked = weighted_k_center(np.stack(features), covered, np.asarray(doubt), count)
+    return [pool[i] for i in picked]
+
+
+def weighted_k_center(
+    candidates: np.ndarray, covered: np.ndarray, weight: np.ndarray, count: int
+) -> list[int]:
+    """Indices of ``count`` rows of ``candidates``, greedily: each time the one whose
+    distance to the nearest row of ``covered`` or of those already picked, times its
+    ``weight``, is largest."""
+    distance = np.min(np.linalg.norm(candidates[:, None] - covered[None], axis=-1), axis=1)
+    picked: list[int] = []
+    for _ in range(min(count, len(candidates))):
+        score = distance * weight
+        score[picked] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        distance = np.minimum(distance, np.linalg.norm(candidates - candidates[best], axis=-1))
+    return picked
+
+
+#: the labelling rules compared: the review queue's order, the same doubt spread over what
+#: the labels do not cover yet, and random
+ARMS = ("review", "diverse", "random")
 
 
 def run_dataset(
@@ -127,6 +192,7 @@ def run_dataset(
     encoder: str,
     seed: int,
     schedule: tuple[int, int] | None = None,
+    arms: Sequence[str] = ARMS,
 ) -> dict[str, Any]:
     """Both arms on one dataset; ``schedule`` (labelled at the start, added per round)
     defaults to the dataset's :data:`SCHEDULE`."""
@@ -137,7 +203,7 @@ def run_dataset(
     curves: dict[str, list[tuple[int, float]]] = {}
     started = time.perf_counter()
     shared = None
-    for arm in ("review", "random"):
+    for arm in arms:
         labelled = list(first)
         arm_rng = np.random.default_rng(seed + 1)
         curve = []
@@ -161,13 +227,20 @@ def run_dataset(
                 break
             if arm == "review":
                 labelled += _least_trusted(checkpoint, rest, min(step, len(rest)))
+            elif arm == "diverse":
+                labelled += _doubtful_and_diverse(checkpoint, labelled, rest, min(step, len(rest)))
             else:
                 picks = arm_rng.choice(len(rest), min(step, len(rest)), replace=False)
                 labelled += [rest[i] for i in picks]
         curves[arm] = curve
     target = curves["random"][-1][1]
-    reached = next((n for n, miou in curves["review"] if miou >= target), None)
     final = curves["random"][-1][0]
+    reach = {
+        arm: next((n for n, miou in curves[arm] if miou >= target), None)
+        for arm in curves
+        if arm != "random"
+    }
+    reached = reach.get("review")
     return {
         "dataset": name,
         "pool": len(pool),
@@ -181,6 +254,8 @@ def run_dataset(
         "review_labels_to_reach_it": reached,
         "random_labels": final,
         "saving": None if reached is None else 1 - reached / final,
+        "labels_to_reach_random": reach,
+        "savings": {arm: None if n is None else 1 - n / final for arm, n in reach.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -193,9 +268,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False)
     for ax, row in zip(axes[0], rows, strict=True):
-        for arm, style in (("review", "o-"), ("random", "s--")):
+        labels = {
+            "review": "review queue first",
+            "diverse": "doubt + diversity",
+            "random": "random",
+        }
+        styles = {"review": "o-", "diverse": "^-", "random": "s--"}
+        for arm in row["curves"]:
             curve = np.asarray(row["curves"][arm])
-            label = "review queue first" if arm == "review" else "random"
+            style, label = styles[arm], labels[arm]
             ax.plot(curve[:, 0], 100 * curve[:, 1], style, label=label)
         ax.set_title(row["dataset"])
         ax.set_xlabel("labelled images")
@@ -217,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=256, help="samples seen per round")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--plot", default="docs/images/active-learning.png")
     args = parser.parse_args(argv)
 
@@ -229,10 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             samples=args.samples,
             encoder=args.encoder,
             seed=args.seed,
+            arms=[*(a for a in args.arms if a != "random"), "random"],  # random: the bar
         )
         print(
             f"{name}: random reaches {100 * row['random_final_miou']:.2f} with "
-            f"{row['random_labels']} labels; review with {row['review_labels_to_reach_it']}",
+            f"{row['random_labels']} labels; "
+            + ", ".join(f"{a} with {n}" for a, n in row["labels_to_reach_random"].items()),
             flush=True,
         )
         return row

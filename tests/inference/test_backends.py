@@ -106,6 +106,8 @@ def test_nothing_is_timed_when_the_choice_is_not_open(standin, checkpoint, monke
     assert Segmenter.from_checkpoint(checkpoint, precision="bf16").backend.name == "torch"
     ensemble = Segmenter.from_checkpoint([checkpoint, checkpoint], precision="fp32")
     assert ensemble.backend.name == "torch"
+    # settings only the torch path has (packing, compile, a decided fast path) keep it
+    assert Segmenter.from_checkpoint(checkpoint, pack_weights=False).backend.source == "fixed"
     monkeypatch.setenv("UNET_RESNET_AUTO_BACKENDS", "torch")
     seg = Segmenter.from_checkpoint(checkpoint, precision="fp32")
     assert seg.backend.source == "fixed" and "UNET_RESNET_AUTO_BACKENDS" in seg.backend.reason

@@ -80,6 +80,9 @@ AUTO_CACHE_FILE = "backends.json"
 #: Another backend replaces the torch path only when at least this much faster: within it the
 #: two are level on a busy machine, and the torch path is the one with every feature.
 AUTO_MARGIN = 0.05
+#: Side of the input the backends are timed on (batch 1): the scale real work runs at (tiles
+#: are 1024 px by default), where the backends' ranking can differ from small inputs'.
+AUTO_SIZE = 512
 
 
 def register_backend(backend: Backend) -> Backend:
@@ -156,8 +159,8 @@ def decide_backend(
 
     Only a CPU with the precision left to the backends (``auto``, ``fp32``, ``bf16``) has a
     choice; the candidates are the torch fast path (as the Segmenter builds it) and each
-    installed backend that converts checkpoints, each timed on the same input (batch 1, the
-    fast path's timing size) through the call the Segmenter makes. The torch path is kept
+    installed backend that converts checkpoints, each timed on the same input (batch 1,
+    :data:`AUTO_SIZE`) through the call the Segmenter makes. The torch path is kept
     unless another is at least :data:`AUTO_MARGIN` faster. The choice is cached per model
     architecture, CPU, thread count and library versions."""
     from unet_resnet.hardware import resolve_device
@@ -178,7 +181,6 @@ def decide_backend(
     import torch
 
     from unet_resnet.accel.fastpath import (
-        CALIBRATION_SIZE,
         DTYPES,
         architecture_signature,
         cache_read,
@@ -191,7 +193,7 @@ def decide_backend(
     model, meta = load_checkpoint(source)
     versions = {b.name: _version(b.module) for b in others}
     blob = json.dumps(
-        [architecture_signature(model), precision, cpu_signature(), versions, CALIBRATION_SIZE],
+        [architecture_signature(model), precision, cpu_signature(), versions, AUTO_SIZE],
         default=str,
     )
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -203,7 +205,7 @@ def decide_backend(
         return choice, ((model, meta) if choice.name == "torch" else None)
 
     c = meta.model_config["in_channels"]
-    size = CALIBRATION_SIZE
+    size = AUTO_SIZE
     x = torch.randn(1, c, size, size, generator=torch.Generator().manual_seed(0))
     built, fast = prepare_model(model, device=torch.device("cpu"), precision=precision,
                                 in_channels=c)  # fmt: skip

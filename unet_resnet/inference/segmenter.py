@@ -273,8 +273,14 @@ class Segmenter:
                 "ensemble the checkpoints the exports were made from."
             )
         choice, built = BackendChoice(chosen.name, precision), None
-        if backend == "auto" and chosen.name == "torch" and len(paths) == 1:
-            # a checkpoint on a CPU: the backends are timed (once per architecture and CPU)
+        torch_settings = (
+            kwargs.get("compile")
+            or kwargs.get("pack_weights", "auto") != "auto"
+            or kwargs.get("fastpath") is not None
+        )
+        if backend == "auto" and chosen.name == "torch" and len(paths) == 1 and not torch_settings:
+            # a checkpoint (on a CPU: decide_backend says) with no torch-only settings: the
+            # backends are timed, once per architecture and CPU
             choice, built = decide_backend(str(paths[0]), device, precision)
             chosen = BACKENDS[choice.name]
         loaded = [built] if built is not None else []

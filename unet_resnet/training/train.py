@@ -488,8 +488,9 @@ def calibrate_best(
 
     # fp32 and unpacked: nothing to time, and the probabilities the temperature is fitted to
     segmenter = Segmenter.from_checkpoint(
-        best, precision="fp32", pack_weights=False, tile_size=1024, temperature=1.0
-    )
+        best, backend="torch", precision="fp32", pack_weights=False, tile_size=1024,
+        temperature=1.0,
+    )  # fmt: skip
     report = calibrate(segmenter, dataset, split="val")
     model, meta = load_checkpoint(best)
     meta.temperature = report["temperature"]
