@@ -97,17 +97,12 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
     assert set(row["savings"]) == {"review", "diverse"}
     # the review arm took the two unlabelled images its model trusted least
     from unet_resnet import Segmenter
-    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.inference.formats.base import image_quality
     from unet_resnet.io import read_image
 
     ((checkpoint, pool, picked),) = chosen
     segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
-    scores = {}
-    for image, _ in pool:
-        probs, unsure = segmenter.image_prediction(read_image(image))
-        meter = quality_meter(segmenter)
-        meter.update(probs, segmenter.decide(probs), unsure)
-        scores[image] = meter.summary()["quality"]
+    scores = {image: image_quality(segmenter, read_image(image))[2]["quality"] for image, _ in pool}
     assert [image for image, _ in picked] == sorted(scores, key=scores.get)[:2]
     active.plot([row], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000

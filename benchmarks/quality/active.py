@@ -106,16 +106,11 @@ def _score(checkpoint: Path, root: Path) -> float:
 def _least_trusted(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
     """The ``count`` images of ``pool`` with the lowest quality estimate (predict's)."""
     from unet_resnet import Segmenter
-    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.inference.formats.base import image_quality
     from unet_resnet.io import read_image
 
     segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
-    scores = []
-    for image, _ in pool:
-        probs, unsure = segmenter.image_prediction(read_image(image))
-        meter = quality_meter(segmenter)
-        meter.update(probs, segmenter.decide(probs), unsure)
-        scores.append(meter.summary()["quality"])
+    scores = [image_quality(segmenter, read_image(image))[2]["quality"] for image, _ in pool]
     order = np.argsort(scores, kind="stable")[:count]
     return [pool[i] for i in order]
 
@@ -143,17 +138,14 @@ def _doubtful_and_diverse(checkpoint: Path, labelled, pool, count: int):
     yet (a weighted k-center rule), rather than the ``count`` least trusted, which bunch up
     on the same kind of atypical image."""
     from unet_resnet import Segmenter
-    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.inference.formats.base import image_quality
     from unet_resnet.io import read_image
 
     segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
     doubt, features = [], []
     for image_path, _ in pool:
         image = read_image(image_path)
-        probs, unsure = segmenter.image_prediction(image)
-        meter = quality_meter(segmenter)
-        meter.update(probs, segmenter.decide(probs), unsure)
-        doubt.append(1.0 - meter.summary()["quality"])
+        doubt.append(1.0 - image_quality(segmenter, image)[2]["quality"])
         features.append(_features(segmenter, image))
     covered = np.stack([_features(segmenter, read_image(p)) for p, _ in labelled])
     picked = weighted_k_center(np.stack(features), covered, np.asarray(doubt), count)

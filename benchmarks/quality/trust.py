@@ -72,7 +72,7 @@ def cross_fitted(segmenter, dataset) -> dict[str, Any]:
 def crop_quality(segmenter, dataset, size: int = 64) -> dict[str, Any]:
     """The quality check on ``size``-pixel crops of the validation images (a grid, each crop
     predicted on its own): more, smaller images where a split has few (nuclei: 4)."""
-    from unet_resnet.inference.formats.base import quality_meter
+    from unet_resnet.inference.formats.base import image_quality
     from unet_resnet.uncertainty import image_iou, spearman
 
     classes = segmenter.classes
@@ -82,15 +82,12 @@ def crop_quality(segmenter, dataset, size: int = 64) -> dict[str, Any]:
         for top in range(0, image.shape[0] - size + 1, size):
             for left in range(0, image.shape[1] - size + 1, size):
                 window = (slice(top, top + size), slice(left, left + size))
-                probs, unsure = segmenter.image_prediction(image[window])
-                labels = segmenter.decide(probs)
-                meter = quality_meter(segmenter)
-                meter.update(probs, labels, unsure)
+                _, labels, estimate = image_quality(segmenter, image[window])
                 truth = image_iou(
                     labels, mask[window], classes.num_classes, ignore_index=classes.ignore_index
                 )
                 if truth == truth:
-                    estimated.append(meter.summary()["quality"])
+                    estimated.append(estimate["quality"])
                     observed.append(truth)
     return {"crop": size, "crops": len(observed), "spearman": spearman(estimated, observed)}
 

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from unet_resnet.calibration import calibration_stats, plot_reliability, rescale
 from unet_resnet.data.classes import DataError
 from unet_resnet.data.datasets import PairedSegmentationDataset
+from unet_resnet.inference.formats.base import image_quality
 from unet_resnet.inference.segmenter import Segmenter
 from unet_resnet.io import atomic_path
 from unet_resnet.metrics import build_metrics
-from unet_resnet.uncertainty import QualityMeter, image_iou, spearman
+from unet_resnet.uncertainty import image_iou, spearman
 
 __all__ = [
     "calibrate",
@@ -99,14 +100,7 @@ def evaluate(
                 f"ignore_index {classes.ignore_index}): the dataset and the checkpoint do not "
                 "have the same classes."
             )
-        probs, unsure = segmenter.image_prediction(image)
-        labels = segmenter.decide(probs)
-        meter = QualityMeter(
-            classes.num_classes,
-            overlapping=segmenter.task.overlapping,
-            background=None if segmenter.task.overlapping else 0,
-        )
-        meter.update(probs, labels, unsure)
+        probs, labels, estimate = image_quality(segmenter, image)
         true_iou = image_iou(
             labels,
             mask,
@@ -115,12 +109,12 @@ def evaluate(
             overlapping=segmenter.task.overlapping,
         )
         if not math.isnan(true_iou):
-            estimated.append(meter.summary()["quality"])
+            estimated.append(estimate["quality"])
             observed.append(true_iou)
         stats.update(probs, mask)
         if raw is not None:
             raw.update(rescale(probs, inverse, overlapping=overlapping), mask)
-        del probs, unsure
+        del probs
         metrics.update(
             torch.from_numpy(labels.astype(np.int64))[None], torch.from_numpy(mask)[None]
         )

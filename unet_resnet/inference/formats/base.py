@@ -25,6 +25,7 @@ __all__ = [
     "OutputPaths",
     "OutputRequest",
     "decide",
+    "image_quality",
     "mask_file_predictor",
     "overlapping",
     "predict_chunk",
@@ -146,6 +147,16 @@ def quality_meter(segmenter: ImagePredictor) -> QualityMeter:
     return QualityMeter(
         segmenter.classes.num_classes, overlapping=many, background=None if many else 0
     )
+
+
+def image_quality(segmenter: ImagePredictor, image: np.ndarray):
+    """One image predicted and its quality estimated as ``predict`` does: the probabilities,
+    what ``predict`` returns, and the estimate (:meth:`QualityMeter.summary`)."""
+    probs, unsure = predict_chunk(segmenter, image)
+    labels = decide(segmenter, probs)
+    meter = quality_meter(segmenter)
+    meter.update(probs, labels, unsure)
+    return probs, labels, meter.summary()
 
 
 def uncertainty_bytes(uncertainty: torch.Tensor) -> np.ndarray:
