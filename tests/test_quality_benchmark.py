@@ -119,3 +119,22 @@ def test_the_diverse_rule_weighs_doubt_by_distance_to_what_is_covered():
     # 0: 0.9 x 1.0 beats 2: 0.6 x 1.0 and 3: 1.0 x 0.05; then 1 is 0.05 from 0: 2 comes next
     assert weighted_k_center(candidates, covered, doubt, 2) == [0, 2]
     assert weighted_k_center(candidates, covered, doubt, 9) == [0, 2, 1, 3]  # at most all
+
+
+@pytest.mark.slow  # an NNCF int8 export in a child process
+def test_int8_benchmark_exports_as_a_user_does_and_reads_the_report(tmp_path):
+    pytest.importorskip("nncf")
+    from benchmarks.quality.int8 import format_rows as int8_rows
+    from benchmarks.quality.int8 import run_dataset
+
+    cache = tmp_path / "cache"
+    _fake_skimage_wheel(cache)
+    root = datasets.prepare("textures", tmp_path / "t", cache, n_train=4, n_val=2)
+    row = run_dataset("textures", root, 1, tmp_path / "work", "resnet18")
+    assert row["exported"], row.get("message")
+    report = json.loads((tmp_path / "work" / "textures" / "int8" / "report.json").read_text())
+    assert row["int8_miou"] == report["int8_miou"] and row["validation_images"] == 2
+    assert row["target_met"] == (report["drop_points"] <= 0.5 and report["pixel_agreement"] >= 0.99)
+    assert "textures" in int8_rows([row])
+    refused = {**row, "exported": False, "message": "int8 lost 3.00 mIoU points"}
+    assert "refused: int8 lost" in int8_rows([refused])
