@@ -56,6 +56,13 @@ def test_predict_json_and_overlay(client):
     assert sum(c["pixels"] for c in body["classes"]) == 64 * 48
     assert abs(sum(c["fraction"] for c in body["classes"]) - 1) < 1e-6
     assert body["mask_png"]
+    # the mask's quality estimate, as predict's report has it (expected mIoU, its drivers)
+    assert 0 <= body["quality"]["quality"] <= 1
+    assert body["quality"]["worst_class"] in {c["name"] for c in body["classes"]}
+    png = client.post("/predict", files={"file": ("x.png", GOOD)})
+    assert float(png.headers["x-unet-resnet-quality"]) == pytest.approx(
+        body["quality"]["quality"], abs=1e-6
+    )
     r = client.post(
         "/predict?format=overlay&tta=true&tile_size=32", files={"file": ("x.png", GOOD)}
     )

@@ -64,6 +64,11 @@ def test_triton_client_labels_equal_segmenter(server, segmenter, binary):
     assert probs.shape == (4, *image.shape[:2]) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, segmenter.predict_proba(image), atol=1e-6)
     assert result.get_response()["id"] == "r1"
+    # the mask's quality estimate rides along as a response parameter
+    from unet_resnet.inference.formats.base import image_quality
+
+    quality = result.get_response()["parameters"]["quality"]
+    assert quality == pytest.approx(image_quality(segmenter, image)[2]["quality"], abs=1e-6)
 
 
 def test_triton_client_batch_and_parameters(server, segmenter):
@@ -76,6 +81,8 @@ def test_triton_client_batch_and_parameters(server, segmenter):
     assert labels.shape == (2, 40, 56)
     for image, got in zip(batch, labels, strict=True):
         np.testing.assert_array_equal(got, segmenter.predict(image, tta=True, tile_size=32))
+    quality = result.get_response()["parameters"]["quality"]
+    assert len(quality) == 2 and all(0 <= q <= 1 for q in quality)  # one per image
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from PIL import Image
 from unet_resnet._version import __version__
 from unet_resnet.errors import ConfigError
 from unet_resnet.inference import Segmenter
+from unet_resnet.inference.formats.base import image_quality
 from unet_resnet.integrations.label_studio import LabelStudioSettings
 from unet_resnet.serve import label_studio, oip
 from unet_resnet.serve.service import (
@@ -36,9 +37,11 @@ from unet_resnet.serve.service import (
 )
 from unet_resnet.visualize import colorize, overlay
 
-__all__ = ["STATUS_FOR_ERROR", "create_app", "status_for"]
+__all__ = ["QUALITY_HEADER", "STATUS_FOR_ERROR", "create_app", "status_for"]
 
 FORMATS = ("png", "json", "overlay")
+#: the response header holding the mask's quality estimate (expected mIoU, 0-1) on PNG answers
+QUALITY_HEADER = "X-Unet-Resnet-Quality"
 
 
 def _png(image: Image.Image) -> bytes:
@@ -164,9 +167,12 @@ def create_app(
             )
         return data
 
-    def run(data: bytes, tta: bool, tile_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def run(data: bytes, tta: bool, tile_size: int | None):
         image = service.decode(data)
-        return image, segmenter.predict(image, tta=tta, tile_size=tile_size)
+        # the mask and its quality estimate (expected mIoU, what predict's review queue sorts
+        # by), from one pass
+        _, labels, quality = image_quality(segmenter, image, tta=tta, tile_size=tile_size)
+        return image, labels, quality
 
     @app.post(
         "/predict",
@@ -208,21 +214,25 @@ def create_app(
         # A request takes an inference slot only once its body has arrived: slow uploads
         # cannot lock the service (they time out on their own, see body_timeout_s).
         data = await read_upload(request)
-        image, labels = await service.run(run, data, tta or segmenter.tta, tile_size)
-        return _respond(image, labels, format, alpha, mask)
+        image, labels, quality = await service.run(run, data, tta or segmenter.tta, tile_size)
+        return _respond(image, labels, quality, format, alpha, mask)
 
-    def _respond(image, labels, format, alpha, with_mask) -> Response:
+    def _respond(image, labels, quality, format, alpha, with_mask) -> Response:
+        # PNG answers carry the quality estimate in a header, JSON answers in the body
+        header = {QUALITY_HEADER: f"{quality['quality']:.6f}"}
         match format:
             case "png":
                 img = Image.fromarray(labels.astype(np.uint8), mode="P")
                 flat = [v for c in classes.colors for v in c]
                 img.putpalette(flat + [0] * (768 - len(flat)))
-                return Response(_png(img), media_type="image/png")
+                return Response(_png(img), media_type="image/png", headers=header)
             case "overlay":
                 blended = overlay(
                     image, labels, classes.colors, alpha=alpha, ignore_index=classes.ignore_index
                 )
-                return Response(_png(Image.fromarray(blended)), media_type="image/png")
+                return Response(
+                    _png(Image.fromarray(blended)), media_type="image/png", headers=header
+                )
         counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(classes))
         total = int(labels.size)
         body: dict[str, Any] = {
@@ -238,6 +248,7 @@ def create_app(
                 }
                 for i, (n, c) in enumerate(zip(classes.names, classes.colors, strict=True))
             ],
+            "quality": quality,
         }
         if with_mask:
             rgba = np.dstack(

@@ -7,7 +7,8 @@ as JSON ``data`` or in the binary tensor extension (``Inference-Header-Content-L
 which Triton's own clients use by default). Outputs: ``labels`` (class indices,
 ``[H, W]`` or ``[N, H, W]``, always) and ``probabilities`` (``FP32 [C, H, W]`` or
 ``[N, C, H, W]``, when asked for by name). Request parameters ``tta`` (bool) and
-``tile_size`` (32-8192) as on ``/predict``. The body, pixel and admission limits are the
+``tile_size`` (32-8192) as on ``/predict``; the response's parameter ``quality`` is each
+image's quality estimate (expected mIoU, 0-1; a list for a batch). The body, pixel and admission limits are the
 service's; errors are ``{"error": message}`` with the same statuses as our own routes.
 """
 
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from unet_resnet._version import __version__
+from unet_resnet.inference.formats.base import image_quality
 from unet_resnet.serve.service import HTTPProblem, Service, error_responses
 
 __all__ = ["DEFAULT_MODEL_NAME", "HEADER_LENGTH", "add_routes"]
@@ -203,14 +205,13 @@ def add_routes(app: FastAPI, service: Service, model_name: str = DEFAULT_MODEL_N
             raise HTTPProblem(400, f"Send exactly one input, {INPUT!r} (a UINT8 image tensor).")
         images, batched = _image(inputs[0], binary)
         wanted = _wanted(request.get("outputs"), params)
-        labels, probs = [], []
+        labels, probs, quality = [], [], []
         for image in images:
+            p, mask, estimate = image_quality(segmenter, image, tta=tta, tile_size=tile_size)
             if "probabilities" in wanted:
-                p = segmenter.image_probabilities(image, tta=tta, tile_size=tile_size)
                 probs.append(p.cpu().numpy())
-                labels.append(segmenter.decide(p))
-            else:
-                labels.append(segmenter.predict(image, tta=tta, tile_size=tile_size))
+            labels.append(mask)
+            quality.append(estimate["quality"])
         outputs = []
         for out_name, binary_out in wanted.items():
             arrays = labels if out_name == "labels" else probs
@@ -221,6 +222,9 @@ def add_routes(app: FastAPI, service: Service, model_name: str = DEFAULT_MODEL_N
         if isinstance(request.get("id"), str):
             answer["id"] = request["id"]
         answer["outputs"] = outputs
+        # each image's quality estimate (expected mIoU, 0-1; what predict's review queue
+        # sorts by), as a response parameter: one value, or a list for a batch
+        answer["parameters"] = {"quality": quality if batched else quality[0]}
         return answer
 
     def _image(spec: dict[str, Any], binary: bytes) -> tuple[list[np.ndarray], bool]:

@@ -130,13 +130,13 @@ def mask_file_predictor(predict_file: Callable[..., Path]) -> Predictor:
     return predict
 
 
-def predict_chunk(segmenter: ImagePredictor, image: np.ndarray):
+def predict_chunk(segmenter: ImagePredictor, image: np.ndarray, **options):
     """Probabilities ``C x H x W`` and an uncertainty map ``H x W`` for one image or chunk:
     the segmenter's own (``image_prediction``), or the normalised entropy."""
     method = getattr(segmenter, "image_prediction", None)
     if method is not None:
-        return method(image)
-    probs = segmenter.image_probabilities(image)
+        return method(image, **options)
+    probs = segmenter.image_probabilities(image, **options)
     return probs, entropy_map(probs, overlapping=overlapping(segmenter))
 
 
@@ -149,14 +149,15 @@ def quality_meter(segmenter: ImagePredictor) -> QualityMeter:
     )
 
 
-def image_quality(segmenter: ImagePredictor, image: np.ndarray):
+def image_quality(segmenter: ImagePredictor, image: np.ndarray, **options):
     """One image predicted and its quality estimated as ``predict`` does: the probabilities,
-    what ``predict`` returns, and the estimate (:meth:`QualityMeter.summary`)."""
-    probs, unsure = predict_chunk(segmenter, image)
+    what ``predict`` returns, and the estimate (:meth:`QualityMeter.summary`, with the class
+    names). ``options`` (``tta``, ``tile_size``) go to the segmenter's prediction."""
+    probs, unsure = predict_chunk(segmenter, image, **options)
     labels = decide(segmenter, probs)
     meter = quality_meter(segmenter)
     meter.update(probs, labels, unsure)
-    return probs, labels, meter.summary()
+    return probs, labels, meter.summary(list(segmenter.classes.names))
 
 
 def uncertainty_bytes(uncertainty: torch.Tensor) -> np.ndarray:
