@@ -167,3 +167,20 @@ def test_onnxruntime_converts_a_checkpoint_and_is_timed_for_real(checkpoint, mon
     assert seg.backend.source == "measured" and set(timings) == {"torch", "onnxruntime"}
     faster = timings["onnxruntime"] < (1 - registry.AUTO_MARGIN) * timings["torch"]
     assert seg.backend.name == ("onnxruntime" if faster else "torch")
+
+
+def test_a_backend_that_cannot_convert_the_model_is_left_out(standin, checkpoint, caplog):
+    """An encoder another runtime cannot convert must not break ``predict``: that backend
+    is simply not a candidate (and says so)."""
+    del standin  # its registration and timer; this test replaces the builder
+
+    def broken(source, device, precision):
+        raise RuntimeError("unsupported operator")
+
+    registry.BACKENDS["standin"] = registry.Backend(
+        "standin", "x: y", lambda s: False, ("fp32",), broken, converts_checkpoints=True
+    )
+    with caplog.at_level("WARNING", logger="unet_resnet.backends"):
+        seg = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    assert seg.backend.name == "torch" and set(seg.backend.timings) == {"torch"}
+    assert "standin could not run this model" in caplog.text

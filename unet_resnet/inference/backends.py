@@ -3,16 +3,17 @@ offers and how it builds a model the :class:`~unet_resnet.inference.Segmenter` r
 
 - ``torch``: checkpoints, shared-model folders and Hub ids; on a CPU the fast path (folded,
   bf16, oneDNN-packed), on a GPU cuDNN; every precision, ensembles.
-- ``onnxruntime``: an ``.onnx`` file from ``export --format onnx`` (fp32; CUDA with
-  onnxruntime-gpu).
+- ``onnxruntime``: an ``.onnx`` file from ``export --format onnx``, or a checkpoint converted
+  in memory (fp32; CUDA with onnxruntime-gpu).
 - ``openvino``: an IR folder from ``export --format openvino`` (float, or int8 with its
   accuracy report), or a checkpoint converted in memory (fp32, bf16); CPU.
 
 ``backend="auto"`` takes the one that loads the source as it is (an IR folder: openvino; an
 ``.onnx``: onnxruntime). A checkpoint on a CPU is the choice left open: the first build times
-the torch fast path against every installed backend that converts checkpoints (OpenVINO), on
-the same input in the same process, and keeps the fastest (:func:`decide_backend`); the choice
-is cached per model architecture and CPU like the fast path's, so later builds are instant.
+the torch fast path against every installed backend that converts checkpoints (OpenVINO, ONNX
+Runtime), on the same input in the same process, and keeps the fastest
+(:func:`decide_backend`); the choice is cached per model architecture and CPU like the fast
+path's, so later builds are instant.
 A future backend (TensorRT) is one :func:`register_backend` call.
 """
 
@@ -217,8 +218,13 @@ def decide_backend(
     del built
     best: tuple[str, float, Any] = ("torch", timings["torch"], (model, meta))
     for backend in others:
-        runtime, runtime_meta = backend.build(source, "cpu", precision)
-        timings[backend.name] = seconds_per_call(runtime, x)
+        try:
+            runtime, runtime_meta = backend.build(source, "cpu", precision)
+            timings[backend.name] = seconds_per_call(runtime, x)
+        except Exception as exc:  # a model it cannot convert or run is not a candidate
+            logger.warning("%s could not run this model (%s: %s); not timed", backend.name,
+                           type(exc).__name__, exc)  # fmt: skip
+            continue
         if timings[backend.name] < (1 - AUTO_MARGIN) * min(best[1], timings["torch"]):
             best = (backend.name, timings[backend.name], (runtime, runtime_meta))
     name, _, built_model = best

@@ -8,8 +8,9 @@ which Triton's own clients use by default). Outputs: ``labels`` (class indices,
 ``[H, W]`` or ``[N, H, W]``, always) and ``probabilities`` (``FP32 [C, H, W]`` or
 ``[N, C, H, W]``, when asked for by name). Request parameters ``tta`` (bool) and
 ``tile_size`` (32-8192) as on ``/predict``; the response's parameter ``quality`` is each
-image's quality estimate (expected mIoU, 0-1; a list for a batch). The body, pixel and admission limits are the
-service's; errors are ``{"error": message}`` with the same statuses as our own routes.
+image's quality estimate (expected mIoU, 0-1; a list for a batch). The body, pixel and
+admission limits are the service's; errors are ``{"error": message}`` with the same statuses
+as our own routes.
 """
 
 from __future__ import annotations
