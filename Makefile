@@ -52,7 +52,7 @@ browser:
 	  else echo "note: chromium not installed; the browser test will be skipped"; fi
 
 test: install label-studio-client browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 test-slow: install label-studio-client label-studio-server
 	$(BIN)/python -m pytest -m slow

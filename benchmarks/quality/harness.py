@@ -8,7 +8,7 @@ import argparse
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +65,35 @@ def write_results(path: str | Path, info: dict[str, Any], rows: list, **extra) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": info, **extra, "rows": rows}, indent=2) + "\n")
     return path
+
+
+def main_over_datasets(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    name: str,
+    run_dataset: Callable[[str, Path, int, Path, str], dict[str, Any]],
+    format_rows: Callable[[list[dict[str, Any]]], str],
+    **extra: Any,
+) -> int:
+    """The command of a benchmark that trains each dataset once with the defaults
+    (``--epochs``, ``--encoder``) and makes one row of it: each row's line as it comes, the
+    table, and ``benchmarks/results/NAME.json`` (with ``extra``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    common_arguments(parser, f"benchmarks/results/{name}.json")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--encoder", default="resnet50")
+    args = parser.parse_args(argv)
+
+    def one(dataset: str, root: Path, work: Path) -> dict[str, Any]:
+        row = run_dataset(dataset, root, args.epochs, work, args.encoder)
+        print(format_rows([row]).splitlines()[-1], flush=True)
+        return row
+
+    info, rows = over_datasets(args, f"bench-{name}-", one)
+    print()
+    print(format_rows(rows))
+    path = write_results(args.json_out, info, rows, **extra)
+    print(f"\nresults written to {path}")
+    return 0

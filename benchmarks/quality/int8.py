@@ -11,7 +11,6 @@ which layers stayed in float. A guard that refuses the export is a row too (its 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -23,12 +22,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.quality.harness import (
-    common_arguments,
-    over_datasets,
-    train_defaults,
-    write_results,
-)
+from benchmarks.quality.harness import main_over_datasets, train_defaults
 
 #: the issue's bar: int8 within half a point of float, and pixel agreement of at least 99%
 MAX_DROP_POINTS = 0.5
@@ -93,25 +87,11 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.int8", description=__doc__)
-    common_arguments(parser, "benchmarks/results/int8-quality.json")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--encoder", default="resnet50")
-    args = parser.parse_args(argv)
-
-    def one(name: str, root: Path, work: Path) -> dict[str, Any]:
-        row = run_dataset(name, root, args.epochs, work, args.encoder)
-        print(format_rows([row]).splitlines()[-1], flush=True)
-        return row
-
-    info, rows = over_datasets(args, "bench-int8-", one)
-    print()
-    print(format_rows(rows))
-    path = write_results(
-        args.json_out, info, rows, max_drop_points=MAX_DROP_POINTS, min_agreement=MIN_AGREEMENT
-    )
-    print(f"\nresults written to {path}")
-    return 0
+    return main_over_datasets(
+        argv, prog="python -m benchmarks.quality.int8", description=__doc__, name="int8-quality",
+        run_dataset=run_dataset, format_rows=format_rows,
+        max_drop_points=MAX_DROP_POINTS, min_agreement=MIN_AGREEMENT,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

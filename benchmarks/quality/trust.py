@@ -17,7 +17,6 @@ validation images:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -27,12 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.quality.harness import (
-    common_arguments,
-    over_datasets,
-    train_defaults,
-    write_results,
-)
+from benchmarks.quality.harness import main_over_datasets, train_defaults
 
 
 def cross_fitted(segmenter, dataset) -> dict[str, Any]:
@@ -156,23 +150,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality.trust", description=__doc__)
-    common_arguments(parser, "benchmarks/results/trust.json")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--encoder", default="resnet50")
-    args = parser.parse_args(argv)
-
-    def one(name: str, root: Path, work: Path) -> dict[str, Any]:
-        row = run_dataset(name, root, args.epochs, work, args.encoder)
-        print(format_rows([row]).splitlines()[-1], flush=True)
-        return row
-
-    info, rows = over_datasets(args, "bench-trust-", one)
-    print()
-    print(format_rows(rows))
-    path = write_results(args.json_out, info, rows)
-    print(f"\nresults written to {path}")
-    return 0
+    return main_over_datasets(
+        argv, prog="python -m benchmarks.quality.trust", description=__doc__, name="trust",
+        run_dataset=run_dataset, format_rows=format_rows,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
