@@ -254,9 +254,11 @@ class Segmenter:
         task, classes and input channels (each member normalises its input as its own
         checkpoint says: folds of a cross-validation each fit their own).
 
-        ``backend`` (:data:`~unet_resnet.inference.backends.BACKENDS`): ``auto`` runs each
-        source on the backend that loads it as it is (PyTorch for checkpoints); ``openvino``
-        also converts a checkpoint in memory."""
+        ``backend`` (:data:`~unet_resnet.inference.backends.BACKENDS`): ``auto`` runs an
+        export on the runtime that loads it as it is, and a checkpoint on a CPU on the fastest
+        of PyTorch and the installed backends that convert it (timed once per architecture and
+        CPU: :func:`~unet_resnet.inference.backends.decide_backend`; :attr:`backend` says
+        which and why); ``openvino`` and ``onnxruntime`` also convert a checkpoint in memory."""
         from unet_resnet.inference.backends import (
             BACKENDS,
             check_precision,
