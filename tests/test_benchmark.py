@@ -85,9 +85,9 @@ def test_quick_benchmark_run(tmp_path, capsys):
     assert within["ok"] + within["shed_503"] == within["requests"]
 
 
+@pytest.mark.slow  # half a minute: make test-slow (the backends section stays in make test)
 def test_quick_yardstick_and_service_sections(tmp_path, capsys):
-    """The fast suite's share of `make bench`: the yardstick and the HTTP service under load
-    (inference speed-ups and the other sections: make test-slow)."""
+    """`make bench`'s yardstick and the HTTP service under load (smoke run)."""
     out = tmp_path / "bench.json"
     assert main(["--quick", "--only", "peak", "serve", "--json", str(out)]) == 0
     text = capsys.readouterr().out
