@@ -287,7 +287,7 @@ def test_volume_uncertainty_is_a_nifti_with_the_inputs_affine(tmp_path):
 def test_evaluate_checks_the_quality_estimate_against_the_truth(checkpoint, demo_data, tmp_path):
     argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(demo_data)]
     argv += ["--split", "val", "--json", str(tmp_path / "s.json"), "--precision", "fp32"]
-    assert main(argv) == 0
+    assert main([*argv, "--out", str(tmp_path / "evaluation")]) == 0
     quality = json.loads((tmp_path / "s.json").read_text())["quality"]
     assert quality["images"] == len(quality["estimated"]) == len(quality["observed"]) > 3
     assert quality["spearman"] == pytest.approx(
