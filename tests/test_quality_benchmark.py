@@ -108,6 +108,34 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_several_seeds_make_one_row_of_mean_curves(tmp_path):
+    """The curves are the seeds' means; the reach is read off the means (here review reaches
+    random's final 0.8 at 4 labels on the mean though seed 1 alone never does)."""
+    from benchmarks.quality.active import over_seeds, plot
+
+    def row(seed, review, random):
+        curves = {"review": [[2, review[0]], [4, review[1]], [6, review[2]]],
+                  "random": [[2, random[0]], [4, random[1]], [6, random[2]]]}  # fmt: skip
+        return {"dataset": "d", "pool": 9, "start": 2, "step": 2, "samples_per_round": 8,
+                "encoder": "resnet18", "seed": seed, "curves": curves, "seconds": 1.5}  # fmt: skip
+
+    runs = [row(0, (0.5, 0.9, 0.9), (0.5, 0.6, 0.7)), row(1, (0.6, 0.7, 0.8), (0.6, 0.8, 0.9))]
+    combined = over_seeds(runs)
+    assert combined["seeds"] == [0, 1] and combined["per_seed"] == runs
+    assert np.allclose(combined["curves"]["review"], [[2, 0.55], [4, 0.8], [6, 0.85]])
+    assert combined["random_final_miou"] == pytest.approx(0.8)
+    assert combined["labels_to_reach_random"] == {"review": 4}
+    assert combined["savings"]["review"] == pytest.approx(1 / 3)
+    assert combined["seconds"] == 3.0
+    assert over_seeds(runs[:1]) is runs[0]  # one seed: its own row
+    runs[1]["curves"]["random"][2][0] = 8
+    with pytest.raises(ValueError, match="random"):
+        over_seeds(runs)
+    runs[1]["curves"]["random"][2][0] = 6
+    plot([combined], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
 def test_the_diverse_rule_weighs_doubt_by_distance_to_what_is_covered():
     """Weighted k-center: doubt alone would take the two near-duplicates (0 and 1); distance
     to what is labelled or already picked sends the second pick elsewhere."""

@@ -225,14 +225,6 @@ def run_dataset(
                 picks = arm_rng.choice(len(rest), min(step, len(rest)), replace=False)
                 labelled += [rest[i] for i in picks]
         curves[arm] = curve
-    target = curves["random"][-1][1]
-    final = curves["random"][-1][0]
-    reach = {
-        arm: next((n for n, miou in curves[arm] if miou >= target), None)
-        for arm in curves
-        if arm != "random"
-    }
-    reached = reach.get("review")
     return {
         "dataset": name,
         "pool": len(pool),
@@ -242,13 +234,53 @@ def run_dataset(
         "encoder": encoder,
         "seed": seed,
         "curves": {arm: [[n, m] for n, m in c] for arm, c in curves.items()},
+        **reach_random(curves),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def reach_random(curves: dict[str, Sequence[Sequence[float]]]) -> dict[str, Any]:
+    """How many labels each arm needs to reach the random arm's final score (None: never)
+    and the saving that is (1 - that / random's final count)."""
+    target = curves["random"][-1][1]
+    final = curves["random"][-1][0]
+    reach = {
+        arm: next((int(n) for n, miou in curves[arm] if miou >= target), None)
+        for arm in curves
+        if arm != "random"
+    }
+    reached = reach.get("review")
+    return {
         "random_final_miou": target,
         "review_labels_to_reach_it": reached,
         "random_labels": final,
         "saving": None if reached is None else 1 - reached / final,
         "labels_to_reach_random": reach,
         "savings": {arm: None if n is None else 1 - n / final for arm, n in reach.items()},
-        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dataset's runs with several seeds as one row: each arm's curve the mean over the
+    seeds (the same label counts in each), the reach measured on the means, and each seed's
+    own row under ``per_seed``."""
+    if len(rows) == 1:
+        return rows[0]
+    curves = {}
+    for arm in rows[0]["curves"]:
+        counts = [n for n, _ in rows[0]["curves"][arm]]
+        if any([n for n, _ in r["curves"][arm]] != counts for r in rows):
+            raise ValueError(f"{arm}: the seeds' label counts differ")
+        scores = np.mean([[m for _, m in r["curves"][arm]] for r in rows], axis=0)
+        curves[arm] = [[n, float(m)] for n, m in zip(counts, scores, strict=True)]
+    keep = ("dataset", "pool", "start", "step", "samples_per_round", "encoder")
+    return {
+        **{k: rows[0][k] for k in keep},
+        "seeds": [r["seed"] for r in rows],
+        "curves": curves,
+        **reach_random(curves),
+        "per_seed": rows,
+        "seconds": round(sum(r["seconds"] for r in rows), 1),
     }
 
 
@@ -266,10 +298,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             "random": "random",
         }
         styles = {"review": "o-", "diverse": "^-", "random": "s--"}
-        for arm in row["curves"]:
+        for k, arm in enumerate(row["curves"]):
             curve = np.asarray(row["curves"][arm])
-            style, label = styles[arm], labels[arm]
-            ax.plot(curve[:, 0], 100 * curve[:, 1], style, label=label)
+            style, label, color = styles[arm], labels[arm], f"C{k}"
+            for seed in row.get("per_seed", []):  # each seed's own curve, faint
+                own = np.asarray(seed["curves"][arm])
+                ax.plot(own[:, 0], 100 * own[:, 1], "-", color=color, alpha=0.2, lw=0.8)
+            if "per_seed" in row:
+                label += f" (mean of {len(row['per_seed'])} seeds)"
+            ax.plot(curve[:, 0], 100 * curve[:, 1], style, color=color, label=label)
         ax.set_title(row["dataset"])
         ax.set_xlabel("labelled images")
         ax.set_ylabel("val mIoU (%)")
@@ -289,22 +326,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--samples", type=int, default=256, help="samples seen per round")
     parser.add_argument("--encoder", default="resnet18")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one run per seed (its first labelled images, its random picks, its training); "
+        "the curves are their means",
+    )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--plot", default="docs/images/active-learning.png")
     args = parser.parse_args(argv)
 
     def one(name: str, root: Path, work: Path) -> dict[str, Any]:
-        row = run_dataset(
-            name,
-            root,
-            work,
-            rounds=args.rounds,
-            samples=args.samples,
-            encoder=args.encoder,
-            seed=args.seed,
-            arms=[*(a for a in args.arms if a != "random"), "random"],  # random: the bar
-        )
+        arms = [*(a for a in args.arms if a != "random"), "random"]  # random: the bar
+        runs = [
+            run_dataset(
+                name, root, work, rounds=args.rounds, samples=args.samples,
+                encoder=args.encoder, seed=seed, arms=arms,
+            )
+            for seed in args.seeds
+        ]  # fmt: skip
+        row = over_seeds(runs)
         print(
             f"{name}: random reaches {100 * row['random_final_miou']:.2f} with "
             f"{row['random_labels']} labels; "
