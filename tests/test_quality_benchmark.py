@@ -54,20 +54,65 @@ def test_one_case_runs_both_recipes_and_scores_them(tmp_path):
 
 
 def test_trust_cross_fits_the_temperature_and_checks_the_quality_estimate(tmp_path):
+    """One model per fold (here two: by the image's index parity); each row as the standard
+    split's, and the quality estimate's Spearman over every image, each scored out of fold."""
     from benchmarks.quality.trust import format_rows as trust_rows
     from benchmarks.quality.trust import run_dataset
+    from unet_resnet.uncertainty import spearman
 
     cache = tmp_path / "cache"
     _fake_skimage_wheel(cache)
     root = datasets.prepare("textures", tmp_path / "t", cache, n_train=4, n_val=4)
-    row = run_dataset("textures", root, 1, tmp_path / "work", "resnet18")
+    parity = (2, lambda stem: int(stem[-1]) % 2)
+    row = run_dataset("textures", root, 1, tmp_path / "work", "resnet18", folds=parity)
     # labels never change with the temperature; each half is scored at the other's
     assert row["miou_t1"] == row["miou_calibrated"]
     assert len(row["cross_fitted_temperatures"]) == 2 and row["temperature"] > 0
     assert row["ece_before"] >= 0 and row["ece_after"] >= 0
     assert len(row["quality_estimated"]) == len(row["quality_observed"]) == 4
+    assert len(row["quality_estimated_tta"]) == 4 and -1 <= row["quality_spearman_tta"] <= 1
     assert row["quality_crops"] == 4 * 4  # 64-pixel crops of 128-pixel images
+    # out of fold: all 8 images, each in one fold's validation split
+    assert [f["fold"] for f in row["folds"]] == [0, 1]
+    assert row["quality_images_out_of_fold"] == 8
+    for fold in (0, 1):
+        val = sorted(
+            p.stem
+            for p in (tmp_path / "work" / f"textures-fold{fold}" / "val" / "images").iterdir()
+        )
+        assert len(val) == 4 and all(int(stem[-1]) % 2 == fold for stem in val)
+    pooled = [v for f in row["folds"] for v in f["quality_estimated"]]
+    truth = [v for f in row["folds"] for v in f["quality_observed"]]
+    assert row["quality_spearman_out_of_fold"] == pytest.approx(
+        spearman(pooled, truth), nan_ok=True
+    )
+    assert row["quality_observed"] == row["folds"][-1]["quality_observed"]  # the last fold's
     assert "textures" in trust_rows([row])
+
+
+def test_nuclei_folds_are_the_image_quarters_and_the_last_is_the_standard_split(tmp_path):
+    assert [datasets.nuclei_fold(s) for s in ("t0_0", "t0_384", "t256_128", "t384_256")] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    root = tmp_path / "nuclei"
+    for split, stems in (("train", ["t0_0", "t128_256"]), ("val", ["t256_256"])):
+        for kind in ("images", "masks"):
+            (root / split / kind).mkdir(parents=True)
+            for stem in stems:
+                (root / split / kind / f"{stem}.png").write_bytes(b"x")
+    (root / "classes.json").write_text("{}")
+    folds = datasets.FOLDS["nuclei"]
+    out = datasets.fold_split(root, folds, 3, tmp_path / "f3")
+    assert sorted(p.name for p in (out / "val" / "images").iterdir()) == ["t256_256.png"]
+    assert (out / "classes.json").is_file()
+    out = datasets.fold_split(root, folds, 1, tmp_path / "f1")
+    assert [p.name for p in (out / "val" / "masks").iterdir()] == ["t128_256.png"]
+    assert len(list((out / "train" / "images").iterdir())) == 2
+    with pytest.raises(ValueError, match="fold 4"):
+        datasets.fold_split(root, folds, 4, tmp_path / "f4")
 
 
 @pytest.mark.slow  # three training runs: make test-slow

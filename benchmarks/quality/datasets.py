@@ -147,6 +147,42 @@ def build_textures(root: Path, cache: Path, n_train: int = 64, n_val: int = 16) 
     return root
 
 
+def nuclei_fold(stem: str) -> int:
+    """Which quarter of the image a nuclei tile (``t{top}_{left}``) lies in: 0 top-left, 1
+    top-right, 2 bottom-left, 3 bottom-right (the validation split of :func:`build_nuclei`)."""
+    top, left = (int(v) for v in stem[1:].split("_"))
+    return 2 * (top >= 256) + (left >= 256)
+
+
+#: datasets whose validation split is too small to rank images on (nuclei: 4 tiles): name ->
+#: (folds, the fold of an image's file stem); the standard split is the last fold
+FOLDS: dict[str, tuple[int, Callable[[str], int]]] = {"nuclei": (4, nuclei_fold)}
+
+
+def fold_split(root: Path, folds: tuple[int, Callable[[str], int]], fold: int, out: Path) -> Path:
+    """A dataset folder (links) holding all of ``root``'s labelled images, those of ``fold``
+    as the validation split and the rest for training: with one model per fold, every image
+    is scored by a model that never saw it (out-of-fold, as nnU-Net's cross-validation)."""
+    count, fold_of = folds
+    if not 0 <= fold < count:
+        raise ValueError(f"fold {fold}: expected 0..{count - 1}")
+    for split in ("train", "val"):
+        for kind in ("images", "masks"):
+            (out / split / kind).mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        masks = {m.stem: m for m in (root / split / "masks").iterdir()}
+        for image in sorted((root / split / "images").iterdir()):
+            mask = masks[image.stem]
+            target = out / ("val" if fold_of(image.stem) == fold else "train")
+            for source, kind in ((image, "images"), (mask, "masks")):
+                link = target / kind / source.name
+                if not link.exists():
+                    link.symlink_to(source.resolve())
+    for extra in root.glob("*.json"):
+        (out / extra.name).write_bytes(extra.read_bytes())
+    return out
+
+
 DATASETS: dict[str, Callable[[Path, Path], Path]] = {
     "nuclei": build_nuclei,
     "brain": build_brain,

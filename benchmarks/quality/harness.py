@@ -75,19 +75,23 @@ def main_over_datasets(
     name: str,
     run_dataset: Callable[[str, Path, int, Path, str], dict[str, Any]],
     format_rows: Callable[[list[dict[str, Any]]], str],
+    epochs: dict[str, int] | None = None,
     **extra: Any,
 ) -> int:
     """The command of a benchmark that trains each dataset once with the defaults
     (``--epochs``, ``--encoder``) and makes one row of it: each row's line as it comes, the
-    table, and ``benchmarks/results/NAME.json`` (with ``extra``)."""
+    table, and ``benchmarks/results/NAME.json`` (with ``extra``). ``epochs``: dataset ->
+    its epochs where ``--epochs`` is not given (otherwise 5)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     common_arguments(parser, f"benchmarks/results/{name}.json")
-    parser.add_argument("--epochs", type=int, default=5)
+    own = "".join(f", {k} {v}" for k, v in (epochs or {}).items())
+    parser.add_argument("--epochs", type=int, help=f"training epochs (default: 5{own})")
     parser.add_argument("--encoder", default="resnet50")
     args = parser.parse_args(argv)
 
     def one(dataset: str, root: Path, work: Path) -> dict[str, Any]:
-        row = run_dataset(dataset, root, args.epochs, work, args.encoder)
+        count = args.epochs or (epochs or {}).get(dataset, 5)
+        row = run_dataset(dataset, root, count, work, args.encoder)
         print(format_rows([row]).splitlines()[-1], flush=True)
         return row
 
