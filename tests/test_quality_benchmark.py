@@ -135,11 +135,11 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
         "textures", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18", seed=0,
         schedule=(2, 2),
     )  # fmt: skip
-    for arm in ("review", "diverse", "random"):
+    for arm in ("review", "diverse", "typical", "random"):
         assert [n for n, _ in row["curves"][arm]] == [2, 4]
         assert row["curves"][arm][0] == row["curves"]["random"][0]  # one shared first model
     assert row["saving"] is None or row["saving"] <= 1
-    assert set(row["savings"]) == {"review", "diverse"}
+    assert set(row["savings"]) == {"review", "diverse", "typical"}
     # the review arm took the two unlabelled images its model trusted least
     from unet_resnet import Segmenter
     from unet_resnet.inference.formats.base import image_quality
@@ -192,6 +192,21 @@ def test_the_diverse_rule_weighs_doubt_by_distance_to_what_is_covered():
     # 0: 0.9 x 1.0 beats 2: 0.6 x 1.0 and 3: 1.0 x 0.05; then 1 is 0.05 from 0: 2 comes next
     assert weighted_k_center(candidates, covered, doubt, 2) == [0, 2]
     assert weighted_k_center(candidates, covered, doubt, 9) == [0, 2, 1, 3]  # at most all
+
+
+def test_the_typical_rule_takes_doubt_where_the_pool_is_dense_and_uncovered():
+    """Doubt alone would take the outlier (8); the rule takes the most doubted image of the
+    dense cluster no labelled image covers (1), not of the covered one (5-7, doubt 0.9)."""
+    from benchmarks.quality.active import typical_clusters
+
+    dense = [[1, 0], [1.02, 0], [0.98, 0.01], [1, 0.02], [1.01, -0.01]]
+    covered_cluster = [[0, 1], [0.02, 1], [0, 0.98]]
+    candidates = np.array(dense + covered_cluster + [[-1, -1]], float)
+    doubt = np.array([0.2, 0.5, 0.3, 0.4, 0.1, 0.9, 0.9, 0.9, 1.0])
+    covered = np.array([[0.01, 1.0]])
+    assert typical_clusters(candidates, covered, doubt, 1) == [1]
+    everything = typical_clusters(candidates, covered, doubt, 20)  # at most all, each once
+    assert sorted(everything) == list(range(9))
 
 
 @pytest.mark.slow  # an NNCF int8 export in a child process

@@ -13,6 +13,11 @@ labelled) and scores it on the validation split. Then:
 - **diverse**: the same doubt (1 - the quality estimate) spread over what the labels do not
   cover yet: greedily the image whose distance (in the model's own deepest features) to
   everything labelled or picked, times its doubt, is largest (a weighted k-center rule);
+- **typical**: the same doubt where the pool is dense rather than where it is sparse (doubt
+  weighting TypiClust, Hacohen et al. 2022, a rule made for small labelling budgets): the
+  model's features of labelled and unlabelled images in ``labelled + N`` k-means clusters;
+  from each of the ``N`` largest clusters that hold no labelled image, the image whose doubt
+  times typicality (one over its mean distance to its nearest neighbours) is largest;
 - **random**: ``N`` unlabelled images chosen at random.
 
 Learning curves (validation mIoU against labelled images) for both arms go to a PNG; the
@@ -131,12 +136,11 @@ def _features(segmenter, image) -> np.ndarray:
     return pooled / (np.linalg.norm(pooled) + 1e-12)
 
 
-def _doubtful_and_diverse(checkpoint: Path, labelled, pool, count: int):
-    """``count`` images of ``pool``, greedily: each time the one whose distance to everything
-    labelled or picked (in the model's own feature space) times its doubt (1 - the quality
-    estimate) is largest. The review queue's doubt, spread over what the labels do not cover
-    yet (a weighted k-center rule), rather than the ``count`` least trusted, which bunch up
-    on the same kind of atypical image."""
+def _by_features(checkpoint: Path, labelled, pool, count: int, rule) -> list:
+    """``count`` images of ``pool`` chosen by ``rule(candidates, covered, doubt, count)``
+    (:func:`weighted_k_center` or :func:`typical_clusters`) over the model's own features of
+    the unlabelled and the labelled images and the review queue's doubt of each unlabelled
+    one (1 - its quality estimate)."""
     from unet_resnet import Segmenter
     from unet_resnet.inference.formats.base import image_quality
     from unet_resnet.io import read_image
@@ -148,8 +152,43 @@ def _doubtful_and_diverse(checkpoint: Path, labelled, pool, count: int):
         doubt.append(1.0 - image_quality(segmenter, image)[2]["quality"])
         features.append(_features(segmenter, image))
     covered = np.stack([_features(segmenter, read_image(p)) for p, _ in labelled])
-    picked = weighted_k_center(np.stack(features), covered, np.asarray(doubt), count)
+    picked = rule(np.stack(features), covered, np.asarray(doubt), count)
     return [pool[i] for i in picked]
+
+
+#: typicality: one over the mean distance to this many nearest neighbours (TypiClust's 20)
+NEIGHBOURS = 20
+
+
+def typical_clusters(
+    candidates: np.ndarray, covered: np.ndarray, weight: np.ndarray, count: int, seed: int = 0
+) -> list[int]:
+    """Indices of ``count`` rows of ``candidates``: ``candidates`` and ``covered`` together in
+    ``len(covered) + count`` k-means clusters; the clusters holding no ``covered`` row,
+    largest first; from each, the candidate whose ``weight`` times typicality (one over its
+    mean distance to its :data:`NEIGHBOURS` nearest rows, of both) is largest. Where fewer
+    clusters are uncovered than ``count``, the rest by that product alone."""
+    from sklearn.cluster import KMeans
+
+    count = min(count, len(candidates))
+    points = np.concatenate([candidates, covered])
+    clusters = min(len(covered) + count, len(points))
+    assign = KMeans(clusters, n_init=10, random_state=seed).fit_predict(points)
+    distance = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    k = min(NEIGHBOURS, len(points) - 1)
+    nearest = np.sort(distance[: len(candidates)], axis=1)[:, 1 : k + 1]
+    score = weight / (nearest.mean(axis=1) + 1e-12)
+    ours, theirs = assign[: len(candidates)], set(assign[len(candidates) :].tolist())
+    sizes = np.bincount(assign, minlength=clusters)
+    open_ = sorted(set(ours.tolist()) - theirs, key=lambda c: (-sizes[c], c))
+    picked = [int(np.flatnonzero(ours == c)[np.argmax(score[ours == c])]) for c in open_]
+    picked = picked[:count]
+    for i in np.argsort(-score, kind="stable"):
+        if len(picked) == count:
+            break
+        if int(i) not in picked:
+            picked.append(int(i))
+    return picked
 
 
 def weighted_k_center(
@@ -169,9 +208,14 @@ def weighted_k_center(
     return picked
 
 
+#: arm -> its rule over the model's features and the review queue's doubt: the doubt spread
+#: over what the labels do not cover yet (rather than the least trusted, which bunch up on
+#: the same kind of atypical image), or kept to where the pool is dense
+FEATURE_RULES = {"diverse": weighted_k_center, "typical": typical_clusters}
+
 #: the labelling rules compared: the review queue's order, the same doubt spread over what
-#: the labels do not cover yet, and random
-ARMS = ("review", "diverse", "random")
+#: the labels do not cover yet, or weighed by how typical an image is, and random
+ARMS = ("review", "diverse", "typical", "random")
 
 
 def run_dataset(
@@ -219,8 +263,9 @@ def run_dataset(
                 break
             if arm == "review":
                 labelled += _least_trusted(checkpoint, rest, min(step, len(rest)))
-            elif arm == "diverse":
-                labelled += _doubtful_and_diverse(checkpoint, labelled, rest, min(step, len(rest)))
+            elif arm in FEATURE_RULES:
+                rule = FEATURE_RULES[arm]
+                labelled += _by_features(checkpoint, labelled, rest, min(step, len(rest)), rule)
             else:
                 picks = arm_rng.choice(len(rest), min(step, len(rest)), replace=False)
                 labelled += [rest[i] for i in picks]
@@ -295,9 +340,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         labels = {
             "review": "review queue first",
             "diverse": "doubt + diversity",
+            "typical": "doubt + typicality",
             "random": "random",
         }
-        styles = {"review": "o-", "diverse": "^-", "random": "s--"}
+        styles = {"review": "o-", "diverse": "^-", "typical": "D-", "random": "s--"}
         for k, arm in enumerate(row["curves"]):
             curve = np.asarray(row["curves"][arm])
             style, label, color = styles[arm], labels[arm], f"C{k}"
