@@ -181,6 +181,32 @@ def test_several_seeds_make_one_row_of_mean_curves(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_arms_measured_before_are_read_not_rerun(tmp_path):
+    """An earlier results file gives the curves of the run with the same settings (a seed of
+    a several-seed row too); arms given that way are taken as they are, nothing trained."""
+    from benchmarks.quality.active import earlier_curves, run_dataset
+
+    settings = dict(dataset="d", seed=1, pool=3, start=1, step=1, samples_per_round=8,
+                    encoder="resnet18")  # fmt: skip
+    mine = {"random": [[1, 0.5], [2, 0.7]], "review": [[1, 0.5], [2, 0.8]]}
+    other = {**settings, "seed": 0, "curves": {"random": [[1, 0.1], [2, 0.2]]}}
+    results = tmp_path / "earlier.json"
+    results.write_text(
+        json.dumps({"rows": [{"dataset": "d", "per_seed": [other, {**settings, "curves": mine}]}]})
+    )
+    assert earlier_curves(results, settings) == mine
+    assert earlier_curves(results, {**settings, "samples_per_round": 16}) == {}
+    root = tmp_path / "data"
+    for kind in ("images", "masks"):
+        (root / "train" / kind).mkdir(parents=True)
+        for k in range(3):
+            (root / "train" / kind / f"i{k}.png").write_bytes(b"x")
+    row = run_dataset("d", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18",
+                      seed=1, schedule=(1, 1), arms=["review", "random"], known=mine)  # fmt: skip
+    assert row["curves"] == mine and row["labels_to_reach_random"] == {"review": 2}
+    assert not (tmp_path / "work").exists()  # nothing trained
+
+
 def test_the_diverse_rule_weighs_doubt_by_distance_to_what_is_covered():
     """Weighted k-center: doubt alone would take the two near-duplicates (0 and 1); distance
     to what is labelled or already picked sends the second pick elsewhere."""

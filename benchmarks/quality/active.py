@@ -28,6 +28,7 @@ score (``saving``: 1 - that / the random arm's final count; "not reached" is sai
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -229,10 +230,14 @@ def run_dataset(
     seed: int,
     schedule: tuple[int, int] | None = None,
     arms: Sequence[str] = ARMS,
+    known: dict[str, list] | None = None,
 ) -> dict[str, Any]:
-    """Both arms on one dataset; ``schedule`` (labelled at the start, added per round)
-    defaults to the dataset's :data:`SCHEDULE`."""
+    """The arms on one dataset; ``schedule`` (labelled at the start, added per round)
+    defaults to the dataset's :data:`SCHEDULE`; ``known``: arm -> its curve from an earlier
+    run with the same settings (:func:`earlier_curves`), taken as it is (the runs are
+    deterministic), so that a new arm is measured without rerunning the others."""
     start_count, step = schedule or SCHEDULE[name]
+    known = known or {}
     pool = _pairs(root, "train")
     rng = np.random.default_rng(seed)
     first = [pool[i] for i in rng.choice(len(pool), start_count, replace=False)]
@@ -240,6 +245,9 @@ def run_dataset(
     started = time.perf_counter()
     shared = None
     for arm in arms:
+        if arm in known:
+            curves[arm] = [(int(n), float(m)) for n, m in known[arm]]
+            continue
         labelled = list(first)
         arm_rng = np.random.default_rng(seed + 1)
         curve = []
@@ -282,6 +290,17 @@ def run_dataset(
         **reach_random(curves),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def earlier_curves(path: Path, row: dict[str, Any]) -> dict[str, list]:
+    """The curves of the run in results file ``path`` that had ``row``'s settings (dataset,
+    seed, pool, start, step, samples per round, encoder): arm -> curve; empty if none."""
+    keys = ("dataset", "seed", "pool", "start", "step", "samples_per_round", "encoder")
+    for entry in json.loads(Path(path).read_text())["rows"]:
+        for run in entry.get("per_seed", [entry]):
+            if all(run.get(k) == row[k] for k in keys):
+                return run["curves"]
+    return {}
 
 
 def reach_random(curves: dict[str, Sequence[Sequence[float]]]) -> dict[str, Any]:
@@ -382,17 +401,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--plot", default="docs/images/active-learning.png")
+    parser.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help="an earlier results file: arms it measured with the same settings are read from "
+        "it, not rerun (add an arm without rerunning the others)",
+    )
     args = parser.parse_args(argv)
 
     def one(name: str, root: Path, work: Path) -> dict[str, Any]:
         arms = [*(a for a in args.arms if a != "random"), "random"]  # random: the bar
-        runs = [
-            run_dataset(
-                name, root, work, rounds=args.rounds, samples=args.samples,
-                encoder=args.encoder, seed=seed, arms=arms,
-            )
-            for seed in args.seeds
-        ]  # fmt: skip
+        runs = []
+        for seed in args.seeds:
+            known = {}
+            if args.reuse:
+                start, step = SCHEDULE[name]
+                settings = dict(dataset=name, seed=seed, start=start, step=step,
+                                samples_per_round=args.samples, encoder=args.encoder,
+                                pool=len(_pairs(root, "train")))  # fmt: skip
+                earlier = earlier_curves(args.reuse, settings)
+                known = {a: c for a, c in earlier.items() if a in arms and len(c) == args.rounds}
+            runs.append(
+                run_dataset(
+                    name, root, work, rounds=args.rounds, samples=args.samples,
+                    encoder=args.encoder, seed=seed, arms=arms, known=known,
+                )
+            )  # fmt: skip
         row = over_seeds(runs)
         print(
             f"{name}: random reaches {100 * row['random_final_miou']:.2f} with "
