@@ -171,6 +171,9 @@ def test_several_seeds_make_one_row_of_mean_curves(tmp_path):
     assert combined["random_final_miou"] == pytest.approx(0.8)
     assert combined["labels_to_reach_random"] == {"review": 4}
     assert combined["savings"]["review"] == pytest.approx(1 / 3)
+    # random's mean curve (0.55, 0.7, 0.8) first reaches 0.8 at its last count too
+    assert combined["random_first_reach"] == 6
+    assert combined["savings_vs_random_first_reach"]["review"] == pytest.approx(1 / 3)
     assert combined["seconds"] == 3.0
     assert over_seeds(runs[:1]) is runs[0]  # one seed: its own row
     runs[1]["curves"]["random"][2][0] = 8
@@ -204,6 +207,11 @@ def test_arms_measured_before_are_read_not_rerun(tmp_path):
     row = run_dataset("d", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18",
                       seed=1, schedule=(1, 1), arms=["review", "random"], known=mine)  # fmt: skip
     assert row["curves"] == mine and row["labels_to_reach_random"] == {"review": 2}
+    flat = {"random": [[1, 0.7], [2, 0.7]], "review": [[1, 0.7], [2, 0.8]]}
+    row = run_dataset("d", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18",
+                      seed=1, schedule=(1, 1), arms=["review", "random"], known=flat)  # fmt: skip
+    assert row["savings"] == {"review": 0.5}  # reached at the start: no merit of review's
+    assert row["random_first_reach"] == 1 and row["savings_vs_random_first_reach"] == {"review": 0}
     assert not (tmp_path / "work").exists()  # nothing trained
 
 
