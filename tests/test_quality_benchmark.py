@@ -184,6 +184,13 @@ def test_several_seeds_make_one_row_of_mean_curves(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_a_round_budget_can_grow_with_the_labels():
+    from benchmarks.quality.active import round_samples
+
+    assert round_samples(256, 0, 32) == 256  # fixed: the default
+    assert round_samples(256, 32, 4) == 256 and round_samples(256, 32, 24) == 768
+
+
 def test_arms_measured_before_are_read_not_rerun(tmp_path):
     """An earlier results file gives the curves of the run with the same settings (a seed of
     a several-seed row too); arms given that way are taken as they are, nothing trained."""
@@ -199,6 +206,7 @@ def test_arms_measured_before_are_read_not_rerun(tmp_path):
     )
     assert earlier_curves(results, settings) == mine
     assert earlier_curves(results, {**settings, "samples_per_round": 16}) == {}
+    assert earlier_curves(results, {**settings, "samples_per_label": 32}) == {}
     root = tmp_path / "data"
     for kind in ("images", "masks"):
         (root / "train" / kind).mkdir(parents=True)

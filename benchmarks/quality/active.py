@@ -86,6 +86,13 @@ def _subset(root: Path, chosen: list[tuple[Path, Path]], folder: Path) -> Path:
     return folder
 
 
+def round_samples(samples: int, per_label: int, labelled: int) -> int:
+    """Samples a round sees: ``samples``, or ``per_label`` per labelled image if more (a
+    budget that grows with the labels, so that more labels never mean fewer passes over
+    each)."""
+    return max(samples, per_label * labelled)
+
+
 def _train(data: Path, out: Path, name: str, labelled: int, samples: int, encoder: str, seed):
 
     entries = labelled * math.ceil(MIN_EPOCH / labelled)  # as _subset repeats them
@@ -228,6 +235,7 @@ def run_dataset(
     samples: int,
     encoder: str,
     seed: int,
+    per_label: int = 0,
     schedule: tuple[int, int] | None = None,
     arms: Sequence[str] = ARMS,
     known: dict[str, list] | None = None,
@@ -257,7 +265,8 @@ def run_dataset(
             else:
                 data = _subset(root, labelled, work / f"{name}-{arm}-data")
                 run = work / f"{name}-{arm}-{round_}"
-                result = _train(data, run, name, len(labelled), samples, encoder, seed)
+                budget = round_samples(samples, per_label, len(labelled))
+                result = _train(data, run, name, len(labelled), budget, encoder, seed)
                 checkpoint = result.best_checkpoint
                 miou = _score(checkpoint, root)
                 if round_ == 0:
@@ -284,6 +293,7 @@ def run_dataset(
         "start": start_count,
         "step": step,
         "samples_per_round": samples,
+        "samples_per_label": per_label,
         "encoder": encoder,
         "seed": seed,
         "curves": {arm: [[n, m] for n, m in c] for arm, c in curves.items()},
@@ -298,7 +308,8 @@ def earlier_curves(path: Path, row: dict[str, Any]) -> dict[str, list]:
     keys = ("dataset", "seed", "pool", "start", "step", "samples_per_round", "encoder")
     for entry in json.loads(Path(path).read_text())["rows"]:
         for run in entry.get("per_seed", [entry]):
-            if all(run.get(k) == row[k] for k in keys):
+            same_budget = run.get("samples_per_label", 0) == row.get("samples_per_label", 0)
+            if same_budget and all(run.get(k) == row[k] for k in keys):
                 return run["curves"]
     return {}
 
@@ -344,9 +355,10 @@ def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"{arm}: the seeds' label counts differ")
         scores = np.mean([[m for _, m in r["curves"][arm]] for r in rows], axis=0)
         curves[arm] = [[n, float(m)] for n, m in zip(counts, scores, strict=True)]
-    keep = ("dataset", "pool", "start", "step", "samples_per_round", "encoder")
+    keep = ("dataset", "pool", "start", "step", "samples_per_round", "samples_per_label")
+    keep += ("encoder",)
     return {
-        **{k: rows[0][k] for k in keep},
+        **{k: rows[0].get(k) for k in keep},
         "seeds": [r["seed"] for r in rows],
         "curves": curves,
         **reach_random(curves),
@@ -397,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     common_arguments(parser, "benchmarks/results/active.json")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--samples", type=int, default=256, help="samples seen per round")
+    parser.add_argument(
+        "--samples-per-label",
+        type=int,
+        default=0,
+        help="a round sees at least this many samples per labelled image (0: --samples "
+        "whatever the count; else the budget grows with the labels)",
+    )
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument(
         "--seeds",
@@ -425,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 start, step = SCHEDULE[name]
                 settings = dict(dataset=name, seed=seed, start=start, step=step,
                                 samples_per_round=args.samples, encoder=args.encoder,
+                                samples_per_label=args.samples_per_label,
                                 pool=len(_pairs(root, "train")))  # fmt: skip
                 earlier = earlier_curves(args.reuse, settings)
                 known = {a: c for a, c in earlier.items() if a in arms and len(c) == args.rounds}
@@ -432,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_dataset(
                     name, root, work, rounds=args.rounds, samples=args.samples,
                     encoder=args.encoder, seed=seed, arms=arms, known=known,
+                    per_label=args.samples_per_label,
                 )
             )  # fmt: skip
         row = over_seeds(runs)
