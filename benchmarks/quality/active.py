@@ -20,7 +20,7 @@ labelled) and scores it on the validation split. Then:
   times typicality (one over its mean distance to its nearest neighbours) is largest;
 - **random**: ``N`` unlabelled images chosen at random.
 
-Learning curves (validation mIoU against labelled images) for both arms go to a PNG; the
+Learning curves (validation mIoU against labelled images) for the arms go to a PNG; the
 headline is how many labelled images each other arm needs to reach the random arm's final
 score (``saving``: 1 - that / the random arm's final count; "not reached" is said as such).
 """
@@ -304,7 +304,8 @@ def run_dataset(
 
 def earlier_curves(path: Path, row: dict[str, Any]) -> dict[str, list]:
     """The curves of the run in results file ``path`` that had ``row``'s settings (dataset,
-    seed, pool, start, step, samples per round, encoder): arm -> curve; empty if none."""
+    seed, pool, start, step, samples per round and per label, encoder): arm -> curve; empty
+    if none."""
     keys = ("dataset", "seed", "pool", "start", "step", "samples_per_round", "encoder")
     for entry in json.loads(Path(path).read_text())["rows"]:
         for run in entry.get("per_seed", [entry]):
