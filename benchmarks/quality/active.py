@@ -368,6 +368,10 @@ def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: arm -> its colour, the same in every plot
+COLORS = {"review": "C0", "diverse": "C1", "typical": "C2", "random": "C3"}
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -383,9 +387,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             "random": "random",
         }
         styles = {"review": "o-", "diverse": "^-", "typical": "D-", "random": "s--"}
-        for k, arm in enumerate(row["curves"]):
+        for arm in row["curves"]:
             curve = np.asarray(row["curves"][arm])
-            style, label, color = styles[arm], labels[arm], f"C{k}"
+            style, label, color = styles[arm], labels[arm], COLORS[arm]
             for seed in row.get("per_seed", []):  # each seed's own curve, faint
                 own = np.asarray(seed["curves"][arm])
                 ax.plot(own[:, 0], 100 * own[:, 1], "-", color=color, alpha=0.2, lw=0.8)
