@@ -96,10 +96,40 @@ def test_quality_is_the_expected_iou_one_when_sure():
     assert "class a" in summary["driver"]
 
 
+def test_a_class_predicted_nowhere_counts_with_iou_0_weighed_by_its_largest_probability():
+    # the true per-image mIoU counts a missed class with IoU 0: so does the estimate, weighed
+    # by the chance that it is there (its largest probability), or a missed tumour would make
+    # the image look like the most trustworthy one
+    labels = np.zeros((8, 8), np.int64)
+    labels[2:6, 2:6] = 1
+    probs = _probs(labels, 1.0)
+    sure = QualityMeter(3)
+    sure.update(probs, labels, torch.zeros(8, 8))
+    assert sure.summary()["missed_class"] is None and sure.summary()["quality"] == 1.0
+    doubt = probs.clone()
+    doubt[:, 0, 0] = torch.tensor([0.6, 0.0, 0.4])  # class b nearly there in one pixel
+    meter = QualityMeter(3)
+    meter.update(doubt, labels, torch.zeros(8, 8))
+    ious = meter.expected_iou()
+    assert math.isnan(ious[2]) and meter.missed() == pytest.approx([0, 0, 0.4])
+    summary = meter.summary(["bg", "a", "b"])
+    assert summary["quality"] == pytest.approx((ious[0] + ious[1]) / (2 + 0.4), abs=1e-6)
+    assert summary["missed_class"] == "b" and summary["missed_class_probability"] == 0.4
+    assert "class b possibly missed (p up to 0.40)" in summary["driver"]
+    # a faint doubt lowers the score as much as it weighs but is not named
+    faint = probs.clone()
+    faint[:, 0, 0] = torch.tensor([0.9, 0.0, 0.1])
+    low = QualityMeter(3)
+    low.update(faint, labels, torch.zeros(8, 8))
+    assert summary["quality"] < low.summary()["quality"] < 1
+    assert "missed" not in low.summary()["driver"]
+
+
 def test_quality_streamed_in_chunks_equals_one_update_and_skips_nodata(monkeypatch):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, (20, 30))
+    labels = rng.integers(0, 2, (20, 30))  # class 2 predicted nowhere: its peak is streamed too
     probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, 20, 30))).float(), 0)
+    probs[2, 15, 3] = 0.98  # the peak in the second update's rows
     unsure = entropy_map(probs)
     whole = QualityMeter(3)
     whole.update(probs, labels, unsure)
@@ -108,14 +138,17 @@ def test_quality_streamed_in_chunks_equals_one_update_and_skips_nodata(monkeypat
     for rows in (slice(0, 9), slice(9, 20)):  # and two updates (two image chunks)
         parts.update(probs[:, rows], labels[rows], unsure[rows])
     np.testing.assert_allclose(parts.expected_iou(), whole.expected_iou(), rtol=1e-9)
+    np.testing.assert_allclose(parts.missed(), whole.missed(), rtol=1e-9)
+    assert whole.missed()[2] == pytest.approx(0.98)
     a, b = whole.summary(), parts.summary()
     assert a["quality"] == pytest.approx(b["quality"]) and a["uncertainty"] == b["uncertainty"]
     # nodata pixels (label 255) are no class: they change nothing
     padded = np.pad(labels, ((0, 0), (0, 5)), constant_values=255)
-    probs_padded = torch.nn.functional.pad(probs, (0, 5), value=1 / 3)
+    probs_padded = torch.nn.functional.pad(probs, (0, 5), value=0.99)
     extra = QualityMeter(3)
     extra.update(probs_padded, padded, entropy_map(probs_padded))
     np.testing.assert_allclose(extra.expected_iou(), whole.expected_iou(), rtol=1e-9)
+    np.testing.assert_allclose(extra.missed(), whole.missed(), rtol=1e-9)
 
 
 def test_review_order_is_lowest_quality_first():

@@ -15,7 +15,11 @@ A quality estimate per image (:class:`QualityMeter`, streamed chunk by chunk): t
 IoU of each class under the model's own probabilities (expected true positives over expected
 true positives, false positives and false negatives, with the predicted mask as the
 decision), averaged over the classes the image holds, plus what drives it (the mean
-uncertainty inside the predicted foreground and along its boundaries, the worst class). A low
+uncertainty inside the predicted foreground and along its boundaries, the worst class). A
+class the mask holds nowhere may still be in the image, missed: the true per-image mIoU then
+counts it with IoU 0, so the estimate counts it too, weighed by the chance that it is there
+(its largest probability in the image, a lower bound of that chance). Without this, an image
+whose tumour or road the model missed would look like its most trustworthy one. A low
 expected IoU means the model itself thinks its mask is poor: the review queue sorts inputs by
 it, lowest first.
 """
@@ -117,12 +121,14 @@ class QualityMeter:
     _fp: np.ndarray = field(init=False, repr=False)
     _fn: np.ndarray = field(init=False, repr=False)
     _predicted: np.ndarray = field(init=False, repr=False)
+    _peak: np.ndarray = field(init=False, repr=False)
     _sums: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         shape = self.num_classes
         self._tp, self._fp, self._fn = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         self._predicted = np.zeros(shape)
+        self._peak = np.zeros(shape)  # each class's largest probability
         self._sums = {name: [0.0, 0] for name in ("all", "foreground", "boundary")}
 
     #: pixels counted at once: what one update holds besides its input is bounded by this
@@ -166,6 +172,8 @@ class QualityMeter:
             self._fp += (predicted.double() - inside.double()).cpu().numpy()
             self._fn += (pp.double().sum(1) - inside.double()).cpu().numpy()
             self._predicted += predicted.double().cpu().numpy()
+            if pp.shape[1]:
+                np.maximum(self._peak, pp.amax(1).double().cpu().numpy(), out=self._peak)
             self._add("all", uu)
             self._add("foreground", uu if foreground is None else uu[foreground])
             self._add("boundary", uu[ee])
@@ -189,15 +197,26 @@ class QualityMeter:
         out[present] = self._tp[present] / np.maximum(union[present], _TINY)
         return out
 
+    def missed(self) -> np.ndarray:
+        """Each class's chance of being in the image although the mask holds it nowhere:
+        its largest probability (0 where it is predicted)."""
+        return np.where(self._predicted > 0, 0.0, self._peak)
+
     def summary(self, class_names: list[str] | None = None) -> dict[str, Any]:
-        """``quality`` (expected mIoU over the classes present, 0-1: lower = check first),
-        the uncertainty means (all pixels, predicted foreground, boundaries), the class with
-        the lowest expected IoU and ``driver``, a few words on what lowers the score."""
+        """``quality`` (the expected mIoU, 0-1: lower = check first): the expected IoU of
+        each predicted class, and 0 for each class predicted nowhere, weighed by its
+        :meth:`missed` chance (the ratio of the expected IoU sum to the expected class
+        count); the uncertainty means (all pixels, predicted foreground, boundaries), the
+        predicted class with the lowest expected IoU, the likeliest missed class and
+        ``driver``, a few words on what lowers the score."""
         ious = self.expected_iou()
         names = class_names or [str(k) for k in range(self.num_classes)]
         present = ~np.isnan(ious)
-        quality = float(np.mean(ious[present])) if present.any() else 1.0
+        missed = self.missed()
+        counted = present.sum() + missed.sum()
+        quality = float(ious[present].sum() / counted) if counted > 0 else 1.0
         worst = int(np.nanargmin(ious)) if present.any() else None
+        likeliest = int(np.argmax(missed))
         means = {k: self._mean(k) for k in self._sums}
         out: dict[str, Any] = {
             "quality": round(quality, 6),
@@ -206,6 +225,8 @@ class QualityMeter:
             "boundary_uncertainty": _round(means["boundary"]),
             "worst_class": None if worst is None else names[worst],
             "worst_class_iou": None if worst is None else round(float(ious[worst]), 6),
+            "missed_class": names[likeliest] if missed[likeliest] > 0 else None,
+            "missed_class_probability": round(float(missed[likeliest]), 6),
         }
         out["driver"] = _driver(out)
         return out
@@ -215,11 +236,18 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
+#: a class predicted nowhere is named in ``driver`` from this largest probability on
+MISSED_NOTE = 0.25
+
+
 def _driver(entry: dict[str, Any]) -> str:
     """What lowers an image's quality, in a few words, for the review queue."""
     parts = []
     if entry["worst_class"] is not None and entry["worst_class_iou"] < 0.999:
         parts.append(f"class {entry['worst_class']} (expected IoU {entry['worst_class_iou']:.2f})")
+    if entry["missed_class"] is not None and entry["missed_class_probability"] >= MISSED_NOTE:
+        chance = entry["missed_class_probability"]
+        parts.append(f"class {entry['missed_class']} possibly missed (p up to {chance:.2f})")
     fg, edge = entry["foreground_uncertainty"], entry["boundary_uncertainty"]
     if fg is not None:
         parts.append(f"foreground uncertainty {fg:.2f}")

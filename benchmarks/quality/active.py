@@ -438,6 +438,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an earlier results file: arms it measured with the same settings are read from "
         "it, not rerun (add an arm without rerunning the others)",
     )
+    parser.add_argument(
+        "--rerun",
+        nargs="+",
+        choices=ARMS,
+        default=[],
+        help="arms measured anew although the --reuse file has them (after a change to "
+        "what they rank by)",
+    )
     args = parser.parse_args(argv)
 
     def one(name: str, root: Path, work: Path) -> dict[str, Any]:
@@ -452,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 samples_per_label=args.samples_per_label,
                                 pool=len(_pairs(root, "train")))  # fmt: skip
                 earlier = earlier_curves(args.reuse, settings)
-                known = {a: c for a, c in earlier.items() if a in arms and len(c) == args.rounds}
+                known = {a: c for a, c in earlier.items()
+                         if a in arms and a not in args.rerun and len(c) == args.rounds}  # fmt: skip
             runs.append(
                 run_dataset(
                     name, root, work, rounds=args.rounds, samples=args.samples,
