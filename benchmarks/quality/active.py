@@ -460,8 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 samples_per_label=args.samples_per_label,
                                 pool=len(_pairs(root, "train")))  # fmt: skip
                 earlier = earlier_curves(args.reuse, settings)
+                fresh = set(args.rerun)
                 known = {a: c for a, c in earlier.items()
-                         if a in arms and a not in args.rerun and len(c) == args.rounds}  # fmt: skip
+                         if a in arms and a not in fresh and len(c) == args.rounds}  # fmt: skip
             runs.append(
                 run_dataset(
                     name, root, work, rounds=args.rounds, samples=args.samples,
