@@ -240,6 +240,8 @@ def test_predict_writes_maps_a_report_and_a_review_queue(checkpoint, tmp_path, c
         rows = list(csv.DictReader(f))
     assert [r["input"] for r in rows] == report["review_order"][:2]
     assert rows[0]["rank"] == "1" and float(rows[0]["quality"]) == scores[0] and rows[0]["driver"]
+    first = report["quality"][rows[0]["input"]]
+    assert float(rows[0]["missed_class_probability"]) == first["missed_class_probability"]
     # A second run into the folder adds its inputs: the earlier estimates stay.
     more = _inputs(tmp_path / "more", 1)
     (more / "img0.png").rename(more / "extra.png")

@@ -34,6 +34,8 @@ REVIEW_COLUMNS = (
     "boundary_uncertainty",
     "worst_class",
     "worst_class_iou",
+    "missed_class",
+    "missed_class_probability",
 )
 
 
