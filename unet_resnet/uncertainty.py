@@ -18,8 +18,10 @@ decision), averaged over the classes the image holds, plus what drives it (the m
 uncertainty inside the predicted foreground and along its boundaries, the worst class). A
 class the mask holds nowhere may still be in the image, missed: the true per-image mIoU then
 counts it with IoU 0, so the estimate counts it too, weighed by the chance that it is there
-(its largest probability in the image, a lower bound of that chance). Without this, an image
-whose tumour or road the model missed would look like its most trustworthy one. A low
+(its largest probability in the image, a lower bound of that chance) once that reaches
+:data:`MISSED_FROM` (below it, peaks are what every class's boundaries produce, and summed
+over many classes they would dilute every estimate alike). Without this, an image whose
+tumour or road the model missed would look like its most trustworthy one. A low
 expected IoU means the model itself thinks its mask is poor: the review queue sorts inputs by
 it, lowest first.
 """
@@ -53,6 +55,10 @@ UNCERTAINTIES: dict[str, str] = {
 }
 
 _TINY = 1e-12
+
+#: a class predicted nowhere counts as possibly missed (in the quality estimate and its
+#: ``driver``) from this largest probability in the image on
+MISSED_FROM = 0.25
 
 
 def entropy(probs: torch.Tensor, overlapping: bool = False) -> torch.Tensor:
@@ -199,8 +205,10 @@ class QualityMeter:
 
     def missed(self) -> np.ndarray:
         """Each class's chance of being in the image although the mask holds it nowhere:
-        its largest probability (0 where it is predicted)."""
-        return np.where(self._predicted > 0, 0.0, self._peak)
+        its largest probability (0 where it is predicted or that is under
+        :data:`MISSED_FROM`)."""
+        counted = (self._predicted == 0) & (self._peak >= MISSED_FROM)
+        return np.where(counted, self._peak, 0.0)
 
     def summary(self, class_names: list[str] | None = None) -> dict[str, Any]:
         """``quality`` (the expected mIoU, 0-1: lower = check first): the expected IoU of
@@ -236,16 +244,12 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-#: a class predicted nowhere is named in ``driver`` from this largest probability on
-MISSED_NOTE = 0.25
-
-
 def _driver(entry: dict[str, Any]) -> str:
     """What lowers an image's quality, in a few words, for the review queue."""
     parts = []
     if entry["worst_class"] is not None and entry["worst_class_iou"] < 0.999:
         parts.append(f"class {entry['worst_class']} (expected IoU {entry['worst_class_iou']:.2f})")
-    if entry["missed_class"] is not None and entry["missed_class_probability"] >= MISSED_NOTE:
+    if entry["missed_class"] is not None:
         chance = entry["missed_class_probability"]
         parts.append(f"class {entry['missed_class']} possibly missed (p up to {chance:.2f})")
     fg, edge = entry["foreground_uncertainty"], entry["boundary_uncertainty"]
