@@ -17,7 +17,7 @@ from unet_resnet.cli import main
 from unet_resnet.data.demo import make_demo_sample
 from unet_resnet.errors import ConfigError
 from unet_resnet.inference.ensemble import Ensemble
-from unet_resnet.inference.review import REPORT_FILE, REVIEW_FILE, review_order
+from unet_resnet.inference.review import REPORT_FILE, REVIEW_FILE, label_order, review_order
 from unet_resnet.models import UNetWithResnet50Encoder
 from unet_resnet.uncertainty import (
     QualityMeter,
@@ -152,9 +152,48 @@ def test_quality_streamed_in_chunks_equals_one_update_and_skips_nodata(monkeypat
     np.testing.assert_allclose(extra.missed(), whole.missed(), rtol=1e-9)
 
 
+def test_expected_errors_count_the_pixels_the_mask_likely_gets_wrong():
+    # the sum over the pixels of 1 - the decided class's probability: streamed, nodata left out
+    rng = np.random.default_rng(1)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 10))).float(), 0)
+    labels = probs.argmax(0).numpy()
+    labels[0, :4] = 255
+    meter = QualityMeter(3)
+    meter.update(probs, labels, entropy_map(probs))
+    valid = torch.from_numpy(labels != 255)
+    expected = float((1 - probs.max(0).values)[valid].sum())
+    assert meter.summary()["expected_errors"] == pytest.approx(expected, abs=1e-3)
+    sure = QualityMeter(3)
+    sure.update(_probs(labels.clip(0, 2), 1.0), labels.clip(0, 2), torch.zeros(12, 10))
+    assert sure.summary()["expected_errors"] == 0
+    # twice the image, twice the errors; the quality (a mean) stays: a big uncertain image
+    # has more to teach than a small one, though both are trusted alike
+    double = QualityMeter(3)
+    for _ in range(2):
+        double.update(probs, labels, entropy_map(probs))
+    assert double.summary()["expected_errors"] == pytest.approx(2 * expected, abs=1e-3)
+    assert double.summary()["quality"] == pytest.approx(meter.summary()["quality"])
+    # multilabel: each class plane's wrong decisions, false positives and false negatives
+    planes = torch.tensor([[[0.9, 0.2]], [[0.3, 0.7]]])  # 2 classes x 1 x 2 pixels
+    hits = (planes > 0.5).long().numpy()
+    many = QualityMeter(2, overlapping=True, background=None)
+    many.update(planes, hits, torch.zeros(1, 2))
+    assert many.summary()["expected_errors"] == pytest.approx(0.1 + 0.2 + 0.3 + 0.3)
+
+
 def test_review_order_is_lowest_quality_first():
     quality = {"a.png": {"quality": 0.9}, "b.png": {"quality": 0.2}, "c.png": {"quality": 0.5}}
     assert review_order(quality) == ["b.png", "c.png", "a.png"]
+
+
+def test_label_order_is_most_expected_errors_first():
+    quality = {
+        "a.png": {"quality": 0.9, "expected_errors": 40.0},
+        "b.png": {"quality": 0.2, "expected_errors": 3.0},  # least trusted, little to teach
+        "c.png": {"quality": 0.5, "expected_errors": 40.0},
+        "old.png": {"quality": 0.7},  # an earlier release's estimate: label it first
+    }
+    assert label_order(quality) == ["old.png", "a.png", "c.png", "b.png"]
 
 
 # The segmenter's maps ---------------------------------------------------------------------------
@@ -251,6 +290,18 @@ def test_predict_writes_maps_a_report_and_a_review_queue(checkpoint, tmp_path, c
     merged = json.loads((out / REPORT_FILE).read_text())
     assert set(merged["quality"]) == set(report["quality"]) | {str(more / "extra.png")}
     assert len(merged["review_order"]) == 4
+    # the labelling order: the most expected wrong pixels first, over the whole folder
+    errors = {name: entry["expected_errors"] for name, entry in merged["quality"].items()}
+    assert merged["label_order"] == sorted(errors, key=lambda name: (-errors[name], name))
+    assert main([*argv2, "--out", str(out), "--review-top", "3", "--review-for", "label"]) == 2
+    assert "exist" in capsys.readouterr().err  # outputs there already: refused, nothing lost
+    assert main([*argv2, "--out", str(out), "--overwrite", "--review-top", "3",
+                 "--review-for", "label", "--precision", "fp32"]) == 0  # fmt: skip
+    assert "most expected wrong pixels" in capsys.readouterr().out
+    with open(out / REVIEW_FILE) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["input"] for r in rows] == merged["label_order"][:3]
+    assert [float(r["expected_errors"]) for r in rows] == [errors[r["input"]] for r in rows]
 
 
 def test_bad_uncertainty_and_review_flags_are_one_clear_error(checkpoint, tmp_path, capsys):
@@ -260,6 +311,9 @@ def test_bad_uncertainty_and_review_flags_are_one_clear_error(checkpoint, tmp_pa
     assert "--checkpoint twice" in capsys.readouterr().err
     assert main([*argv, "--review-top", "0"]) == 2
     assert "--review-top" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's choices: one line, no traceback
+        main([*argv, "--review-top", "2", "--review-for", "labels"])
+    assert refused.value.code == 2 and "--review-for" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before any work
 
 

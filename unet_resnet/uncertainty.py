@@ -23,7 +23,14 @@ counts it with IoU 0, so the estimate counts it too, weighed by the chance that 
 over many classes they would dilute every estimate alike). Without this, an image whose
 tumour or road the model missed would look like its most trustworthy one. A low
 expected IoU means the model itself thinks its mask is poor: the review queue sorts inputs by
-it, lowest first.
+it, lowest first, for a person to *check*.
+
+To choose what to *label* next, a mean is the wrong ranking: the images a model trusts least
+are often those with the least foreground in them (a few uncertain pixels of a small
+structure), which teach it little. ``expected_errors`` is the number of pixels the mask
+likely gets wrong (the sum over the pixels of 1 - the probability of the decided class; for
+multilabel models, of each class plane's wrong decisions), which grows with what a label would
+correct: the review queue's labelling order sorts by it, most first.
 """
 
 from __future__ import annotations
@@ -215,8 +222,10 @@ class QualityMeter:
         each predicted class, and 0 for each class predicted nowhere, weighed by its
         :meth:`missed` chance (the ratio of the expected IoU sum to the expected class
         count); the uncertainty means (all pixels, predicted foreground, boundaries), the
-        predicted class with the lowest expected IoU, the likeliest missed class and
-        ``driver``, a few words on what lowers the score."""
+        predicted class with the lowest expected IoU, the likeliest missed class,
+        ``expected_errors`` (the pixels the mask likely gets wrong: expected false positives,
+        which for one class per pixel are also the false negatives; multilabel: both, over
+        the class planes) and ``driver``, a few words on what lowers the score."""
         ious = self.expected_iou()
         names = class_names or [str(k) for k in range(self.num_classes)]
         present = ~np.isnan(ious)
@@ -226,8 +235,10 @@ class QualityMeter:
         worst = int(np.nanargmin(ious)) if present.any() else None
         likeliest = int(np.argmax(missed))
         means = {k: self._mean(k) for k in self._sums}
+        wrong = self._fp.sum() + (self._fn.sum() if self.overlapping else 0.0)
         out: dict[str, Any] = {
             "quality": round(quality, 6),
+            "expected_errors": round(float(wrong), 3),
             "uncertainty": _round(means["all"]),
             "foreground_uncertainty": _round(means["foreground"]),
             "boundary_uncertainty": _round(means["boundary"]),

@@ -10,6 +10,8 @@ labelled) and scores it on the validation split. Then:
 - **review**: the model predicts every unlabelled image and the ``N`` it trusts least (the
   lowest quality estimate, the order of ``predict_report.json``'s ``review_order``) are
   labelled next;
+- **errors**: the ``N`` with the most expected wrong pixels (the review queue's labelling
+  order, ``predict --review-for label``: ``predict_report.json``'s ``label_order``);
 - **diverse**: the same doubt (1 - the quality estimate) spread over what the labels do not
   cover yet: greedily the image whose distance (in the model's own deepest features) to
   everything labelled or picked, times its doubt, is largest (a weighted k-center rule);
@@ -18,6 +20,7 @@ labelled) and scores it on the validation split. Then:
   model's features of labelled and unlabelled images in ``labelled + N`` k-means clusters;
   from each of the ``N`` largest clusters that hold no labelled image, the image whose doubt
   times typicality (one over its mean distance to its nearest neighbours) is largest;
+- **errors-typical**: the same rule weighted by the expected wrong pixels instead;
 - **random**: ``N`` unlabelled images chosen at random.
 
 Learning curves (validation mIoU against labelled images) for the arms go to a PNG; the
@@ -128,6 +131,29 @@ def _least_trusted(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
     return [pool[i] for i in order]
 
 
+def _doubts(segmenter, image) -> tuple[float, float]:
+    """The review queue's doubt of an image (1 - its quality estimate) and its expected
+    wrong pixels (what its labelling order, ``predict --review-for label``, sorts by)."""
+    from unet_resnet.inference.formats.base import image_quality
+
+    summary = image_quality(segmenter, image)[2]
+    return 1.0 - summary["quality"], summary["expected_errors"]
+
+
+def _most_errors(checkpoint: Path, pool: list[tuple[Path, Path]], count: int):
+    """The ``count`` images of ``pool`` with the most expected wrong pixels: the first of
+    the review queue's labelling order (``predict --review-for label``). Unlike the quality
+    estimate (a mean, lowest on the images with the least foreground), it grows with how
+    much an image has to teach."""
+    from unet_resnet import Segmenter
+    from unet_resnet.io import read_image
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
+    errors = [_doubts(segmenter, read_image(image))[1] for image, _ in pool]
+    order = np.argsort(-np.asarray(errors), kind="stable")[:count]
+    return [pool[i] for i in order]
+
+
 def _features(segmenter, image) -> np.ndarray:
     """The image's descriptor: the model's deepest features (the bridge's output), averaged
     over the image and scaled to unit length."""
@@ -144,20 +170,19 @@ def _features(segmenter, image) -> np.ndarray:
     return pooled / (np.linalg.norm(pooled) + 1e-12)
 
 
-def _by_features(checkpoint: Path, labelled, pool, count: int, rule) -> list:
+def _by_features(checkpoint: Path, labelled, pool, count: int, rule, by_errors=False) -> list:
     """``count`` images of ``pool`` chosen by ``rule(candidates, covered, doubt, count)``
     (:func:`weighted_k_center` or :func:`typical_clusters`) over the model's own features of
     the unlabelled and the labelled images and the review queue's doubt of each unlabelled
     one (1 - its quality estimate)."""
     from unet_resnet import Segmenter
-    from unet_resnet.inference.formats.base import image_quality
     from unet_resnet.io import read_image
 
     segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32", backend="torch")
     doubt, features = [], []
     for image_path, _ in pool:
         image = read_image(image_path)
-        doubt.append(1.0 - image_quality(segmenter, image)[2]["quality"])
+        doubt.append(_doubts(segmenter, image)[1 if by_errors else 0])
         features.append(_features(segmenter, image))
     covered = np.stack([_features(segmenter, read_image(p)) for p, _ in labelled])
     picked = rule(np.stack(features), covered, np.asarray(doubt), count)
@@ -219,11 +244,15 @@ def weighted_k_center(
 #: arm -> its rule over the model's features and the review queue's doubt: the doubt spread
 #: over what the labels do not cover yet (rather than the least trusted, which bunch up on
 #: the same kind of atypical image), or kept to where the pool is dense
-FEATURE_RULES = {"diverse": weighted_k_center, "typical": typical_clusters}
+FEATURE_RULES = {
+    "diverse": weighted_k_center,
+    "typical": typical_clusters,
+    "errors-typical": typical_clusters,
+}
 
 #: the labelling rules compared: the review queue's order, the same doubt spread over what
 #: the labels do not cover yet, or weighed by how typical an image is, and random
-ARMS = ("review", "diverse", "typical", "random")
+ARMS = ("review", "errors", "diverse", "typical", "errors-typical", "random")
 
 
 def run_dataset(
@@ -280,9 +309,18 @@ def run_dataset(
                 break
             if arm == "review":
                 labelled += _least_trusted(checkpoint, rest, min(step, len(rest)))
+            elif arm == "errors":
+                labelled += _most_errors(checkpoint, rest, min(step, len(rest)))
             elif arm in FEATURE_RULES:
                 rule = FEATURE_RULES[arm]
-                labelled += _by_features(checkpoint, labelled, rest, min(step, len(rest)), rule)
+                labelled += _by_features(
+                    checkpoint,
+                    labelled,
+                    rest,
+                    min(step, len(rest)),
+                    rule,
+                    by_errors=arm.startswith("errors"),
+                )
             else:
                 picks = arm_rng.choice(len(rest), min(step, len(rest)), replace=False)
                 labelled += [rest[i] for i in picks]
@@ -369,7 +407,14 @@ def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 #: arm -> its colour, the same in every plot
-COLORS = {"review": "C0", "diverse": "C1", "typical": "C2", "random": "C3"}
+COLORS = {
+    "review": "C0",
+    "diverse": "C1",
+    "typical": "C2",
+    "random": "C3",
+    "errors": "C4",
+    "errors-typical": "C5",
+}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -384,9 +429,18 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             "review": "review queue first",
             "diverse": "doubt + diversity",
             "typical": "doubt + typicality",
+            "errors": "most expected errors",
+            "errors-typical": "expected errors + typicality",
             "random": "random",
         }
-        styles = {"review": "o-", "diverse": "^-", "typical": "D-", "random": "s--"}
+        styles = {
+            "review": "o-",
+            "diverse": "^-",
+            "typical": "D-",
+            "random": "s--",
+            "errors": "v-",
+            "errors-typical": "P-",
+        }
         for arm in row["curves"]:
             curve = np.asarray(row["curves"][arm])
             style, label, color = styles[arm], labels[arm], COLORS[arm]

@@ -18,6 +18,7 @@ from unet_resnet.cli.common import (
 from unet_resnet.cli.registry import command
 from unet_resnet.data.layouts import layout_names
 from unet_resnet.errors import ConfigError
+from unet_resnet.inference.review import REVIEW_ORDERS
 from unet_resnet.uncertainty import UNCERTAINTIES
 
 
@@ -60,8 +61,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="write OUT/review.csv: the N inputs whose masks the model trusts least (its "
-        "expected IoU, see predict_report.json's review_order), to check first",
+        help="write OUT/review.csv: the first N inputs of the --review-for order",
+    )
+    parser.add_argument(
+        "--review-for",
+        choices=tuple(REVIEW_ORDERS),
+        default="check",
+        help="the order of review.csv: check = the masks the model trusts least first (its "
+        "expected IoU; predict_report.json's review_order), label = the images with the most "
+        "expected wrong pixels first, the ones to label for the next training round "
+        "(label_order)",
     )
     layout_arguments(parser, ["slice_axis"])  # NIfTI input
     parser.add_argument(
@@ -167,8 +176,10 @@ def predict_command(args: argparse.Namespace) -> int:
         write_report(Path(args.out), report.quality, summary)
     print(f"wrote {len(report.written)} prediction(s) to {args.out}")
     if args.review_top:
-        queue = write_review(Path(args.out), read_report(Path(args.out)), args.review_top)
-        print(f"review queue: {queue} (the {args.review_top} least trusted first)")
+        out = Path(args.out)
+        queue = write_review(out, read_report(out), args.review_top, args.review_for)
+        first = REVIEW_ORDERS[args.review_for][2]
+        print(f"review queue: {queue} (the {args.review_top} first: {first})")
     if report.failed:
         print(f"{len(report.failed)} input(s) failed:", file=sys.stderr)
         for name, reason in report.failed:
