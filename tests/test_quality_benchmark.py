@@ -122,24 +122,27 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
     cache = tmp_path / "cache"
     _fake_skimage_wheel(cache)
     root = datasets.prepare("textures", tmp_path / "t", cache, n_train=6, n_val=2)
-    chosen = []
-    original = active._least_trusted
+    chosen, by_errors = [], []
 
-    def spy(checkpoint, pool, count):
-        picked = original(checkpoint, pool, count)
-        chosen.append((checkpoint, pool, picked))
-        return picked
+    def spy(original, log):
+        def spied(checkpoint, pool, count):
+            picked = original(checkpoint, pool, count)
+            log.append((checkpoint, pool, picked))
+            return picked
 
-    monkeypatch.setattr(active, "_least_trusted", spy)
+        return spied
+
+    monkeypatch.setattr(active, "_least_trusted", spy(active._least_trusted, chosen))
+    monkeypatch.setattr(active, "_most_errors", spy(active._most_errors, by_errors))
     row = active.run_dataset(
         "textures", root, tmp_path / "work", rounds=2, samples=8, encoder="resnet18", seed=0,
         schedule=(2, 2),
     )  # fmt: skip
-    for arm in ("review", "diverse", "typical", "random"):
+    for arm in active.ARMS:
         assert [n for n, _ in row["curves"][arm]] == [2, 4]
         assert row["curves"][arm][0] == row["curves"]["random"][0]  # one shared first model
     assert row["saving"] is None or row["saving"] <= 1
-    assert set(row["savings"]) == {"review", "diverse", "typical"}
+    assert set(row["savings"]) == set(active.ARMS) - {"random"}
     # the review arm took the two unlabelled images its model trusted least
     from unet_resnet import Segmenter
     from unet_resnet.inference.formats.base import image_quality
@@ -149,6 +152,12 @@ def test_active_learning_adds_the_least_trusted_or_random_images(tmp_path, monke
     segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
     scores = {image: image_quality(segmenter, read_image(image))[2]["quality"] for image, _ in pool}
     assert [image for image, _ in picked] == sorted(scores, key=scores.get)[:2]
+    # the errors arm took the two with the most expected wrong pixels (its own model's)
+    ((checkpoint, pool, picked),) = by_errors
+    segmenter = Segmenter.from_checkpoint(checkpoint, precision="fp32")
+    summaries = [image_quality(segmenter, read_image(image))[2] for image, _ in pool]
+    errors = {image: s["expected_errors"] for (image, _), s in zip(pool, summaries, strict=True)}
+    assert [image for image, _ in picked] == sorted(errors, key=errors.get, reverse=True)[:2]
     active.plot([row], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
