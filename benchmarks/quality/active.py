@@ -426,10 +426,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.4), squeeze=False)
     for ax, row in zip(axes[0], rows, strict=True):
         labels = {
-            "review": "review queue first",
+            "review": "least trusted first (check order)",
             "diverse": "doubt + diversity",
             "typical": "doubt + typicality",
-            "errors": "most expected errors",
+            "errors": "most expected errors (label order)",
             "errors-typical": "expected errors + typicality",
             "random": "random",
         }
@@ -454,10 +454,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("labelled images")
         ax.set_ylabel("val mIoU (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(loc="lower right")
+    handles, names = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    # below the panels: inside one, it hides the curves
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
