@@ -159,6 +159,45 @@ def test_brush_predictions_decode_to_our_mask_with_label_studios_sdk(
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_label_score_orders_tasks_by_the_share_of_pixels_expected_right(
+    segmenter, images, checkpoint, monkeypatch
+):
+    """``--label-studio-score label``: a task's score is 1 - expected wrong pixels / pixels,
+    so Label Studio's ascending sort by prediction score gives the labelling order."""
+    from unet_resnet.cli import main
+    from unet_resnet.uncertainty import QualityMeter, entropy_map
+
+    root, arrays = images
+    settings = LabelStudioSettings(root=root, model_version="v-test", score="label")
+    app = create_app(segmenter, max_upload_mb=1, max_pixels=200_000, label_studio_settings=settings)
+    names = ["sub/scene0.png", "sub/scene1.png"]
+    tasks = [{"id": k, "data": {"image": f"/data/local-files/?d={n}"}} for k, n in enumerate(names)]
+    with TestClient(app) as c:
+        r = _predict(c, tasks)
+    assert r.status_code == 200, r.text
+    for prediction, name in zip(r.json()["results"], names, strict=True):
+        probs = segmenter.image_probabilities(arrays[name])
+        labels = segmenter.predict(arrays[name])
+        meter = QualityMeter(len(segmenter.classes))
+        meter.update(probs, labels, entropy_map(probs))
+        summary = meter.summary()
+        right = 1 - summary["expected_errors"] / labels.size
+        assert prediction["score"] == pytest.approx(right, abs=1e-4)
+        assert prediction["score"] != pytest.approx(summary["quality"], abs=1e-3)
+    # the command passes the flag on to the backend's settings
+    seen = {}
+
+    def fake_app(segmenter, **kwargs):
+        seen.update(kwargs)
+        return object()
+
+    monkeypatch.setattr("unet_resnet.serve.create_app", fake_app)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: None)
+    argv = ["serve", "--checkpoint", str(checkpoint), "--label-studio-score", "label"]
+    assert main(argv) == 0
+    assert seen["label_studio_settings"].score == "label"
+
+
 def test_rle_edge_cases_decode_exactly(tmp_path):
     rng = np.random.default_rng(0)
     masks = [

@@ -9,6 +9,7 @@ from pathlib import Path
 from unet_resnet.cli.common import build_segmenter, segmenter_arguments
 from unet_resnet.cli.registry import command
 from unet_resnet.errors import UnetResnetError
+from unet_resnet.integrations.label_studio import TASK_SCORES
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,15 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=64,
         help="Label Studio backend: tasks in one predict call",
     )
+    parser.add_argument(
+        "--label-studio-score",
+        choices=tuple(TASK_SCORES),
+        default="check",
+        help="Label Studio backend: each task's prediction score (sort ascending): check = "
+        "the mask's expected mIoU, the masks to check first; label = the share of its pixels "
+        "expected right, the tasks to label first (predict --review-for label's order for "
+        "images of one size)",
+    )
 
 
 @command(
@@ -111,6 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
         **finetune,
         root=args.label_studio_root,
         max_tasks=args.label_studio_max_tasks,
+        score=args.label_studio_score,
         model_version="unet-resnet-" + "+".join(Path(c).stem for c in args.checkpoint),
     )
     app = create_app(

@@ -35,6 +35,7 @@ from unet_resnet.uncertainty import QualityMeter, entropy_map
 
 __all__ = [
     "CONTROL_TYPES",
+    "TASK_SCORES",
     "ImageFetcher",
     "LabelConfig",
     "LabelStudioError",
@@ -177,6 +178,29 @@ def encode_rle(mask: np.ndarray) -> list[int]:
 
 
 # -- predictions -----------------------------------------------------------------------------
+def _quality(summary: dict[str, Any], pixels: int) -> float:
+    """The mask's quality estimate (expected mIoU)."""
+    return summary["quality"]
+
+
+def _right_share(summary: dict[str, Any], pixels: int) -> float:
+    """The share of the mask's pixels expected right: 1 - expected wrong pixels / pixels."""
+    return 1.0 - summary["expected_errors"] / pixels if pixels else 1.0
+
+
+#: ``serve --label-studio-score`` -> (a task's score from the quality summary and its pixel
+#: count, what sorting the tasks by prediction score, ascending, then puts first): Label
+#: Studio sorts by one number, so the review queue's two orders are two scores
+TASK_SCORES: dict[str, tuple[Any, str]] = {
+    "check": (_quality, "the mask's expected mIoU: the masks to check first"),
+    "label": (
+        _right_share,
+        "the share of pixels expected right: the tasks to label first (for images of one "
+        "size, predict --review-for label's order)",
+    ),
+}
+
+
 def task_prediction(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -185,19 +209,23 @@ def task_prediction(
     model_version: str,
     *,
     min_pixels: int = 4,
+    score: str = "check",
 ) -> dict[str, Any]:
     """One task's prediction: for each class present, a brush mask (RLE) for each
-    BrushLabels control and a polygon per region for each PolygonLabels control. ``score`` is
-    the mask's quality estimate (its expected mIoU, what ``predict``'s review queue sorts by:
-    sorting Label Studio's tasks by prediction score puts the masks to check first on top),
-    each result's the expected IoU of its class."""
+    BrushLabels control and a polygon per region for each PolygonLabels control. The task's
+    ``score`` is one of :data:`TASK_SCORES`: by default the mask's quality estimate (its
+    expected mIoU, what ``predict``'s review queue sorts by: sorting Label Studio's tasks by
+    prediction score puts the masks to check first on top); ``label``: the share of its
+    pixels expected right (the tasks to label first on top). Each result's score is the
+    expected IoU of its class."""
     import torch
 
     height, width = labels.shape
     tensor = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
     meter = QualityMeter(tensor.shape[0])
     meter.update(tensor, labels, entropy_map(tensor))
-    quality, ious = meter.summary()["quality"], meter.expected_iou()
+    pixels = int((labels < tensor.shape[0]).sum())  # nodata (255) is no pixel of the mask
+    quality, ious = TASK_SCORES[score][0](meter.summary(), pixels), meter.expected_iou()
     results: list[dict[str, Any]] = []
     for index, value in mapping.items():
         region = labels == index
@@ -253,8 +281,8 @@ class LabelStudioSettings:
     """Where task images come from. ``url``/``api_key`` default to ``LABEL_STUDIO_URL`` and
     ``LABEL_STUDIO_API_KEY`` (else what the project's setup call sends); ``root`` allows
     files under it (paths relative to it, or Label Studio's ``/data/local-files/?d=...``);
-    ``max_tasks`` bounds one predict call; ``finetune_*`` turn on fine-tuning from finished
-    annotations."""
+    ``max_tasks`` bounds one predict call; ``score``: what a task's prediction score is
+    (:data:`TASK_SCORES`); ``finetune_*`` turn on fine-tuning from finished annotations."""
 
     url: str | None = None
     api_key: str | None = None
@@ -262,6 +290,7 @@ class LabelStudioSettings:
     model_version: str = "unet-resnet"
     timeout_s: float = 10.0
     max_tasks: int = 64
+    score: str = "check"
     learned: dict[str, str] = field(default_factory=dict)  # from setup: hostname, access_token
     #: Fine-tuning on webhooks (``serve --label-studio-train``): the checkpoint to start from,
     #: where runs go, and extra ``train`` flags. Off while ``finetune_checkpoint`` is None.

@@ -165,7 +165,12 @@ def add_routes(app: FastAPI, service: Service, settings: LabelStudioSettings) ->
                 labels = segmenter.decide(probs)
                 results.append(
                     task_prediction(
-                        labels, probs.cpu().numpy(), config, mapping, settings.model_version
+                        labels,
+                        probs.cpu().numpy(),
+                        config,
+                        mapping,
+                        settings.model_version,
+                        score=settings.score,
                     )
                 )
             except UnetResnetError as exc:
