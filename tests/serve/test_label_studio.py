@@ -196,6 +196,8 @@ def test_the_label_score_orders_tasks_by_the_share_of_pixels_expected_right(
     argv = ["serve", "--checkpoint", str(checkpoint), "--label-studio-score", "label"]
     assert main(argv) == 0
     assert seen["label_studio_settings"].score == "label"
+    with pytest.raises(LabelStudioError, match="check, label"):
+        LabelStudioSettings(score="uncertain")
 
 
 def test_rle_edge_cases_decode_exactly(tmp_path):

@@ -225,7 +225,7 @@ def task_prediction(
     meter = QualityMeter(tensor.shape[0])
     meter.update(tensor, labels, entropy_map(tensor))
     pixels = int((labels < tensor.shape[0]).sum())  # nodata (255) is no pixel of the mask
-    quality, ious = TASK_SCORES[score][0](meter.summary(), pixels), meter.expected_iou()
+    task_score, ious = TASK_SCORES[score][0](meter.summary(), pixels), meter.expected_iou()
     results: list[dict[str, Any]] = []
     for index, value in mapping.items():
         region = labels == index
@@ -270,7 +270,7 @@ def task_prediction(
                 )
     return {
         "result": results,
-        "score": float(quality),
+        "score": float(task_score),
         "model_version": model_version,
     }
 
@@ -297,6 +297,11 @@ class LabelStudioSettings:
     finetune_checkpoint: str | None = None
     finetune_dir: str = "label-studio-runs"
     finetune_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.score not in TASK_SCORES:
+            choices = ", ".join(TASK_SCORES)
+            raise LabelStudioError(f"Unknown task score {self.score!r}: expected one of {choices}.")
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> LabelStudioSettings:
